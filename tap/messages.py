@@ -1,0 +1,382 @@
+"""Every message that crosses a boundary in tap: actor to actor, HTTP body, WebSocket frame.
+
+This module is the only place message types are defined (STYLE: tractor's closed set). They are
+msgspec Structs grouped by direction; units are in the field comments. Actor messages are frozen
+values passed over trio channels; wire messages decode strictly (unknown fields and wrong types are
+errors that name the field) and WebSocket frames are tagged by `"type"`.
+
+Pure data: no behaviour beyond small derived views.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+# Money: int units (1e-6 currency). Prices: int increments. Times: int ms since the epoch (UTC).
+
+BetStatus = Literal[
+    "pending",  # passed admission, queued for the writer (answered 202)
+    "confirmed",  # committed: stake moved available → locked, fsync'd
+    "rejected",  # the writer refused it (reason says why); no money moved
+    "won",  # a tick touched the band inside the window; payout credited
+    "lost",  # the window ended untouched; stake kept by the house
+    "void",  # a feed gap overlapped the window; stake refunded
+]
+EntryKind = Literal["deposit", "stake", "payout", "refund", "withdrawal", "adjustment"]
+BreakerMode = Literal["open", "closed", "auto"]
+BreakerStateName = Literal["open", "closed"]
+
+
+class Frozen(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+# ── ingest → breaker · resolver · hub · batcher ──────────────────────────────────────────────
+
+
+class Tick(Frozen):
+    symbol: str
+    ts: int  # ms, exchange time when known, else receive time
+    price: int  # increments
+
+
+# ── breaker → edge · hub ──────────────────────────────────────────────────────────────────────
+
+
+class BreakerChanged(Frozen):
+    state: BreakerStateName
+    reason: str  # "stale_feed" | "jump" | "override" | "recovered" | "startup"
+    at: int  # ms
+
+
+# ── edge → batcher (the only writer) ──────────────────────────────────────────────────────────
+
+
+class DecidedBy(Frozen):
+    ts: int  # ms of the deciding tick
+    price: int  # increments
+
+
+class PlaceBet(Frozen):
+    """A bet that passed admission; the writer reserves its stake or rejects it."""
+
+    bet_id: str
+    address: str  # lowercase 0x…
+    cell_id: str
+    symbol: str
+    col: int
+    row: int
+    t_start: int
+    t_end: int
+    price_lo: int
+    price_hi: int
+    amount: int  # units
+    multiplier_bps: int  # locked quote
+    nonce: str
+    accepted_at: int  # ms
+    # The request's signed fields, kept with the bet so anyone can re-verify it later.
+    timestamp: int
+    chain_id: int
+    min_multiplier_bps: int
+    signature: str
+
+
+class Deposit(Frozen):
+    address: str
+    amount: int
+    ref: str  # idempotency reference (unique)
+    at: int
+
+
+class Withdrawal(Frozen):
+    address: str
+    amount: int
+    nonce: str
+    ref: str
+    at: int
+
+
+class AdminCredit(Frozen):
+    address: str
+    amount: int  # signed: a negative adjustment may not take available below zero
+    reason: str
+    ref: str
+    at: int
+
+
+class Outcome(Frozen):
+    """The resolver's decision for one bet."""
+
+    bet_id: str
+    address: str
+    status: Literal["won", "lost", "void"]
+    amount: int  # the stake
+    payout: int  # units credited: amount*multiplier//10000 on a win, amount on void, 0 on loss
+    decided_by: DecidedBy | None
+    reason: str  # "touch" | "column_end" | "feed_gap"
+    at: int
+
+
+class Settle(Frozen):
+    outcomes: tuple[Outcome, ...]
+
+
+class StoreTicks(Frozen):
+    ticks: tuple[Tick, ...]
+
+
+WriterRequest = PlaceBet | Deposit | Withdrawal | AdminCredit | Settle | StoreTicks
+
+
+# ── batcher → hub · resolver · waiters (only after commit) ────────────────────────────────────
+
+
+class Bet(Frozen):
+    """A bet as API.md shows it (GET /api/bets/{id}, WS bet_* messages)."""
+
+    bet_id: str
+    address: str
+    cell_id: str
+    amount: int
+    multiplier_bps: int
+    nonce: str
+    status: BetStatus
+    accepted_at: int
+    confirmed_at: int | None = None
+    resolved_at: int | None = None
+    payout: int | None = None
+    decided_by: DecidedBy | None = None
+    reason: str | None = None
+
+
+class LedgerEntry(Frozen):
+    entry_id: int
+    address: str
+    kind: EntryKind
+    amount: int  # signed change of `available`
+    locked_delta: int  # signed change of `locked` (stake: +a; payout/refund: -a)
+    balance_after: int  # `available` after this entry
+    ref: str
+    at: int
+
+
+class BetConfirmed(Frozen):
+    bet: Bet
+
+
+class BetRejected(Frozen):
+    bet: Bet
+    reason: str  # insufficient_funds | duplicate_cell_bet | replayed_nonce | …
+
+
+class BetResolved(Frozen):
+    bet: Bet
+
+
+class BalanceChanged(Frozen):
+    address: str
+    available: int
+    locked: int
+    at: int
+
+
+class EntryPosted(Frozen):
+    """A deposit / withdrawal / adjustment committed (answers the HTTP call that asked for it)."""
+
+    ref: str
+    entry: LedgerEntry | None  # None when refused
+    error: str | None = None  # e.g. insufficient_funds
+
+
+Committed = BetConfirmed | BetRejected | BetResolved | BalanceChanged | EntryPosted
+
+
+# ── HTTP request bodies (client → edge) ───────────────────────────────────────────────────────
+
+
+class Wire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ChallengeRequest(Wire):
+    address: str
+
+
+class LoginRequest(Wire):
+    message: str
+    signature: str
+
+
+class BetRequest(Wire):
+    cell_id: str
+    amount: int
+    nonce: str
+    timestamp: int
+    chain_id: int
+    signature: str
+    min_multiplier_bps: int = 0
+
+
+class DepositRequest(Wire):
+    amount: int
+
+
+class WithdrawalRequest(Wire):
+    amount: int
+    nonce: str
+    timestamp: int
+    chain_id: int
+    signature: str
+
+
+class BreakerRequest(Wire):
+    mode: BreakerMode
+
+
+class CreditRequest(Wire):
+    address: str
+    amount: int
+    reason: str
+
+
+# ── WebSocket, client → server ────────────────────────────────────────────────────────────────
+
+
+class WsIn(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class WsAuth(WsIn, tag="auth"):
+    token: str
+
+
+class WsSubscribe(WsIn, tag="subscribe"):
+    channels: list[str]
+
+
+class WsUnsubscribe(WsIn, tag="unsubscribe"):
+    channels: list[str]
+
+
+class WsPlaceBet(WsIn, tag="place_bet"):
+    req_id: str
+    cell_id: str
+    amount: int
+    nonce: str
+    timestamp: int
+    chain_id: int
+    signature: str
+    min_multiplier_bps: int = 0
+
+
+class WsPing(WsIn, tag="ping"):
+    req_id: str | None = None
+
+
+ClientFrame = WsAuth | WsSubscribe | WsUnsubscribe | WsPlaceBet | WsPing
+
+
+# ── WebSocket, server → client ────────────────────────────────────────────────────────────────
+
+
+class WsOut(msgspec.Struct, tag_field="type", kw_only=True):
+    pass
+
+
+class WsPrice(WsOut, tag="price"):
+    symbol: str
+    ts: int
+    price: int
+
+
+class GridCell(msgspec.Struct, kw_only=True):
+    cell_id: str
+    t_start: int
+    t_end: int
+    price_lo: int
+    price_hi: int
+    multiplier_bps: int
+    placeable: bool
+
+
+class GridView(msgspec.Struct, kw_only=True):
+    """GET /api/grid/{symbol}, and the body of the WS `grid` message."""
+
+    symbol: str
+    as_of: int
+    price: int
+    volatility: float
+    house_edge_bps: int
+    monitoring_interval_ms: int
+    breaker: BreakerStateName
+    cells: list[GridCell]
+
+
+class WsGrid(WsOut, tag="grid"):
+    symbol: str
+    as_of: int
+    price: int
+    volatility: float
+    house_edge_bps: int
+    monitoring_interval_ms: int
+    breaker: BreakerStateName
+    cells: list[GridCell]
+
+
+class WsBreaker(WsOut, tag="breaker"):
+    state: BreakerStateName
+    reason: str
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+
+
+class WsBetAck(WsOut, tag="bet_ack"):
+    req_id: str
+    bet: Bet
+
+
+class WsError(WsOut, tag="error"):
+    req_id: str | None
+    error: ErrorBody
+
+
+class WsBetConfirmed(WsOut, tag="bet_confirmed"):
+    bet: Bet
+
+
+class WsBetRejected(WsOut, tag="bet_rejected"):
+    bet: Bet
+    reason: str
+
+
+class WsBetResolved(WsOut, tag="bet_resolved"):
+    bet: Bet
+
+
+class WsBalance(WsOut, tag="balance"):
+    available: int
+    locked: int
+
+
+class WsPong(WsOut, tag="pong"):
+    req_id: str | None
+
+
+ServerFrame = (
+    WsPrice
+    | WsGrid
+    | WsBreaker
+    | WsBetAck
+    | WsError
+    | WsBetConfirmed
+    | WsBetRejected
+    | WsBetResolved
+    | WsBalance
+    | WsPong
+)
+MARKET_DATA = (WsPrice, WsGrid)  # coalescible for slow clients; everything else is account data

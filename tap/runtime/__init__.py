@@ -1,0 +1,1 @@
+"""The trio shell around the core: clock, supervisor, command line."""
