@@ -1,0 +1,449 @@
+"""The HTTP + WebSocket edge of API.md on Quart-trio.
+
+This module is routing and translation only: decode strictly, call the desk / the session book /
+the read layer / the hub, encode, and map every refusal to API.md's error model. It holds no
+money state. The app is served by `hypercorn.trio.serve` from the supervisor's nursery; nothing
+runs in `app.nursery` (DESIGN rule 3).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, request, websocket
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from tap import siwe
+from tap.edge.services import EdgeServices
+from tap.edge.ws import serve_websocket
+from tap.errors import ApiError
+from tap.messages import (
+    BetRequest,
+    BreakerRequest,
+    ChallengeRequest,
+    CreditRequest,
+    DepositRequest,
+    LoginRequest,
+    WithdrawalRequest,
+)
+from tap.runtime import metrics
+from tap.sessions import Session
+
+log = logging.getLogger("tap.edge")
+
+_encoder = msgspec.json.Encoder()
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)")
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        _encoder.encode(payload), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(err: ApiError) -> Response:
+    headers = {}
+    if err.retry_after_s is not None or err.status in (429, 503):
+        headers["Retry-After"] = str(err.retry_after_s if err.retry_after_s is not None else 1)
+    return json_response(err.body(), err.status, headers)
+
+
+def decode_body[T](kind: type[T], data: bytes) -> T:
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as e:
+        raise ApiError("invalid_request", str(e)) from None
+    except msgspec.DecodeError as e:
+        raise ApiError("invalid_request", f"body is not valid JSON: {e}") from None
+
+
+def create_app(svc: EdgeServices) -> QuartTrio:
+    cfg = svc.cfg
+    app = QuartTrio("tap")
+    app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    cors_origins = set(cfg.server.cors_origins)
+
+    async def body() -> bytes:
+        return await request.get_data(cache=False)
+
+    def session_or_401() -> Session:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError("unauthorized", "Authorization: Bearer <token> required")
+        session = svc.sessions.lookup(token.strip(), svc.clock.now_ms())
+        if session is None:
+            raise ApiError("unauthorized", "session token is unknown or expired")
+        return session
+
+    def require_admin() -> None:
+        token = svc.admin_token
+        if not token:
+            raise ApiError("not_found", "admin routes are disabled (no TAP_ADMIN_TOKEN)")
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            raise ApiError("unauthorized", "admin bearer token required")
+
+    def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
+        raw = request.args.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError("invalid_request", f"{name}: expected an integer") from None
+        if not lo <= value <= hi:
+            raise ApiError("invalid_request", f"{name}: expected {lo}..{hi}")
+        return value
+
+    # ── request bookkeeping ────────────────────────────────────────────────────────────────
+
+    @app.before_request
+    async def stamp_request() -> None:
+        rid = request.headers.get("X-Request-ID", "")
+        request.request_id = rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)  # type: ignore[attr-defined]
+        request.started = time.perf_counter()  # type: ignore[attr-defined]
+
+    @app.after_request
+    async def finish_request(response: Response) -> Response:
+        rid = getattr(request, "request_id", None) or secrets.token_hex(8)
+        response.headers["X-Request-ID"] = rid
+        for k, v in _SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        origin = request.headers.get("Origin")
+        if origin and origin in cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Authorization, Content-Type, Prefer, X-Request-ID"
+            )
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Expose-Headers"] = (
+                "X-Request-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+            )
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        status = response.status_code
+        metrics.HTTP_REQUESTS.labels(rule, request.method, str(status)).inc()
+        started = getattr(request, "started", None)
+        if started is not None:
+            metrics.HTTP_LATENCY.labels(rule).observe(time.perf_counter() - started)
+        if status >= 400:
+            level = logging.ERROR if status >= 500 else logging.INFO
+            log.log(
+                level,
+                json.dumps(
+                    {
+                        "msg": "request refused",
+                        "request_id": rid,
+                        "method": request.method,
+                        "path": request.path,
+                        "status": status,
+                    }
+                ),
+            )
+        return response
+
+    @app.errorhandler(ApiError)
+    async def on_api_error(err: ApiError) -> Response:
+        if request.path == "/api/bets" and request.method == "POST":
+            metrics.BETS.labels(f"refused:{err.code}").inc()
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        code = _HTTP_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
+        if status == 413:
+            message = f"body larger than {cfg.limits.max_body_bytes} bytes"
+        else:
+            message = err.description or err.name
+        return json_response({"error": {"code": code, "message": message}}, status)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(err: Exception) -> Response:
+        rid = getattr(request, "request_id", "-")
+        log.exception(json.dumps({"msg": "unhandled error", "request_id": rid}))
+        return json_response(
+            {"error": {"code": "internal_error", "message": "internal error", "request_id": rid}},
+            500,
+        )
+
+    # ── auth ───────────────────────────────────────────────────────────────────────────────
+
+    @app.post("/api/auth/challenge")
+    async def challenge() -> Response:
+        req = decode_body(ChallengeRequest, await body())
+        address = req.address
+        if not siwe.valid_address(address):
+            raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
+        now = svc.clock.now_ms()
+        ch = svc.sessions.issue_challenge(address.lower(), siwe.new_nonce(), now)
+        return json_response(
+            {
+                "nonce": ch.nonce,
+                "domain": cfg.auth.domain,
+                "uri": cfg.auth.uri,
+                "chain_id": cfg.auth.chain_id,
+                "issued_at": siwe.iso_ms(ch.issued_at),
+                "expiration_time": siwe.iso_ms(ch.expires_at),
+            }
+        )
+
+    @app.post("/api/auth/login")
+    async def login() -> Response:
+        req = decode_body(LoginRequest, await body())
+        now = svc.clock.now_ms()
+        session = svc.login(req.message, req.signature, now)
+        return json_response(
+            {
+                "token": session.token,
+                "address": session.address,
+                "session_key": session.session_key,
+                "expires_at": session.expires_at,
+            }
+        )
+
+    # ── bets ───────────────────────────────────────────────────────────────────────────────
+
+    @app.post("/api/bets")
+    async def place_bet() -> Response:
+        session = session_or_401()
+        req = decode_body(BetRequest, await body())
+        bet = await svc.desk.place(session, req)
+        headers = svc.rate_headers(session.address)
+        wait_s = _prefer_wait(request.headers.get("Prefer"))
+        if wait_s:
+            final = await svc.wait_for_bet(bet.bet_id, wait_s)
+            if final is not None:
+                if final.status == "rejected":
+                    code = final.reason or "rejected"
+                    extra = {"bet_id": final.bet_id} if code == "replayed_nonce" else {}
+                    raise ApiError(code, f"the writer refused the bet: {code}", **extra)
+                headers["Preference-Applied"] = f"wait={wait_s}"
+                return json_response(msgspec.to_builtins(final), 201, headers)
+        return json_response(
+            {
+                "bet_id": bet.bet_id,
+                "status": "pending",
+                "cell_id": bet.cell_id,
+                "amount": bet.amount,
+                "multiplier_bps": bet.multiplier_bps,
+                "nonce": bet.nonce,
+                "accepted_at": bet.accepted_at,
+            },
+            202,
+            headers,
+        )
+
+    @app.get("/api/bets/<bet_id>")
+    async def get_bet(bet_id: str) -> Response:
+        session = session_or_401()
+        bet = await svc.bet(bet_id)
+        if bet is None or bet.address != session.address:
+            raise ApiError("not_found", f"no bet {bet_id!r}")
+        return json_response(bet)
+
+    @app.get("/api/bets/by-nonce/<nonce>")
+    async def get_bet_by_nonce(nonce: str) -> Response:
+        session = session_or_401()
+        bet = await svc.bet_by_nonce(session.address, nonce)
+        if bet is None:
+            raise ApiError("not_found", f"no bet with nonce {nonce!r}")
+        return json_response(bet)
+
+    @app.get("/api/bets")
+    async def list_bets() -> Response:
+        session = session_or_401()
+        status = request.args.get("status") or None
+        if status is not None and status not in _BET_STATUSES:
+            raise ApiError("invalid_request", f"status: expected one of {sorted(_BET_STATUSES)}")
+        limit = query_int("limit", 50, 1, 500) or 50
+        items, next_cursor = await svc.list_bets(
+            session.address, status, limit, request.args.get("cursor") or None
+        )
+        return json_response({"items": items, "next_cursor": next_cursor})
+
+    # ── money ──────────────────────────────────────────────────────────────────────────────
+
+    @app.get("/api/balance")
+    async def balance() -> Response:
+        session = session_or_401()
+        available, locked = await svc.balance(session.address)
+        return json_response(
+            {
+                "address": session.address,
+                "available": available,
+                "locked": locked,
+                "as_of": svc.clock.now_ms(),
+            }
+        )
+
+    @app.post("/api/deposits")
+    async def deposit() -> Response:
+        session = session_or_401()
+        if not cfg.payments.mock_deposits:
+            raise ApiError("not_found", "deposits are not enabled on this server")
+        req = decode_body(DepositRequest, await body())
+        if not 0 < req.amount <= cfg.payments.max_deposit:
+            raise ApiError(
+                "amount_out_of_range", f"amount must be within 1..{cfg.payments.max_deposit}"
+            )
+        entry = await svc.deposit(session.address, req.amount)
+        return json_response({"entry": entry}, 201)
+
+    @app.post("/api/withdrawals")
+    async def withdraw() -> Response:
+        session = session_or_401()
+        req = decode_body(WithdrawalRequest, await body())
+        entry = await svc.withdraw(session, req)
+        return json_response({"entry": entry}, 201)
+
+    @app.get("/api/ledger")
+    async def ledger() -> Response:
+        session = session_or_401()
+        limit = query_int("limit", 50, 1, 500) or 50
+        items, next_cursor = await svc.ledger(
+            session.address, limit, request.args.get("cursor") or None
+        )
+        return json_response({"items": items, "next_cursor": next_cursor})
+
+    # ── market data ────────────────────────────────────────────────────────────────────────
+
+    @app.get("/api/markets")
+    async def markets() -> Response:
+        return json_response({"markets": [msgspec.to_builtins(m) for m in cfg.markets]})
+
+    @app.get("/api/grid/<symbol>")
+    async def grid(symbol: str) -> Response:
+        view = svc.grid(symbol)
+        if view is None:
+            raise ApiError("not_found", f"no market {symbol!r} (or no price yet)")
+        return json_response(view)
+
+    @app.get("/api/prices/<symbol>")
+    async def prices(symbol: str) -> Response:
+        if cfg.market(symbol) is None:
+            raise ApiError("not_found", f"no market {symbol!r}")
+        now = svc.clock.now_ms()
+        start = query_int("from", now - 60_000, 0, 2**53)
+        end = query_int("to", now + 1, 0, 2**53)
+        limit = query_int("limit", 1000, 1, 10_000) or 1000
+        assert start is not None and end is not None
+        ticks, next_from = await svc.ticks(symbol, start, end, limit)
+        return json_response({"ticks": ticks, "next": next_from})
+
+    # ── operations ─────────────────────────────────────────────────────────────────────────
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        return Response(b'{"status":"pass"}', 200, content_type="application/health+json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready, checks = await svc.readiness()
+        return Response(
+            _encoder.encode({"status": "pass" if ready else "fail", "checks": checks}),
+            200 if ready else 503,
+            content_type="application/health+json",
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        status, checks = await svc.health()
+        return Response(
+            _encoder.encode(
+                {"status": status, "timestamp": siwe.iso_ms(svc.clock.now_ms()), "checks": checks}
+            ),
+            503 if status == "unhealthy" else 200,
+            content_type="application/health+json",
+        )
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        svc.refresh_gauges()
+        return Response(generate_latest(), 200, content_type=CONTENT_TYPE_LATEST)
+
+    # ── admin ──────────────────────────────────────────────────────────────────────────────
+
+    @app.post("/admin/breaker")
+    async def admin_breaker() -> Response:
+        require_admin()
+        req = decode_body(BreakerRequest, await body())
+        await svc.override_breaker(req.mode)
+        return json_response({"mode": req.mode})
+
+    @app.post("/admin/credit")
+    async def admin_credit() -> Response:
+        require_admin()
+        req = decode_body(CreditRequest, await body())
+        if not siwe.valid_address(req.address):
+            raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
+        if req.amount == 0:
+            raise ApiError("amount_out_of_range", "amount must be non-zero")
+        entry = await svc.admin_credit(req.address.lower(), req.amount, req.reason)
+        return json_response({"entry": entry}, 201)
+
+    @app.post("/admin/archive")
+    async def admin_archive() -> Response:
+        require_admin()
+        return json_response(await svc.run_archive(), 200)
+
+    @app.get("/admin/integrity")
+    async def admin_integrity() -> Response:
+        require_admin()
+        violations = await svc.integrity()
+        return json_response({"ok": not violations, "violations": violations})
+
+    # ── WebSocket ──────────────────────────────────────────────────────────────────────────
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        await serve_websocket(svc, websocket)
+
+    return app
+
+
+_BET_STATUSES = frozenset({"pending", "confirmed", "rejected", "won", "lost", "void"})
+
+
+def _prefer_wait(header: str | None) -> int:
+    """`Prefer: wait=N` (RFC 7240), capped at 10 s as API.md says."""
+    if not header:
+        return 0
+    m = _PREFER_WAIT.search(header)
+    return min(10, int(m.group(1))) if m else 0
+
+
+Handler = Callable[[], Awaitable[Response]]

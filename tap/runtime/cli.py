@@ -1,0 +1,174 @@
+"""`tap` — the command line: serve, feed-sim, migrate, backup, restore, archive, check, replay.
+
+Each command loads the same configuration (embedded defaults ← `--config FILE` ← `TAP__…`
+environment) and exits non-zero when something is wrong, so it can gate scripts and cron jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tap.config import Config, ConfigError, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from tap.runtime.supervisor import run_server
+
+    cfg = _config(args)
+    trio.run(run_server, cfg)
+    return 0
+
+
+def cmd_feed_sim(args: argparse.Namespace) -> int:
+    import trio
+
+    from actors.feed_sim import serve_feed_sim
+
+    cfg = _config(args)
+    f = cfg.feed
+    print(f"feed-sim: ws://{args.host}:{args.port}/ (seed {f.sim_seed}, σ {f.sim_sigma})")
+    trio.run(
+        lambda: serve_feed_sim(
+            args.host, args.port, f.sim_seed, f.sim_sigma, f.sim_tick_ms, f.sim_start_price
+        )
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tap.store import db
+
+    cfg = _config(args)
+    Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
+    version = db.migrate_path(cfg.server.db_path)
+    print(f"{cfg.server.db_path}: schema version {version}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from tap.store import backup
+
+    cfg = _config(args)
+    path = backup.backup_now(cfg, args.to)
+    print(f"backup written: {path}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from tap.store import backup
+
+    cfg = _config(args)
+    try:
+        backup.restore(cfg, args.path)
+    except backup.RestoreError as e:
+        print(f"restore refused: {e}", file=sys.stderr)
+        return 1
+    print(f"restored {args.path} into {cfg.server.db_path}")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from tap.store import archive
+
+    cfg = _config(args)
+    report = archive.run_archive(cfg, now_ms=None)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from tap.store import db
+    from tap.store.integrity import integrity_check
+
+    cfg = _config(args)
+    conn = db.connect_readonly(cfg.server.db_path)
+    try:
+        violations = integrity_check(conn)
+    finally:
+        conn.close()
+    for v in violations:
+        print(v)
+    print(f"integrity: {'OK' if not violations else f'{len(violations)} violation(s)'}")
+    return 1 if violations else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tap.store.replay import replay_range
+
+    cfg = _config(args)
+    mismatches, checked = replay_range(cfg, args.from_ms, args.to_ms)
+    for m in mismatches:
+        print(m)
+    print(f"replay: {checked} bet(s) re-resolved, {len(mismatches)} mismatch(es)")
+    return 1 if mismatches else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tap",
+        description="tap: the server behind a tap-trading game (see README.md).",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML overlay on configs/default.toml (TAP__… env wins)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="config overlay")
+        return p
+
+    add("serve", "Run the server: actors + HTTP/WS edge (SIGTERM/SIGINT drain and stop).")
+    p = add("feed-sim", "Serve the simulated GBM price feed as a standalone WebSocket server.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    add("migrate", "Create or upgrade the SQLite schema (idempotent).")
+    p = add("backup", "Online backup of the ledger database (SQLite backup API).")
+    p.add_argument("--to", metavar="PATH", help="file to write (default: archive.backup_dir)")
+    p = add("restore", "Restore a backup into place; only while the server is stopped.")
+    p.add_argument("path", help="backup file to restore (its integrity is verified first)")
+    add("archive", "Archive resolved bets and old ledger rows; purge ticks past retention.")
+    add("check", "Integrity check of the ledger; exits 1 on any violation.")
+    p = add("replay", "Re-resolve bets from stored ticks; exits 1 on any mismatch.")
+    p.add_argument("--from", dest="from_ms", type=int, required=True, help="window start, ms")
+    p.add_argument("--to", dest="to_ms", type=int, required=True, help="window end, ms")
+    return parser
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "feed-sim": cmd_feed_sim,
+    "migrate": cmd_migrate,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
+    "archive": cmd_archive,
+    "check": cmd_check,
+    "replay": cmd_replay,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
