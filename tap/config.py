@@ -25,7 +25,7 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
     pass
 
 
-class MarketConfig(Base):
+class MarketConfig(Base, frozen=True):
     """One market's grid and money parameters (API.md, "Grid and cells")."""
 
     symbol: str = "BTC-USD"
@@ -47,7 +47,7 @@ class MarketConfig(Base):
     max_open_payout: int = 0
 
 
-class PricingConfig(Base):
+class PricingConfig(Base, frozen=True):
     vol_initial: float = 0.60  # annualized σ used until ticks say otherwise
     vol_floor: float = 0.20
     vol_cap: float = 3.00
@@ -56,7 +56,7 @@ class PricingConfig(Base):
     monitoring_interval_ms: int = 0  # 0 = continuous monitoring, no discrete correction
 
 
-class AuthConfig(Base):
+class AuthConfig(Base, frozen=True):
     domain: str = "127.0.0.1:8080"
     uri: str = "http://127.0.0.1:8080"
     chain_id: int = 31337  # dev chain id; production configs set 1
@@ -65,20 +65,20 @@ class AuthConfig(Base):
     session_ttl_ms: int = 86_400_000
 
 
-class LimitsConfig(Base):
+class LimitsConfig(Base, frozen=True):
     rate_per_s: float = 10.0  # bets per address per second (token bucket)
     burst: int = 20
     max_body_bytes: int = 16_384
 
 
-class BreakerConfig(Base):
+class BreakerConfig(Base, frozen=True):
     stale_after_ms: int = 10_000
     hysteresis_ms: int = 30_000
     jump_bps: int = 500  # a move of more than this within jump_window_ms opens the breaker
     jump_window_ms: int = 1_000
 
 
-class BatcherConfig(Base):
+class BatcherConfig(Base, frozen=True):
     max_batch: int = 512
     max_wait_ms: int = 2
     queue_size: int = 4096  # bets waiting for the writer before the edge answers 503
@@ -87,13 +87,16 @@ class BatcherConfig(Base):
     retry_backoff_ms: int = 5
 
 
-FeedSource = Literal["sim", "ws-sim", "binance", "coinbase"]
+# "manual": ticks pushed in-process by a test through `actors.ingest.ManualFeed`.
+FeedSource = Literal["sim", "ws-sim", "binance", "coinbase", "manual"]
 
 
-class FeedConfig(Base):
+class FeedConfig(Base, frozen=True):
     source: FeedSource = "sim"
     url: str = ""  # for ws-sim / binance / coinbase
     symbol: str = "BTC-USD"
+    # The feed's own instrument name ("BTCUSDT" on Binance); empty = derived from `symbol`.
+    instrument: str = ""
     max_gap_ms: int = 2000  # a longer hole in the tick log voids the bets it overlaps
     dead_after_ms: int = 5000  # no message this long → reconnect
     backoff_initial_ms: int = 250
@@ -104,7 +107,7 @@ class FeedConfig(Base):
     sim_start_price: int = 10_000_000  # increments (100000.00 USD)
 
 
-class ArchiveConfig(Base):
+class ArchiveConfig(Base, frozen=True):
     dir: str = "data/archive"
     after_days: int = 30
     interval_s: int = 7 * 86_400
@@ -115,7 +118,7 @@ class ArchiveConfig(Base):
     backup_keep: int = 24
 
 
-class RedisConfig(Base):
+class RedisConfig(Base, frozen=True):
     url: str = ""  # empty → in-memory hot state (one process)
     prefix: str = "tap"
     socket_timeout_ms: int = 500
@@ -123,7 +126,7 @@ class RedisConfig(Base):
     request_timeout_ms: int = 1000  # admission answers 503 dependency_unavailable after this
 
 
-class ServerConfig(Base):
+class ServerConfig(Base, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = "data"
@@ -138,12 +141,12 @@ class ServerConfig(Base):
     log_level: str = "info"
 
 
-class PaymentsConfig(Base):
+class PaymentsConfig(Base, frozen=True):
     mock_deposits: bool = False
     max_deposit: int = 1_000_000_000
 
 
-class Config(Base):
+class Config(Base, frozen=True):
     markets: list[MarketConfig] = msgspec.field(default_factory=lambda: [MarketConfig()])
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
@@ -259,7 +262,7 @@ def _validate(cfg: Config) -> None:
     need(cfg.feed.max_gap_ms > 0, "feed.max_gap_ms", cfg.feed.max_gap_ms, "a positive integer")
     need(cfg.feed.sim_tick_ms > 0, "feed.sim_tick_ms", cfg.feed.sim_tick_ms, "a positive integer")
     need(
-        cfg.feed.source == "sim" or bool(cfg.feed.url),
+        cfg.feed.source in ("sim", "manual") or bool(cfg.feed.url),
         "feed.url",
         cfg.feed.url,
         f"a ws:// URL for feed.source = {cfg.feed.source!r}",

@@ -42,13 +42,20 @@ class ApiError(Exception):
     """A refusal with an API.md code; `extra` fields are merged into the error object."""
 
     def __init__(
-        self, code: str, message: str, *, retry_after_s: int | None = None, **extra: Any
+        self,
+        code: str,
+        message: str,
+        *,
+        retry_after_s: int | None = None,
+        limit: int | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = STATUS[code]
         self.retry_after_s = retry_after_s
+        self.limit = limit  # for rate_limited: the burst, sent as RateLimit-Limit
         self.extra = extra
 
     def body(self) -> dict[str, Any]:

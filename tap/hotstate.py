@@ -1,4 +1,4 @@
-"""The hot state admission consults: nonces, rate tokens, one-bet-per-cell markers, spendable balances.
+"""The hot state admission consults: nonces, rate tokens, cell markers, spendable balances.
 
 `HotState` is the seam between the edge and where this state lives: `InMemoryHotState` (one
 process, the embedded default, defined here because it is pure) and `RedisHotState`
@@ -18,10 +18,13 @@ Time is an argument (`now_ms`); nothing here reads a clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
 
 import msgspec
+
+from tap.ratelimit import KeyedLimiter
+from tap.replay import ReplayGuard
 
 AdmitReason = Literal["replayed_nonce", "rate_limited", "duplicate_cell_bet", "insufficient_funds"]
 
@@ -71,8 +74,106 @@ class HotState(Protocol):
 
     async def nonce_seen(self, address: str, nonce: str) -> bool: ...
 
+    async def remember_nonces(self, used: Iterable[tuple[str, str, int]], now_ms: int) -> None:
+        """Mark (address, nonce, accepted_at) as used — the ledger's recent nonces, loaded at
+        startup and after the store lost its memory, so a replay inside the window is refused
+        at admission (409) and not only later by the writer's UNIQUE(address, nonce)."""
+        ...
+
     async def ping(self) -> bool:
         """True when the store answers (readiness)."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+class InMemoryHotState:
+    """`HotState` for one process: plain dicts, answers at once, never unavailable.
+
+    Atomicity is free here: the methods never await, so on trio no other task runs between the
+    steps of one admission. The nonce memory lasts 2 × max_skew_ms (why that suffices:
+    `tap/replay.py`); the rate buckets forget idle addresses; the one-bet-per-cell markers are
+    remembered for `marker_ttl_ms` and then dropped, which is safe because the writer's
+    `UNIQUE(address, cell_id)` is the final authority: a marker only spares the writer a rejection.
+    Pass at least how long a cell stays placeable, `(columns_ahead + 1) × column_ms`.
+    Bets and withdrawals of one address share one nonce namespace.
+    """
+
+    def __init__(
+        self,
+        max_skew_ms: int,
+        rate_per_s: float,
+        burst: int,
+        *,
+        marker_ttl_ms: int = 3_600_000,  # an hour: far beyond any default grid's horizon (65 s)
+    ) -> None:
+        self._nonces = ReplayGuard(2 * max_skew_ms)
+        self._cells = ReplayGuard(marker_ttl_ms)
+        self._limiter = KeyedLimiter(rate_per_s, burst)
+        self._spendable: dict[str, int] = {}
+
+    async def admit_bet(
+        self, address: str, nonce: str, cell_id: str, amount: int, now_ms: int
+    ) -> Admit:
+        if amount <= 0:
+            raise ValueError(f"amount = {amount}: the edge admits positive stakes only")
+        wait_ms = self._limiter.take(address, now_ms)
+        if wait_ms:
+            return Admit(False, "rate_limited", wait_ms)
+        if not self._nonces.check_and_remember(address, nonce, now_ms):
+            return Admit(False, "replayed_nonce")
+        if not self._cells.check_and_remember(address, cell_id, now_ms):
+            self._nonces.forget(address, nonce)
+            return Admit(False, "duplicate_cell_bet")
+        if self._spendable.get(address, 0) < amount:
+            self._cells.forget(address, cell_id)
+            self._nonces.forget(address, nonce)
+            return Admit(False, "insufficient_funds")
+        self._spendable[address] -= amount
+        return ADMITTED
+
+    async def admit_withdrawal(self, address: str, nonce: str, amount: int, now_ms: int) -> Admit:
+        if amount <= 0:
+            raise ValueError(f"amount = {amount}: the edge admits positive withdrawals only")
+        if not self._nonces.check_and_remember(address, nonce, now_ms):
+            return Admit(False, "replayed_nonce")
+        if self._spendable.get(address, 0) < amount:
+            self._nonces.forget(address, nonce)
+            return Admit(False, "insufficient_funds")
+        self._spendable[address] -= amount
+        return ADMITTED
+
+    async def release(
+        self, address: str, amount: int, *, cell_id: str | None = None, nonce: str | None = None
+    ) -> None:
+        self._spendable[address] = self._spendable.get(address, 0) + amount
+        if cell_id is not None:
+            self._cells.forget(address, cell_id)
+        if nonce is not None:
+            self._nonces.forget(address, nonce)
+
+    async def credit(self, address: str, amount: int) -> None:
+        """Also takes a negative amount (a committed negative adjustment), so the hot balance
+        follows the ledger down as well: staying above it would be stale in the unsafe direction."""
+        self._spendable[address] = self._spendable.get(address, 0) + amount
+
+    async def rebuild(self, balances: Mapping[str, int]) -> None:
+        self._spendable = dict(balances)
+
+    async def nonce_seen(self, address: str, nonce: str) -> bool:
+        """Remembered within the last 2 × max_skew_ms (older nonces are the ledger's to know)."""
+        return self._nonces.seen(address, nonce)
+
+    async def remember_nonces(self, used: Iterable[tuple[str, str, int]], now_ms: int) -> None:
+        for address, nonce, _accepted_at in used:
+            self._nonces.check_and_remember(address, nonce, now_ms)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+    def spendable(self, address: str) -> int:
+        """The hot balance (tests, `/healthz` detail); not part of `HotState`."""
+        return self._spendable.get(address, 0)

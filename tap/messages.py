@@ -36,30 +36,67 @@ class Frozen(msgspec.Struct, frozen=True, kw_only=True):
 # ── ingest → breaker · resolver · hub · batcher ──────────────────────────────────────────────
 
 
-class Tick(Frozen):
+class Tick(Frozen, frozen=True):
     symbol: str
     ts: int  # ms, exchange time when known, else receive time
     price: int  # increments
 
 
+# ── exchange feeds ⇄ ingest (their wire formats, decoded by `tap.feeds`) ─────────────────────────
+# Unknown fields are ignored: exchanges add fields without notice. Prices arrive as decimal
+# strings and stay strings here, so no float ever touches them. Our own simulator (`tap
+# feed-sim`) speaks `WsPrice` frames, the same `price` message the public WebSocket sends.
+
+
+class BinanceTrade(msgspec.Struct, kw_only=True):
+    """A Binance-style `<instrument>@trade` event (alone, or as `data` of a combined stream)."""
+
+    e: Literal["trade"]
+    s: str  # instrument, e.g. "BTCUSDT"
+    p: str  # price, decimal string in quote currency
+    T: int  # trade time, ms
+
+
+class BinanceSubscribe(msgspec.Struct, kw_only=True):
+    method: Literal["SUBSCRIBE"] = "SUBSCRIBE"
+    params: list[str]  # stream names, e.g. ["btcusdt@trade"]
+    id: int  # echoed in the ack {"result": null, "id": …}
+
+
+class CoinbaseTicker(msgspec.Struct, kw_only=True):
+    """A Coinbase-style `ticker` channel message."""
+
+    type: Literal["ticker"]
+    product_id: str  # instrument, e.g. "BTC-USD"
+    price: str  # last trade price, decimal string in quote currency
+    time: str  # ISO 8601 with a UTC offset ("2024-11-22T15:00:00.123456Z")
+
+
+class CoinbaseSubscribe(msgspec.Struct, kw_only=True):
+    type: Literal["subscribe"] = "subscribe"
+    product_ids: list[str]
+    channels: list[str]  # ["ticker", "heartbeat"]: heartbeats keep a quiet feed visibly alive
+
+
 # ── breaker → edge · hub ──────────────────────────────────────────────────────────────────────
 
 
-class BreakerChanged(Frozen):
+class BreakerChanged(Frozen, frozen=True):
     state: BreakerStateName
     reason: str  # "stale_feed" | "jump" | "override" | "recovered" | "startup"
     at: int  # ms
+    symbol: str = ""  # the market it concerns; "" = every market (one feed, one breaker)
 
 
 # ── edge → batcher (the only writer) ──────────────────────────────────────────────────────────
 
 
-class DecidedBy(Frozen):
+class DecidedBy(Frozen, frozen=True):
     ts: int  # ms of the deciding tick
     price: int  # increments
 
 
-class PlaceBet(Frozen):
+class PlaceBet(Frozen, frozen=True):
     """A bet that passed admission; the writer reserves its stake or rejects it."""
 
     bet_id: str
@@ -83,14 +120,14 @@ class PlaceBet(Frozen):
     signature: str
 
 
-class Deposit(Frozen):
+class Deposit(Frozen, frozen=True):
     address: str
     amount: int
     ref: str  # idempotency reference (unique)
     at: int
 
 
-class Withdrawal(Frozen):
+class Withdrawal(Frozen, frozen=True):
     address: str
     amount: int
     nonce: str
@@ -98,7 +135,7 @@ class Withdrawal(Frozen):
     at: int
 
 
-class AdminCredit(Frozen):
+class AdminCredit(Frozen, frozen=True):
     address: str
     amount: int  # signed: a negative adjustment may not take available below zero
     reason: str
@@ -106,7 +143,7 @@ class AdminCredit(Frozen):
     at: int
 
 
-class Outcome(Frozen):
+class Outcome(Frozen, frozen=True):
     """The resolver's decision for one bet."""
 
     bet_id: str
@@ -119,11 +156,11 @@ class Outcome(Frozen):
     at: int
 
 
-class Settle(Frozen):
+class Settle(Frozen, frozen=True):
     outcomes: tuple[Outcome, ...]
 
 
-class StoreTicks(Frozen):
+class StoreTicks(Frozen, frozen=True):
     ticks: tuple[Tick, ...]
 
 
@@ -133,7 +170,7 @@ WriterRequest = PlaceBet | Deposit | Withdrawal | AdminCredit | Settle | StoreTi
 # ── batcher → hub · resolver · waiters (only after commit) ────────────────────────────────────
 
 
-class Bet(Frozen):
+class Bet(Frozen, frozen=True):
     """A bet as API.md shows it (GET /api/bets/{id}, WS bet_* messages)."""
 
     bet_id: str
@@ -151,7 +188,7 @@ class Bet(Frozen):
     reason: str | None = None
 
 
-class LedgerEntry(Frozen):
+class LedgerEntry(Frozen, frozen=True):
     entry_id: int
     address: str
     kind: EntryKind
@@ -162,27 +199,27 @@ class LedgerEntry(Frozen):
     at: int
 
 
-class BetConfirmed(Frozen):
+class BetConfirmed(Frozen, frozen=True):
     bet: Bet
 
 
-class BetRejected(Frozen):
+class BetRejected(Frozen, frozen=True):
     bet: Bet
     reason: str  # insufficient_funds | duplicate_cell_bet | replayed_nonce | …
 
 
-class BetResolved(Frozen):
+class BetResolved(Frozen, frozen=True):
     bet: Bet
 
 
-class BalanceChanged(Frozen):
+class BalanceChanged(Frozen, frozen=True):
     address: str
     available: int
     locked: int
     at: int
 
 
-class EntryPosted(Frozen):
+class EntryPosted(Frozen, frozen=True):
     """A deposit / withdrawal / adjustment committed (answers the HTTP call that asked for it)."""
 
     ref: str

@@ -15,19 +15,19 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tap import siwe
+from tap.admission import valid_address
 from tap.edge.services import EdgeServices
 from tap.edge.ws import serve_websocket
-from tap.errors import ApiError
+from tap.errors import STATUS, ApiError
 from tap.messages import (
     BetRequest,
     BreakerRequest,
@@ -41,6 +41,7 @@ from tap.runtime import metrics
 from tap.sessions import Session
 
 log = logging.getLogger("tap.edge")
+T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -72,13 +73,17 @@ def json_response(
 
 
 def error_response(err: ApiError) -> Response:
-    headers = {}
+    headers: dict[str, str] = {}
+    if err.code == "rate_limited" and err.limit is not None:
+        headers["RateLimit-Limit"] = str(err.limit)
+        headers["RateLimit-Remaining"] = "0"
+        headers["RateLimit-Reset"] = str(err.retry_after_s or 1)
     if err.retry_after_s is not None or err.status in (429, 503):
         headers["Retry-After"] = str(err.retry_after_s if err.retry_after_s is not None else 1)
     return json_response(err.body(), err.status, headers)
 
 
-def decode_body[T](kind: type[T], data: bytes) -> T:
+def decode_body(kind: type[T], data: bytes) -> T:
     try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as e:
@@ -95,7 +100,8 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     cors_origins = set(cfg.server.cors_origins)
 
     async def body() -> bytes:
-        return await request.get_data(cache=False)
+        data = await request.get_data(cache=False, as_text=False)
+        return data if isinstance(data, bytes) else data.encode()
 
     def session_or_401() -> Session:
         header = request.headers.get("Authorization", "")
@@ -135,6 +141,13 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         rid = request.headers.get("X-Request-ID", "")
         request.request_id = rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)  # type: ignore[attr-defined]
         request.started = time.perf_counter()  # type: ignore[attr-defined]
+        length = request.content_length
+        if length is not None and length > cfg.limits.max_body_bytes:
+            # Refuse before auth or parsing: a huge body is never read (chunked bodies are
+            # caught by Quart's MAX_CONTENT_LENGTH while reading).
+            raise ApiError(
+                "payload_too_large", f"body larger than {cfg.limits.max_body_bytes} bytes"
+            )
 
     @app.after_request
     async def finish_request(response: Response) -> Response:
@@ -206,7 +219,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     async def challenge() -> Response:
         req = decode_body(ChallengeRequest, await body())
         address = req.address
-        if not siwe.valid_address(address):
+        if not valid_address(address):
             raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
         now = svc.clock.now_ms()
         ch = svc.sessions.issue_challenge(address.lower(), siwe.new_nonce(), now)
@@ -216,8 +229,8 @@ def create_app(svc: EdgeServices) -> QuartTrio:
                 "domain": cfg.auth.domain,
                 "uri": cfg.auth.uri,
                 "chain_id": cfg.auth.chain_id,
-                "issued_at": siwe.iso_ms(ch.issued_at),
-                "expiration_time": siwe.iso_ms(ch.expires_at),
+                "issued_at": siwe.ms_to_iso(ch.issued_at),
+                "expiration_time": siwe.ms_to_iso(ch.expires_at),
             }
         )
 
@@ -242,15 +255,17 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         session = session_or_401()
         req = decode_body(BetRequest, await body())
         bet = await svc.desk.place(session, req)
-        headers = svc.rate_headers(session.address)
+        headers: dict[str, str] = {}
         wait_s = _prefer_wait(request.headers.get("Prefer"))
         if wait_s:
             final = await svc.wait_for_bet(bet.bet_id, wait_s)
             if final is not None:
                 if final.status == "rejected":
-                    code = final.reason or "rejected"
-                    extra = {"bet_id": final.bet_id} if code == "replayed_nonce" else {}
-                    raise ApiError(code, f"the writer refused the bet: {code}", **extra)
+                    code = final.reason if final.reason in STATUS else "invalid_request"
+                    refusal = ApiError(code, f"the writer refused the bet: {final.reason}")
+                    if code == "replayed_nonce":
+                        refusal.extra["bet_id"] = final.bet_id
+                    raise refusal
                 headers["Preference-Applied"] = f"wait={wait_s}"
                 return json_response(msgspec.to_builtins(final), 201, headers)
         return json_response(
@@ -383,9 +398,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     async def healthz() -> Response:
         status, checks = await svc.health()
         return Response(
-            _encoder.encode(
-                {"status": status, "timestamp": siwe.iso_ms(svc.clock.now_ms()), "checks": checks}
-            ),
+            _encoder.encode({"status": status, "timestamp": svc.clock.now_ms(), "checks": checks}),
             503 if status == "unhealthy" else 200,
             content_type="application/health+json",
         )
@@ -408,7 +421,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     async def admin_credit() -> Response:
         require_admin()
         req = decode_body(CreditRequest, await body())
-        if not siwe.valid_address(req.address):
+        if not valid_address(req.address):
             raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
         if req.amount == 0:
             raise ApiError("amount_out_of_range", "amount must be non-zero")

@@ -13,8 +13,9 @@ Checks run cheapest first, and nothing stateful is touched until every local che
                                                          | multiplier_below_minimum | exposure_limit
 9. hot state, one atomic call: rate token → nonce → one bet per cell → reserve stake
                                                       → 429 rate_limited | 409 replayed_nonce
-                                                         | 409 duplicate_cell_bet | 422 insufficient_funds
-10. hand-over to the writer, `send_nowait`            → 503 overloaded (reservation and nonce undone)
+                                                        | 409 duplicate_cell_bet
+                                                        | 422 insufficient_funds
+10. hand-over to the writer, `send_nowait`            → 503 overloaded (hold and nonce undone)
 
 Why this order: steps 3–6 need no shared state, so garbage and forgeries cost one signature
 check at most and never burn a nonce, a rate token or a reservation belonging to the real owner
@@ -37,29 +38,13 @@ from tap.config import Config, MarketConfig
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import Bet, BetRequest, PlaceBet, WriterRequest
+from tap.quotes import Quote, QuoteRefusal
 from tap.runtime import metrics
 from tap.sessions import Session
 
 
-class QuoteLike(Protocol):
-    multiplier_bps: int
-
-
-class Quoted(Protocol):
-    """What the market actor's handle answers for a placeable cell."""
-
-    symbol: str
-    col: int
-    row: int
-    t_start: int
-    t_end: int
-    price_lo: int
-    price_hi: int
-    multiplier_bps: int
-
-
 class MarketView(Protocol):
-    def quote_cell(self, cell_id: str, now_ms: int) -> Quoted | tuple[str, str]:
+    def quote_cell(self, cell_id: str, now_ms: int) -> Quote | QuoteRefusal:
         """A placeable cell's locked quote, or (code, message) saying why not."""
         ...
 
@@ -117,6 +102,7 @@ class BetDesk:
         if key is None:
             if len(self._verifiers) > 100_000:  # bounded: rebuilt on demand, ~30 µs each
                 self._verifiers.clear()
+            # The key was validated at login, so this cannot raise for a live session.
             key = self._verifiers[session.session_key] = SessionKey(session.session_key)
         return key
 
@@ -157,8 +143,9 @@ class BetDesk:
         if self.breaker_open(symbol):
             raise ApiError("breaker_open", "price feed is not trusted right now", retry_after_s=5)
         quoted = self.market.quote_cell(req.cell_id, now)
-        if isinstance(quoted, tuple):
-            raise ApiError(quoted[0], quoted[1])
+        if not isinstance(quoted, Quote):
+            extra = {"retry_after_s": 5} if quoted.code == "breaker_open" else {}
+            raise ApiError(quoted.code, quoted.message, **extra)
         if not market.min_stake <= req.amount <= market.max_stake:
             raise ApiError(
                 "amount_out_of_range",
@@ -192,6 +179,7 @@ class BetDesk:
                     "rate_limited",
                     "too many bets; slow down",
                     retry_after_s=max(1, -(-admit.retry_after_ms // 1000)),
+                    limit=self.cfg.limits.burst,
                 )
             if reason == "replayed_nonce":
                 raise ApiError("replayed_nonce", "nonce already used", bet_id=bet_id)
@@ -234,12 +222,12 @@ class BetDesk:
             self.pending.pop(bet_id)
             metrics.BETS.labels("refused:overloaded").inc()
             try:
-                await self.hot.release(
-                    address, req.amount, cell_id=req.cell_id, nonce=req.nonce
-                )
+                await self.hot.release(address, req.amount, cell_id=req.cell_id, nonce=req.nonce)
             except HotStateUnavailable:
                 pass  # the reservation stays held: safe direction, rebuilt on recovery
-            raise ApiError("overloaded", "bet queue is full; retry shortly", retry_after_s=1)
+            raise ApiError(
+                "overloaded", "bet queue is full; retry shortly", retry_after_s=1
+            ) from None
         metrics.BETS.labels("accepted").inc()
         return bet
 

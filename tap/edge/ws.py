@@ -48,7 +48,9 @@ CLOSE_TRY_AGAIN = 1013
 
 
 def _error_frame(req_id: str | None, code: str, message: str) -> str:
-    return _encoder.encode(WsError(req_id=req_id, error=ErrorBody(code=code, message=message))).decode()
+    return _encoder.encode(
+        WsError(req_id=req_id, error=ErrorBody(code=code, message=message))
+    ).decode()
 
 
 async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
@@ -169,7 +171,7 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
         scope.shield = True
         try:
             await websocket.close(close_code)
-        except Exception:  # noqa: BLE001 - the peer may already be gone
+        except Exception:
             pass
 
 

@@ -92,7 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from tap.store.integrity import integrity_check
 
     cfg = _config(args)
-    conn = db.connect_readonly(cfg.server.db_path)
+    conn = db.open_connection(cfg.server.db_path, read_only=True)
     try:
         violations = integrity_check(conn)
     finally:

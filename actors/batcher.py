@@ -1,0 +1,397 @@
+"""The batcher: the only writer of the ledger database, and the fan-out of what it committed.
+
+It receives `WriterRequest`s, groups them into adaptive batches — flushed at `max_batch` items or
+`max_wait_ms` after the batch's *first* item, never on an idle timer — and applies each batch in
+one SQLite transaction (`tap.store.db.apply_batch`: every decision about money is made there and
+in `tap.ledger`). Only after `COMMIT` returns does it hand the batch's events to `committed`, so
+nothing is announced that a crash could take back. When its input channel closes it drains what
+is left, commits, and returns: that is graceful shutdown.
+
+Thread: one connection, used by whichever trio worker thread `trio.to_thread.run_sync` picks,
+one call at a time (a private `CapacityLimiter(1)`). Trio's thread cache keeps that worker warm,
+so a batch costs one cheap hop; a call in flight is never abandoned (`abandon_on_cancel=False`),
+so cancellation cannot leave a transaction half-done in a thread nobody waits for; and there is
+no hand-made thread, queue or shutdown protocol to get wrong.
+
+`CommittedFanout` is what the supervisor passes as `committed`: every consumer (hub, resolver)
+gets its own bounded subscription, and a per-request `Waiter` answers `Prefer: wait`. Publishing
+never blocks the writer: a subscriber that falls `capacity` events behind is dropped and told so
+(`Lagged`) once it has read what was queued; it must resync from the database and subscribe again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tap.config import BatcherConfig
+from tap.messages import (
+    BetConfirmed,
+    BetRejected,
+    BetResolved,
+    Committed,
+    EntryPosted,
+    Settle,
+    StoreTicks,
+    WriterRequest,
+)
+from tap.runtime import metrics
+from tap.runtime.clock import Clock
+from tap.store import db
+
+log = logging.getLogger("tap.batcher")
+
+CommittedSink = Callable[[Sequence[Committed]], None]
+
+# ── the fan-out of committed events ──────────────────────────────────────────────────────────
+
+
+class Lagged(Exception):
+    """This subscription fell `capacity` events behind and was dropped. Events after the last
+    one it received are lost to it: resync from the database, then subscribe again."""
+
+
+class Subscription:
+    """One consumer's bounded queue of committed events (iterate it, or `receive`).
+
+    Ends with `trio.EndOfChannel` (plain end of iteration) when the fan-out is closed, and with
+    `Lagged` when this consumer was too slow.
+    """
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Committed], name: str) -> None:
+        self._receive = receive
+        self.name = name
+        self.lagged = False
+
+    async def receive(self) -> Committed:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            if self.lagged:
+                raise Lagged(f"subscription {self.name!r} overflowed and was dropped") from None
+            raise
+
+    def __aiter__(self) -> AsyncIterator[Committed]:
+        return self
+
+    async def __anext__(self) -> Committed:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        """Stop receiving; the fan-out forgets this subscription on its next publish."""
+        self._receive.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Waiter:
+    """The commit outcome of one request: `BetConfirmed` / `BetRejected` for a bet,
+    `EntryPosted` for a deposit, withdrawal or credit. The first answer wins."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._answer: Committed | None = None
+
+    @property
+    def answer(self) -> Committed | None:
+        return self._answer
+
+    def _resolve(self, event: Committed) -> None:
+        if self._answer is None:
+            self._answer = event
+            self._done.set()
+
+    async def wait(self) -> Committed:
+        """Wait for the answer; bound it with `trio.move_on_after` (Prefer: wait=N)."""
+        await self._done.wait()
+        assert self._answer is not None
+        return self._answer
+
+
+class CommittedFanout:
+    """Fans each committed batch out to subscribers and waiters, without ever blocking."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[tuple[trio.MemorySendChannel[Committed], Subscription]] = []
+        self._bet_waiters: dict[str, list[Waiter]] = {}
+        self._ref_waiters: dict[str, list[Waiter]] = {}
+        self.dropped = 0  # subscriptions dropped for lagging, since start
+        self._closed = False
+
+    def subscribe(self, capacity: int, name: str = "") -> Subscription:
+        """A new subscription that sees every batch committed from now on.
+
+        `capacity`: how many events it may fall behind before it is dropped. Size it for a burst
+        (a column end resolves every open bet of a column in one batch, plus one balance per
+        address), not for a consumer that is stuck.
+        """
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        send, receive = trio.open_memory_channel[Committed](capacity)
+        sub = Subscription(receive, name)
+        if self._closed:
+            send.close()
+        else:
+            self._subscribers.append((send, sub))
+        return sub
+
+    @contextmanager
+    def expect_bet(self, bet_id: str) -> Iterator[Waiter]:
+        """Register *before* handing the bet to the writer, so the answer cannot slip past."""
+        with self._registered(self._bet_waiters, bet_id) as waiter:
+            yield waiter
+
+    @contextmanager
+    def expect_entry(self, ref: str) -> Iterator[Waiter]:
+        """Like `expect_bet`, for a deposit / withdrawal / credit's `ref`."""
+        with self._registered(self._ref_waiters, ref) as waiter:
+            yield waiter
+
+    @contextmanager
+    def _registered(self, table: dict[str, list[Waiter]], key: str) -> Iterator[Waiter]:
+        waiter = Waiter()
+        table.setdefault(key, []).append(waiter)
+        try:
+            yield waiter
+        finally:
+            waiters = table[key]
+            waiters.remove(waiter)
+            if not waiters:
+                del table[key]
+
+    def publish(self, events: Sequence[Committed]) -> None:
+        """Deliver one committed batch, in order. Called from trio context; never blocks."""
+        for event in events:
+            match event:
+                case BetConfirmed() | BetRejected():
+                    for waiter in self._bet_waiters.get(event.bet.bet_id, ()):
+                        waiter._resolve(event)
+                case EntryPosted():
+                    for waiter in self._ref_waiters.get(event.ref, ()):
+                        waiter._resolve(event)
+                case _:
+                    pass
+        keep = []
+        for send, sub in self._subscribers:
+            try:
+                for event in events:
+                    send.send_nowait(event)
+            except trio.WouldBlock:
+                sub.lagged = True
+                send.close()
+                self.dropped += 1
+                log.warning("committed-event subscriber %r lagged and was dropped", sub.name)
+            except trio.BrokenResourceError:
+                send.close()  # the consumer closed its end: nobody to tell
+            else:
+                keep.append((send, sub))
+        self._subscribers = keep
+
+    def close(self) -> None:
+        """No more batches (the writer has stopped): every subscription ends after its queue."""
+        self._closed = True
+        for send, _ in self._subscribers:
+            send.close()
+        self._subscribers = []
+
+
+# ── the writer ───────────────────────────────────────────────────────────────────────────────
+
+
+def _count(events: Sequence[Committed]) -> None:
+    """Bets confirmed / rejected by reason / resolved by outcome, one `inc` per label per batch
+    (a labelled counter takes a lock per call; a batch holds hundreds of events)."""
+    tally: Counter[tuple[Any, str]] = Counter()
+    for event in events:
+        match event:
+            case BetConfirmed():
+                tally[(metrics.BETS, "confirmed")] += 1
+            case BetRejected():
+                tally[(metrics.BETS, f"rejected:{event.reason}")] += 1
+            case BetResolved():
+                tally[(metrics.BETS_RESOLVED, event.bet.status)] += 1
+            case _:
+                pass
+    for (metric, label), n in tally.items():
+        metric.labels(label).inc(n)
+
+
+def _timed_apply(
+    conn: sqlite3.Connection, batch: Sequence[WriterRequest], now_ms: int
+) -> list[Committed]:
+    started = time.perf_counter()
+    events = db.apply_batch(conn, batch, now_ms)
+    metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+    return events
+
+
+def _internal(req: WriterRequest) -> bool:
+    """Requests nobody waits on and that must not be lost: kept for the next batch if this one
+    could not get the lock (both are idempotent, so applying them late is safe)."""
+    return isinstance(req, Settle | StoreTicks)
+
+
+class _Writer:
+    def __init__(
+        self,
+        cfg: BatcherConfig,
+        clock: Clock,
+        conn: sqlite3.Connection,
+        limiter: trio.CapacityLimiter,
+        committed: CommittedSink,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.conn = conn
+        self.limiter = limiter
+        self.committed = committed
+
+    def backoff_s(self, attempt: int) -> float:
+        """Doubling from `retry_backoff_ms`, capped at 16× it: the lock holder is another process
+        (archiver, backup) that will let go; waiting longer per try only adds latency."""
+        return self.cfg.retry_backoff_ms * min(1 << (attempt - 1), 16) / 1000.0
+
+    async def commit(self, batch: list[WriterRequest]) -> list[WriterRequest]:
+        """Apply and announce one batch; return what must be carried into the next one.
+
+        Shielded: once the batch left the channel it is committed and announced, or refused and
+        announced, even if the surrounding nursery is being cancelled (the work is bounded by
+        `busy_retries`).
+        """
+        metrics.BATCH_SIZE.observe(len(batch))
+        with trio.CancelScope(shield=True):
+            carried = await self.write(batch)
+        return carried
+
+    async def write(self, batch: list[WriterRequest]) -> list[WriterRequest]:
+        attempt = 0
+        while True:
+            try:
+                events = await trio.to_thread.run_sync(
+                    _timed_apply, self.conn, batch, self.clock.now_ms(), limiter=self.limiter
+                )
+            except sqlite3.OperationalError as e:
+                if not db.is_busy(e):
+                    raise
+                if attempt >= self.cfg.busy_retries:
+                    return self.give_up(batch)
+                attempt += 1
+                metrics.BATCH_RETRIES.inc()
+                await trio.sleep(self.backoff_s(attempt))
+                continue
+            _count(events)
+            self.committed(events)
+            return []
+
+    def give_up(self, batch: list[WriterRequest]) -> list[WriterRequest]:
+        """The lock stayed busy through every retry: refuse what someone is waiting on (nothing
+        was stored, so they may retry with the same nonce) and keep the rest for later."""
+        refused = [r for r in batch if not _internal(r)]
+        carried = [r for r in batch if _internal(r)]
+        log.error(
+            "write lock busy after %d retries: refused %d requests, carrying %d",
+            self.cfg.busy_retries,
+            len(refused),
+            len(carried),
+        )
+        events = db.refusals(refused, db.STORE_BUSY)
+        _count(events)
+        self.committed(events)
+        return carried
+
+
+async def _gather(
+    requests: trio.MemoryReceiveChannel[WriterRequest],
+    batch: list[WriterRequest],
+    max_batch: int,
+    max_wait_s: float,
+) -> bool:
+    """Fill `batch` (which may start with carried items) up to `max_batch`, waiting at most
+    `max_wait_s` after its first item; block for a first item only if it is empty. Returns
+    True when the channel is closed and drained."""
+    if not batch:
+        try:
+            batch.append(await requests.receive())
+        except trio.EndOfChannel:
+            return True
+    deadline = trio.current_time() + max_wait_s
+    while len(batch) < max_batch:
+        try:
+            batch.append(requests.receive_nowait())
+            continue
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            return True
+        with trio.move_on_at(deadline):
+            try:
+                batch.append(await requests.receive())
+            except trio.EndOfChannel:
+                return True
+            continue
+        return False  # max_wait passed since the first item
+    return False
+
+
+async def run(
+    cfg: BatcherConfig,
+    clock: Clock,
+    requests: trio.MemoryReceiveChannel[WriterRequest],
+    committed: CommittedSink,
+    db_path: str | Path,
+    *,
+    synchronous: str = "FULL",
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Write every request from `requests` until it closes; announce each commit to `committed`.
+
+    Ready (`task_status.started()`) once the database is open and migrated. `committed` is called
+    in trio context after each commit with the batch's events (usually `CommittedFanout.publish`;
+    closing the fan-out after this returns is the caller's job). Returns after the channel closed
+    and everything in it was committed; raises on any database error other than a busy lock —
+    the ledger is never written around an error it does not understand.
+    """
+    limiter = trio.CapacityLimiter(1)
+    conn = await trio.to_thread.run_sync(
+        partial(
+            db.open_writer,
+            db_path,
+            busy_timeout_ms=cfg.busy_timeout_ms,
+            synchronous=synchronous,
+        ),
+        limiter=limiter,
+    )
+    writer = _Writer(cfg, clock, conn, limiter, committed)
+    try:
+        task_status.started()
+        carried: list[WriterRequest] = []
+        closed = False
+        while not closed:
+            batch = carried
+            closed = await _gather(requests, batch, cfg.max_batch, cfg.max_wait_ms / 1000.0)
+            metrics.BATCH_QUEUE_DEPTH.set(requests.statistics().current_buffer_used)
+            if batch:
+                carried = await writer.commit(batch)
+        if carried:
+            carried = await writer.commit(carried)
+        if carried:
+            log.error("shutting down with %d settlement/tick requests unwritten", len(carried))
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(conn.close, limiter=limiter)

@@ -1,0 +1,197 @@
+"""The market actor: turns ticks into volatility, cached quote grids and market-data frames.
+
+It owns one `GridBook` and one `EwmaVolatility` per configured market. For every tick it updates
+σ, publishes a `price` frame on `prices:{symbol}` and refreshes the grid; every grid it computes is
+published on `grid:{symbol}` — at most once per `pricing.refresh_ms` from ticks, at once on a
+column roll or a breaker change, and at least once a second even when no tick comes. The edge
+reads the same grids through the `MarketHandle` it hands to `task_status.started`, so the quote a
+bet locks is the grid a player was shown.
+
+A tick older than the market's last one is skipped (the grid must not move back to an older
+price). The breaker is taken as open until the breaker actor says closed. `BreakerChanged` names no
+symbol, so it applies to every market. When the tick channel ends, the actor returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from tap.config import Config, MarketConfig, PricingConfig
+from tap.grid import current_column
+from tap.messages import BreakerChanged, BreakerStateName, GridView, Tick, WsGrid, WsOut, WsPrice
+from tap.pricing import EwmaVolatility
+from tap.quotes import GridBook, Quote, QuoteRefusal
+from tap.runtime.clock import Clock
+
+# A grid goes out at least this often with no tick at all (API.md: "at least 1 Hz").
+GRID_HEARTBEAT_MS = 1000
+
+Publish = Callable[[str, WsOut], None]
+
+
+class _Market:
+    """One market's mutable state; only the actor's tasks write it."""
+
+    __slots__ = (
+        "book",
+        "breaker",
+        "last_tick",
+        "published",
+        "published_at",
+        "published_column",
+        "volatility",
+    )
+
+    def __init__(self, market: MarketConfig, pricing: PricingConfig) -> None:
+        self.book = GridBook(market, pricing)
+        self.volatility = EwmaVolatility(pricing)
+        self.last_tick: Tick | None = None
+        self.breaker: BreakerStateName = "open"
+        self.published: GridView | None = None
+        self.published_at = 0
+        self.published_column = 0
+
+    def publish_grid(self, now_ms: int, publish: Publish, *, heartbeat: bool = False) -> None:
+        """Refresh the grid and publish it if it is new (or, for a heartbeat, in any case)."""
+        tick = self.last_tick
+        if tick is None:
+            return
+        view = self.book.refresh(now_ms, tick.price, tick.ts, self.volatility.sigma, self.breaker)
+        if view is self.published and not heartbeat:
+            return
+        publish(
+            f"grid:{view.symbol}",
+            WsGrid(
+                symbol=view.symbol,
+                as_of=view.as_of,
+                price=view.price,
+                volatility=view.volatility,
+                house_edge_bps=view.house_edge_bps,
+                monitoring_interval_ms=view.monitoring_interval_ms,
+                breaker=view.breaker,
+                cells=view.cells,
+            ),
+        )
+        self.published = view
+        self.published_at = now_ms
+        self.published_column = current_column(now_ms, self.book.market.column_ms)
+
+
+class MarketHandle:
+    """The edge's read-only window on the market actor's state (no awaits, no copies).
+
+    `quote_cell` is the admission call: it routes by the symbol in the cell id and answers from the
+    cached grid, re-checking the column rule at `now_ms`.
+    """
+
+    __slots__ = ("_markets",)
+
+    def __init__(self, markets: dict[str, _Market]) -> None:
+        self._markets = markets
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(self._markets)
+
+    def grid(self, symbol: str) -> GridView | None:
+        """The last computed grid (shared: do not mutate), or None before the first tick."""
+        market = self._markets.get(symbol)
+        return None if market is None else market.book.view
+
+    def quote_cell(self, cell_id: str, now_ms: int) -> Quote | QuoteRefusal:
+        market = self._markets.get(cell_id.partition(":")[0])
+        if market is None:
+            return QuoteRefusal("cell_not_placeable", f"cell {cell_id[:80]!r} is in no market")
+        return market.book.quote(cell_id, now_ms)
+
+    def last_tick(self, symbol: str) -> Tick | None:
+        market = self._markets.get(symbol)
+        return None if market is None else market.last_tick
+
+    def breaker_state(self, symbol: str) -> BreakerStateName:
+        """The breaker as this actor last heard it; unknown markets are always open."""
+        market = self._markets.get(symbol)
+        return "open" if market is None else market.breaker
+
+    def volatility(self, symbol: str) -> float | None:
+        market = self._markets.get(symbol)
+        return None if market is None else market.volatility.sigma
+
+
+async def run(
+    cfg: Config,
+    clock: Clock,
+    ticks: trio.MemoryReceiveChannel[Tick],
+    breaker_states: trio.MemoryReceiveChannel[BreakerChanged],
+    publish: Publish,
+    *,
+    task_status: trio.TaskStatus[MarketHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until `ticks` ends. `publish` is the hub's synchronous, non-blocking fan-out."""
+    markets = {m.symbol: _Market(m, cfg.pricing) for m in cfg.markets}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_follow_breaker, markets, clock, breaker_states, publish)
+        for market in markets.values():
+            nursery.start_soon(_keep_grid_fresh, market, clock, publish)
+        task_status.started(MarketHandle(markets))
+        async with ticks:
+            async for tick in ticks:
+                quoted = markets.get(tick.symbol)
+                if quoted is None:
+                    continue  # a feed for a market we do not quote; nothing to price
+                last = quoted.last_tick
+                if last is not None and tick.ts < last.ts:
+                    continue  # older than the price we already quote from: it must not win
+                quoted.volatility.update(tick.ts, tick.price)
+                quoted.last_tick = tick
+                publish(
+                    f"prices:{tick.symbol}",
+                    WsPrice(symbol=tick.symbol, ts=tick.ts, price=tick.price),
+                )
+                quoted.publish_grid(clock.now_ms(), publish)
+        nursery.cancel_scope.cancel()
+
+
+async def _follow_breaker(
+    markets: dict[str, _Market],
+    clock: Clock,
+    breaker_states: trio.MemoryReceiveChannel[BreakerChanged],
+    publish: Publish,
+) -> None:
+    """Apply every breaker change to every market and republish their grids at once."""
+    async with breaker_states:
+        async for change in breaker_states:
+            for market in markets.values():
+                if market.breaker != change.state:
+                    market.breaker = change.state
+                    market.publish_grid(clock.now_ms(), publish)
+
+
+async def _keep_grid_fresh(market: _Market, clock: Clock, publish: Publish) -> None:
+    """Wake at every column roll and whenever a second passed since the last grid went out.
+
+    At a roll the book recomputes (the columns moved), so the new grid goes out at the boundary;
+    a heartbeat republishes even a cached grid, so a client always hears at least 1 Hz.
+    """
+    column_ms = market.book.market.column_ms
+    while True:
+        now = clock.now_ms()
+        next_roll = (current_column(now, column_ms) + 1) * column_ms
+        if market.published is None:
+            heartbeat_at = now + GRID_HEARTBEAT_MS  # no tick yet: nothing to publish, just wait
+        else:
+            heartbeat_at = market.published_at + GRID_HEARTBEAT_MS
+        wake = min(next_roll, heartbeat_at)
+        if wake > now:
+            await clock.sleep_until_ms(wake)
+        else:
+            await trio.lowlevel.checkpoint()
+        # The clock is float-derived: never let rounding put "now" a millisecond before the wake.
+        now = max(clock.now_ms(), wake)
+        if market.published is None:
+            continue
+        rolled = current_column(now, column_ms) != market.published_column
+        if rolled or now - market.published_at >= GRID_HEARTBEAT_MS:
+            market.publish_grid(now, publish, heartbeat=True)

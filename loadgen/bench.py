@@ -1,0 +1,838 @@
+"""`python -m loadgen bench`: tap's capacity against same-run baselines, on servers started here.
+
+It decides the benchmark protocol. For each target — (1) a bare ASGI 202 endpoint on
+Hypercorn-trio, (2) a minimal Quart-trio route, (3) tap's full HTTP bet path (unique signed bets,
+real commits, every 202 followed to its confirmation), (4) a Quart-trio WebSocket echo, (5) tap's
+WebSocket `place_bet` — it searches for the highest open-loop arrival rate that is *sustained*:
+over the measured window p99 ≤ 100 ms, no 5xx, no transport failure, no refusal other than the
+odd `cell_not_placeable` race (≤ 1 %), and the generator sent every arrival. Then it runs tap at
+70 % of its own HTTP capacity and reports that p99. `report.json` carries every probe, the CPU of
+generator, signer and server during it, and `ratios: {http_vs_bare, http_vs_quart, ws_vs_echo}`.
+
+Same run, same machine, same generator: the ratios are what the bench is for; absolute numbers
+move with the hardware. When the generator itself was saturated at a target's limit
+(≥ 90 % CPU or a late dispatcher) the target is flagged `limited_by: "generator"`, since its
+figure is then a floor, not a capacity.
+
+Sub-benches: `naive` (tap vs the naive one-commit-per-request peer, same scenario), `fanout` (N
+WebSocket clients on `prices`; tick → client latency), `client` (CPU per request of the hand-made
+HTTP/1.1 client vs httpx), and `batcher` / `resolver`, which call `loadgen.bench_batcher.run` and
+`loadgen.bench_resolver.run` when those modules are present.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import trio
+import trio.lowlevel
+import trio_websocket
+
+from loadgen.capacity import CapacitySearch
+from loadgen.engine import Dispatcher, SlotPool
+from loadgen.h1 import HttpConnection, HttpError
+from loadgen.histogram import Histogram
+from loadgen.market import frame_decoder
+from loadgen.recorder import BET_HTTP, BET_WS, TRANSPORT, Recorder
+from loadgen.runner import CPU_WARN_PCT, LAG_WARN_MS, Monitor
+from loadgen.scenario import ClientSpec, Stage
+from loadgen.schedule import Schedule
+from loadgen.signer import Signer
+from loadgen.targets import (
+    RunningServer,
+    ServerFailed,
+    start_bench_server,
+    start_naive_server,
+    start_tap_server,
+    tap_unavailable,
+)
+from loadgen.vu import Crowd, Target
+
+P99_LIMIT_MS = 100.0
+RACE_CODES = frozenset({"cell_not_placeable"})  # a cell rolling into the lockout mid-flight
+RACE_SHARE = 0.01
+ECHO_ROUTE = "WS echo"
+
+# tap as the bench runs it: the per-address rate limit lifted (the bench measures the bet path,
+# not the limiter's refusals; the limiter still runs on every bet), mock deposits on.
+TAP_BENCH_OVERRIDES: dict[str, Any] = {
+    "limits": {"rate_per_s": 100_000.0, "burst": 100_000},
+    "payments": {"mock_deposits": True},
+    "server": {"log_level": "warning"},
+}
+
+
+class Plan(msgspec.Struct, frozen=True):
+    warmup_s: float
+    measure_s: float
+    max_probes: int
+    start_rate: float
+    settle_s: float
+    at_70_s: float
+    vus: int
+    timeout_s: float
+    fanout_clients: int
+    fanout_s: float
+
+
+QUICK = Plan(0.5, 2.0, 6, 500.0, 0.3, 8.0, 500, 2.0, 200, 8.0)
+FULL = Plan(1.0, 5.0, 10, 300.0, 1.0, 30.0, 1000, 5.0, 1000, 30.0)
+
+
+class Workload(Protocol):
+    """A kind of request and the slots (clients) that send it."""
+
+    route: str
+    recorder: Recorder
+
+    @property
+    def slots(self) -> list[Any]: ...
+
+    async def fire(self, slot: Any, due: float) -> None: ...
+
+    async def before_probe(self, rate: float) -> None: ...
+
+
+# ── the workloads ─────────────────────────────────────────────────────────────────────────────
+
+
+async def warm_all(conns: list[HttpConnection], concurrency: int = 32) -> None:
+    """(Re)open idle connections before a probe, a few at a time (see `HttpConnection.warm`)."""
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one(conn: HttpConnection) -> None:
+        async with limiter:
+            await conn.warm()
+
+    async with trio.open_nursery() as n:
+        for c in conns:
+            n.start_soon(one, c)
+
+
+def bet_shaped_body() -> bytes:
+    """A request body the size and shape of a real bet, for the baselines."""
+    return msgspec.json.encode(
+        {
+            "cell_id": "BTC-USD:346458012:10012",
+            "amount": 1_000_000,
+            "nonce": "k3j9x0a2mq7w-1f-3a",
+            "timestamp": 1_732_290_000_000,
+            "chain_id": 31337,
+            "min_multiplier_bps": 0,
+            "signature": "ab" * 64,
+        }
+    )
+
+
+class HttpBaseline:
+    """`POST /api/bets` with a bet-shaped body, over one keep-alive connection per slot."""
+
+    route = BET_HTTP
+
+    def __init__(self, target: Target, connections: int, timeout: float) -> None:
+        self.recorder = Recorder()
+        self.timeout = timeout
+        self._slots = [target.connection() for _ in range(connections)]
+        headers = b"Content-Type: application/json\r\nAuthorization: Bearer " + b"x" * 32 + b"\r\n"
+        self.head = self._slots[0].head("POST", "/api/bets", headers)
+        self.body = bet_shaped_body()
+
+    @property
+    def slots(self) -> list[Any]:
+        return self._slots
+
+    async def before_probe(self, rate: float) -> None:
+        await warm_all(self._slots)
+
+    async def fire(self, conn: HttpConnection, due: float) -> None:
+        try:
+            with trio.fail_after(self.timeout):
+                resp = await conn.send(self.head, self.body)
+        except trio.TooSlowError:
+            self.recorder.record(self.route, due, trio.current_time(), TRANSPORT, "timeout")
+            return
+        except (HttpError, OSError, trio.BrokenResourceError) as e:
+            self.recorder.record(self.route, due, trio.current_time(), TRANSPORT, type(e).__name__)
+            return
+        self.recorder.record(self.route, due, trio.current_time(), resp.status)
+
+    def close(self) -> None:
+        for c in self._slots:
+            c.close()
+
+
+class EchoConn:
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.waiting: dict[str, tuple[float, trio.Event]] = {}
+        self.seq = 0
+
+
+class WsEcho:
+    """A `place_bet`-shaped frame to a WebSocket echo; the echo is the answer."""
+
+    route = ECHO_ROUTE
+
+    def __init__(self, target: Target, connections: int, timeout: float) -> None:
+        self.target = target
+        self.count = connections
+        self.timeout = timeout
+        self.recorder = Recorder()
+        self._slots: list[EchoConn] = []
+        body = bet_shaped_body().decode()
+        self.suffix = "," + body[1:]  # the bet's fields after the type and req_id
+
+    @property
+    def slots(self) -> list[Any]:
+        return self._slots
+
+    async def connect(self, nursery: trio.Nursery) -> None:
+        async def one() -> None:
+            ws = await trio_websocket.connect_websocket_url(
+                nursery, self.target.ws_url, message_queue_size=64, receive_buffer_size=65536
+            )
+            conn = EchoConn(ws)
+            self._slots.append(conn)
+            nursery.start_soon(self._read, conn)
+
+        limiter = trio.CapacityLimiter(32)
+
+        async def limited() -> None:
+            async with limiter:
+                await one()
+
+        async with trio.open_nursery() as n:
+            for _ in range(self.count):
+                n.start_soon(limited)
+
+    async def _read(self, conn: EchoConn) -> None:
+        try:
+            while True:
+                raw = await conn.ws.get_message()
+                now = trio.current_time()
+                f = frame_decoder.decode(raw)
+                waiting = conn.waiting.pop(f.req_id or "", None)
+                if waiting is not None:
+                    self.recorder.record(self.route, waiting[0], now, 200)
+                    waiting[1].set()
+        except trio_websocket.ConnectionClosed:
+            return
+
+    async def before_probe(self, rate: float) -> None:
+        return None
+
+    async def fire(self, conn: EchoConn, due: float) -> None:
+        conn.seq += 1
+        req_id = f"{id(conn) & 0xFFFFFF:06x}{conn.seq:010x}"
+        event = trio.Event()
+        conn.waiting[req_id] = (due, event)
+        try:
+            await conn.ws.send_message(f'{{"type":"place_bet","req_id":"{req_id}"{self.suffix}')
+        except trio_websocket.ConnectionClosed:
+            conn.waiting.pop(req_id, None)
+            self.recorder.record(self.route, due, trio.current_time(), TRANSPORT, "ws_closed")
+            return
+        with trio.move_on_after(self.timeout):
+            await event.wait()
+        if conn.waiting.pop(req_id, None) is not None:
+            self.recorder.record(self.route, due, trio.current_time(), TRANSPORT, "timeout")
+
+    async def close(self) -> None:
+        for c in self._slots:
+            with trio.move_on_after(1.0):
+                await c.ws.aclose()
+
+
+class BetWorkload:
+    """The crowd of virtual users placing unique signed bets over one transport."""
+
+    def __init__(self, crowd: Crowd, signer: Signer, transport: str) -> None:
+        self.crowd = crowd
+        self.signer = signer
+        self.transport = transport
+        self.route = BET_WS if transport == "ws" else BET_HTTP
+
+    @property
+    def recorder(self) -> Recorder:
+        return self.crowd.recorder
+
+    @recorder.setter
+    def recorder(self, value: Recorder) -> None:
+        self.crowd.recorder = value
+
+    @property
+    def slots(self) -> list[Any]:
+        return self.crowd.users
+
+    async def before_probe(self, rate: float) -> None:
+        if self.crowd.spec.transport != self.transport:
+            self.crowd.spec.transport = self.transport  # type: ignore[assignment]
+            for u in self.crowd.users:
+                u.ready.clear()  # signed for the other transport
+        self.crowd.rate = rate
+        await self.crowd.presign_once(self.signer)
+        if self.transport == "http":
+            await warm_all([u.http for u in self.crowd.users])
+
+    async def fire(self, slot: Any, due: float) -> None:
+        await self.crowd.fire(slot, due)
+
+
+# ── probing ───────────────────────────────────────────────────────────────────────────────────
+
+
+def judge(route: str, recorder: Recorder, rate: float, measure_s: float) -> dict[str, Any]:
+    """One probe's figures and verdict (see the module docstring for "sustained")."""
+    stats = recorder.routes.get(route)
+    expected = rate * measure_s
+    shortfall = sum(recorder.shortfall.values())
+    if stats is None or stats.count == 0:
+        return {
+            "rate": rate,
+            "passed": False,
+            "count": 0,
+            "why": "no answers",
+            "shortfall": shortfall,
+        }
+    races = sum(n for c, n in stats.codes.items() if c in RACE_CODES)
+    other_errors = stats.errors - races
+    p99 = stats.hist.percentile(99) / 1000.0
+    why = []
+    if p99 > P99_LIMIT_MS:
+        why.append(f"p99 {p99:.0f} ms")
+    if stats.server_errors:
+        why.append(f"{stats.server_errors} 5xx/transport")
+    if other_errors - stats.server_errors:
+        why.append(f"{other_errors - stats.server_errors} refused")
+    if races > RACE_SHARE * stats.count:
+        why.append(f"{races} cell_not_placeable")
+    if shortfall:
+        why.append(f"{shortfall} arrivals not sent")
+    if stats.count < 0.95 * expected:
+        why.append(f"only {stats.count} of {expected:.0f} answered")
+    return {
+        "rate": rate,
+        "passed": not why,
+        "why": ", ".join(why),
+        "count": stats.count,
+        "achieved": round(stats.count / measure_s, 1),
+        "latency": stats.hist.summary_ms(),
+        "statuses": {str(k): v for k, v in sorted(stats.statuses.items())},
+        "codes": dict(stats.codes),
+        "shortfall": shortfall,
+    }
+
+
+def limiting_party(probe: dict[str, Any]) -> str:
+    """Who most likely ran out at a failed probe: "generator", "server" or "contention".
+
+    A process near a full core is the answer; a dispatcher that woke late while the generator
+    was *not* busy means something else on the machine held the CPU ("contention"), and the
+    figure should not be trusted.
+    """
+    gen = probe.get("generator_cpu_pct") or 0.0
+    server = probe.get("server_cpu_pct") or 0.0
+    lag = probe.get("dispatch_lag_p99_ms", 0.0)
+    if gen >= CPU_WARN_PCT or probe.get("shortfall", 0):
+        return "generator"
+    if server >= CPU_WARN_PCT:
+        return "server"
+    if lag > LAG_WARN_MS:
+        return "contention"
+    return "server" if server >= 70.0 else "unclear"
+
+
+class Prober:
+    def __init__(
+        self, nursery: trio.Nursery, plan: Plan, monitor: Monitor, say: Callable[[str], None]
+    ) -> None:
+        self.nursery = nursery
+        self.plan = plan
+        self.monitor = monitor
+        self.say = say
+
+    async def probe(
+        self, workload: Workload, rate: float, measure_s: float | None = None
+    ) -> dict[str, Any]:
+        plan = self.plan
+        measure = plan.measure_s if measure_s is None else measure_s
+        await workload.before_probe(rate)
+        recorder = Recorder()
+        workload.recorder = recorder
+        pool = SlotPool(workload.slots, workload.fire, recorder)
+        pool.bind(self.nursery)
+        dispatcher = Dispatcher()
+        schedule = Schedule([Stage(kind="steady", duration=plan.warmup_s + measure, target=rate)])
+        t0 = trio.current_time() + 0.02
+        recorder.measure_from = t0 + plan.warmup_s
+        self.monitor.restart()
+        await dispatcher.drive(schedule.uniform(), t0, pool.submit)
+        with trio.move_on_after(plan.timeout_s + 1.0):
+            await pool.wait_idle()
+        usage = self.monitor.overall()
+        result = judge(workload.route, recorder, rate, measure)
+        lag = dispatcher.lag.percentile(99) / 1000.0
+        result.update(
+            generator_cpu_pct=usage["cpu_pct"],
+            signer_cpu_pct=usage["signer_cpu_pct"],
+            server_cpu_pct=usage["server_cpu_pct"],
+            dispatch_lag_p99_ms=lag,
+            busy_at_end=pool.busy,
+        )
+        p99 = result.get("latency", {}).get("p99_ms", float("nan"))
+        self.say(
+            f"  {rate:7.0f}/s  {'pass' if result['passed'] else 'FAIL'}  p99 {p99:7.1f} ms  "
+            f"gen {usage['cpu_pct'] or 0:3.0f}%  server {usage['server_cpu_pct'] or 0:3.0f}%"
+            + (f"  ({result['why']})" if result["why"] else "")
+        )
+        # Let the server drain what is left before the next probe starts.
+        with trio.move_on_after(plan.timeout_s + 1.0):
+            await pool.wait_idle()
+        await trio.sleep(plan.settle_s)
+        return result
+
+    async def capacity(self, name: str, workload: Workload) -> dict[str, Any]:
+        self.say(f"{name}: searching for the highest sustained rate")
+        search = CapacitySearch(self.plan.start_rate, max_probes=self.plan.max_probes)
+        probes = []
+        while (rate := search.next_rate()) is not None:
+            result = await self.probe(workload, rate)
+            probes.append(result)
+            search.observe(rate, result["passed"])
+        best = search.best
+        at_best = next((p for p in probes if p["rate"] == best), None)
+        failed = [p for p in probes if not p["passed"] and p["rate"] > best]
+        first_fail = min(failed, key=lambda p: p["rate"]) if failed else None
+        limited_by = "not reached" if first_fail is None else limiting_party(first_fail)
+        summary = {
+            "max_rate": best,
+            "p99_ms_at_max": at_best["latency"]["p99_ms"]
+            if at_best and "latency" in at_best
+            else None,
+            "limited_by": limited_by,
+            "probes": probes,
+        }
+        self.say(f"{name}: {best:.0f}/s (limited by {limited_by})")
+        return summary
+
+
+# ── the benches ───────────────────────────────────────────────────────────────────────────────
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def bench_baseline_http(kind: str, plan: Plan, data_dir: Path) -> dict[str, Any]:
+    async with start_bench_server(kind, data_dir) as server, trio.open_nursery() as nursery:
+        workload = HttpBaseline(Target(server.base_url), plan.vus, plan.timeout_s)
+        prober = Prober(nursery, plan, Monitor(server=server), _say)
+        try:
+            result = await prober.capacity(f"{kind} HTTP 202", workload)
+        finally:
+            workload.close()
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def bench_echo(plan: Plan, data_dir: Path) -> dict[str, Any]:
+    async with start_bench_server("echo", data_dir) as server, trio.open_nursery() as nursery:
+        workload = WsEcho(Target(server.base_url), plan.vus, plan.timeout_s)
+        await workload.connect(nursery)
+        prober = Prober(nursery, plan, Monitor(server=server), _say)
+        result = await prober.capacity("WS echo", workload)
+        await workload.close()
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def bench_spec(plan: Plan, vus: int, transport: str) -> ClientSpec:
+    return ClientSpec(
+        vus=vus,
+        market_data_vus=1,
+        transport=transport,  # type: ignore[arg-type]
+        timeout=plan.timeout_s,
+        drain="10s",
+        setup_concurrency=32,
+    )
+
+
+async def bench_bets(
+    server: RunningServer,
+    plan: Plan,
+    vus: int,
+    *,
+    name: str,
+    ws: bool,
+    at_70: bool,
+) -> dict[str, Any]:
+    """Capacity of a server's bet path over HTTP (and WebSocket), then p99 at 70 % of it."""
+    out: dict[str, Any] = {}
+    crowd = Crowd(Target(server.base_url), bench_spec(plan, vus, "http"), Recorder())
+    async with Signer(vus, crowd.seed.to_bytes(8, "big")) as signer:
+        async with trio.open_nursery() as nursery:
+            _say(f"{name}: logging in {vus} users")
+            started = time.monotonic()
+            await crowd.setup(nursery, signer)
+            out["setup_s"] = round(time.monotonic() - started, 2)
+            nursery.start_soon(crowd.watch_grid)
+            nursery.start_soon(crowd.presign, signer)
+            monitor = Monitor(signer=signer, server=server)
+            prober = Prober(nursery, plan, monitor, _say)
+            http = BetWorkload(crowd, signer, "http")
+            out["http"] = await prober.capacity(f"{name} HTTP bets", http)
+            if ws:
+                out["ws"] = await prober.capacity(
+                    f"{name} WS bets", BetWorkload(crowd, signer, "ws")
+                )
+            if at_70 and out["http"]["max_rate"] > 0:
+                rate = round(0.7 * out["http"]["max_rate"])
+                _say(f"{name}: {plan.at_70_s:.0f} s at 70 % of HTTP capacity ({rate}/s)")
+                r = await prober.probe(http, rate, plan.at_70_s)
+                stats = r.get("statuses", {})
+                fives = sum(n for s, n in stats.items() if s.startswith("5") or s == "0")
+                out["at_70pct"] = {
+                    "rate": rate,
+                    "p99_ms": r.get("latency", {}).get("p99_ms"),
+                    "server_errors": fives,
+                    "probe": r,
+                }
+            await crowd.drain(10.0)
+            out["bets"] = crowd.tracker.summary()
+            out["crowd"] = crowd.summary()
+            nursery.cancel_scope.cancel()
+        crowd.close()
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+async def bench_all(plan: Plan, data_dir: Path, vus: int, tap_config: str | None) -> dict[str, Any]:
+    report: dict[str, Any] = {"bench": "all", "targets": {}}
+    t = report["targets"]
+    t["bare_http"] = await bench_baseline_http("bare", plan, data_dir)
+    t["quart_http"] = await bench_baseline_http("quart", plan, data_dir)
+    t["ws_echo"] = await bench_echo(plan, data_dir)
+    reason = tap_unavailable()
+    if reason is None:
+        try:
+            async with start_tap_server(
+                None, TAP_BENCH_OVERRIDES, data_dir / "tap", config_path=tap_config
+            ) as server:
+                tap = await bench_bets(server, plan, vus, name="tap", ws=True, at_70=True)
+        except ServerFailed as e:
+            reason = f"tap did not start: {e}"
+    if reason is not None:
+        _say(f"tap: skipped — {reason.strip().splitlines()[-1]}")
+        report["tap_skipped"] = reason
+        tap = {}
+    if tap:
+        t["tap_http"] = tap["http"]
+        t["tap_ws"] = tap["ws"]
+        report["tap_at_70pct"] = tap.get("at_70pct")
+        report["tap_bets"] = tap["bets"]
+        report["tap_setup_s"] = tap["setup_s"]
+    rate = {k: v["max_rate"] for k, v in t.items()}
+    report["ratios"] = {
+        "http_vs_bare": _ratio(rate.get("tap_http"), rate.get("bare_http")),
+        "http_vs_quart": _ratio(rate.get("tap_http"), rate.get("quart_http")),
+        "ws_vs_echo": _ratio(rate.get("tap_ws"), rate.get("ws_echo")),
+    }
+    at70 = report.get("tap_at_70pct") or {}
+    r = report["ratios"]
+    report["goals"] = {
+        "http_vs_quart >= 0.85": None if r["http_vs_quart"] is None else r["http_vs_quart"] >= 0.85,
+        "http_vs_bare >= 0.65": None if r["http_vs_bare"] is None else r["http_vs_bare"] >= 0.65,
+        "ws_vs_echo >= 0.80": None if r["ws_vs_echo"] is None else r["ws_vs_echo"] >= 0.80,
+        "p99 <= 100 ms at 70 % with 0 5xx": (
+            None
+            if not at70
+            else at70["p99_ms"] is not None
+            and at70["p99_ms"] <= P99_LIMIT_MS
+            and at70["server_errors"] == 0
+        ),
+    }
+    return report
+
+
+async def bench_naive(
+    plan: Plan, data_dir: Path, vus: int, tap_config: str | None
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"bench": "naive"}
+    async with start_naive_server(data_dir / "naive") as server:
+        naive = await bench_bets(server, plan, vus, name="naive", ws=False, at_70=False)
+    report["naive_http"] = naive["http"]
+    report["naive_bets"] = naive["bets"]
+    reason = tap_unavailable()
+    if reason is None:
+        try:
+            async with start_tap_server(
+                None, TAP_BENCH_OVERRIDES, data_dir / "tap", config_path=tap_config
+            ) as server:
+                tap = await bench_bets(server, plan, vus, name="tap", ws=False, at_70=False)
+            report["tap_http"] = tap["http"]
+            report["tap_bets"] = tap["bets"]
+        except ServerFailed as e:
+            reason = f"tap did not start: {e}"
+    if reason is not None:
+        _say(f"tap: skipped — {reason.strip().splitlines()[-1]}")
+        report["tap_skipped"] = reason
+    ratio = _ratio(report.get("tap_http", {}).get("max_rate"), report["naive_http"]["max_rate"])
+    report["ratios"] = {"tap_vs_naive": ratio}
+    report["goals"] = {"tap_vs_naive >= 10": None if ratio is None else ratio >= 10}
+    return report
+
+
+async def bench_fanout(
+    plan: Plan, data_dir: Path, clients: int, target_kind: str, tap_config: str | None
+) -> dict[str, Any]:
+    """N WebSocket clients subscribed to `prices`; latency from the tick's `ts` to arrival."""
+    report: dict[str, Any] = {"bench": "fanout", "target": target_kind, "clients": clients}
+    hist = Histogram()
+    frames = 0
+    closed = 0
+
+    async def client(url: str, symbol: str, ready: trio.Event, counter: list[int]) -> None:
+        nonlocal frames, closed
+        try:
+            async with trio_websocket.open_websocket_url(
+                url, message_queue_size=64, receive_buffer_size=65536
+            ) as ws:
+                await ws.send_message(
+                    msgspec.json.encode(
+                        {"type": "subscribe", "channels": [f"prices:{symbol}"]}
+                    ).decode()
+                )
+                counter[0] += 1
+                if counter[0] == clients:
+                    ready.set()
+                while True:
+                    raw = await ws.get_message()
+                    f = frame_decoder.decode(raw)
+                    if f.type == "price" and f.ts is not None and measuring:
+                        hist.record(max(0, int((time.time() * 1000 - f.ts) * 1000)))
+                        frames += 1
+        except trio_websocket.ConnectionClosed:
+            closed += 1
+
+    measuring = False
+
+    async def run(server: RunningServer) -> None:
+        nonlocal measuring
+        monitor = Monitor(server=server)
+        async with trio.open_nursery() as nursery:
+            ready = trio.Event()
+            counter = [0]
+            limiter = trio.CapacityLimiter(32)
+
+            async def start_one() -> None:
+                async with limiter:
+                    await trio.lowlevel.checkpoint()
+                nursery.start_soon(
+                    client, Target(server.base_url).ws_url, "BTC-USD", ready, counter
+                )
+
+            for _ in range(clients):
+                await start_one()
+            with trio.move_on_after(60):
+                await ready.wait()
+            report["connected"] = counter[0]
+            _say(f"fanout: {counter[0]} clients subscribed; measuring {plan.fanout_s:.0f} s")
+            monitor.restart()
+            measuring = True
+            await trio.sleep(plan.fanout_s)
+            measuring = False
+            report.update(monitor.overall())
+            nursery.cancel_scope.cancel()
+
+    if target_kind == "naive":
+        async with start_naive_server(data_dir / "naive") as server:
+            await run(server)
+    else:
+        reason = tap_unavailable()
+        if reason is not None:
+            report["skipped"] = reason
+            return report
+        async with start_tap_server(
+            None, TAP_BENCH_OVERRIDES, data_dir / "tap", config_path=tap_config
+        ) as server:
+            await run(server)
+    report["tick_to_client"] = hist.summary_ms()
+    report["frames_per_s"] = round(frames / plan.fanout_s, 1)
+    report["closed_by_server"] = closed
+    return report
+
+
+async def bench_client(data_dir: Path, requests: int = 3000) -> dict[str, Any]:
+    """CPU per request of `loadgen.h1` vs httpx, sequential, against the bare server."""
+    import httpx
+
+    body = bet_shaped_body()
+    out: dict[str, Any] = {"bench": "client", "requests": requests}
+    async with start_bench_server("bare", data_dir) as server:
+        conn = HttpConnection(server.host, server.port)
+        head = conn.head("POST", "/api/bets", b"Content-Type: application/json\r\n")
+        for _ in range(200):
+            await conn.send(head, body)
+        cpu, wall = time.process_time(), time.monotonic()
+        for _ in range(requests):
+            await conn.send(head, body)
+        out["h1_cpu_us_per_request"] = round((time.process_time() - cpu) / requests * 1e6, 1)
+        out["h1_wall_us_per_request"] = round((time.monotonic() - wall) / requests * 1e6, 1)
+        conn.close()
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            headers = {"Content-Type": "application/json"}
+            for _ in range(200):
+                await client.post("/api/bets", content=body, headers=headers)
+            cpu, wall = time.process_time(), time.monotonic()
+            for _ in range(requests):
+                await client.post("/api/bets", content=body, headers=headers)
+            out["httpx_cpu_us_per_request"] = round((time.process_time() - cpu) / requests * 1e6, 1)
+            out["httpx_wall_us_per_request"] = round((time.monotonic() - wall) / requests * 1e6, 1)
+    _say(
+        f"client: h1 {out['h1_cpu_us_per_request']} µs CPU/request, httpx "
+        f"{out['httpx_cpu_us_per_request']} µs CPU/request (sequential, keep-alive)"
+    )
+    return out
+
+
+async def bench_delegated(module: str, quick: bool, data_dir: Path) -> dict[str, Any]:
+    """Run `loadgen.<module>.run(...)`, written alongside this bench, when it exists.
+
+    It is passed `quick` and `directory` (this bench's data directory, on the project's disk)
+    when its signature takes them. A synchronous `run` may start its own trio loop, so it runs
+    in a worker thread; a coroutine function is awaited here.
+    """
+    try:
+        mod = importlib.import_module(f"loadgen.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != f"loadgen.{module}":
+            raise
+        return {"bench": module, "skipped": f"loadgen/{module}.py is not present"}
+    run_fn: Callable[..., Any] = mod.run
+    params = inspect.signature(run_fn).parameters
+    kwargs: dict[str, Any] = {}
+    if "quick" in params:
+        kwargs["quick"] = quick
+    if "directory" in params:
+        kwargs["directory"] = str(data_dir)
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    _say(f"{module}: running loadgen.{module}.run({shown})")
+    if inspect.iscoroutinefunction(run_fn):
+        result = await run_fn(**kwargs)
+    else:
+        result = await trio.to_thread.run_sync(lambda: run_fn(**kwargs))
+    return {"bench": module, "result": result}
+
+
+async def run(
+    which: str,
+    *,
+    quick: bool,
+    data_dir: Path,
+    vus: int | None = None,
+    clients: int | None = None,
+    fanout_target: str = "tap",
+    tap_config: str | None = None,
+) -> dict[str, Any]:
+    plan = QUICK if quick else FULL
+    users = vus or plan.vus
+    started = time.monotonic()
+    benches: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "all": lambda: bench_all(plan, data_dir, users, tap_config),
+        "naive": lambda: bench_naive(plan, data_dir, users, tap_config),
+        "fanout": lambda: bench_fanout(
+            plan, data_dir, clients or plan.fanout_clients, fanout_target, tap_config
+        ),
+        "client": lambda: bench_client(data_dir),
+        "batcher": lambda: bench_delegated("bench_batcher", quick, data_dir),
+        "resolver": lambda: bench_delegated("bench_resolver", quick, data_dir),
+        "redis": lambda: bench_delegated("bench_redis", quick, data_dir),
+    }
+    load_before = _loadavg()
+    report = await benches[which]()
+    report.update(
+        quick=quick,
+        plan=msgspec.to_builtins(plan),
+        data_dir=str(data_dir),
+        elapsed_s=round(time.monotonic() - started, 1),
+        machine={"cpus": _cpus(), "loadavg_1m_before": load_before, "loadavg_1m_after": _loadavg()},
+    )
+    goals = report.get("goals", {})
+    report["ok"] = all(v is not False for v in goals.values())
+    return report
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average: above the CPU count, other work competed with the bench."""
+    import os
+
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"bench {report['bench']} ({'quick' if report['quick'] else 'full'}, "
+        f"{report['elapsed_s']:.0f} s, {m['cpus']} CPUs, load average "
+        f"{m['loadavg_1m_before']} before / {m['loadavg_1m_after']} after)"
+    ]
+    if (m["loadavg_1m_before"] or 0) > 0.5 * m["cpus"]:
+        lines.append("warning: the machine was busy before the bench started; figures are noisy")
+    targets = dict(report.get("targets", {}))
+    for key in ("naive_http", "tap_http"):
+        if key in report and key not in targets:
+            targets[key] = report[key]
+    if targets:
+        lines.append(f"{'target':<14}{'max rate/s':>12}{'p99 at max':>12}  limited by")
+        for name, t in targets.items():
+            p99 = t.get("p99_ms_at_max")
+            lines.append(
+                f"{name:<14}{t['max_rate']:>12.0f}{'' if p99 is None else f'{p99:.1f} ms':>12}  "
+                f"{t['limited_by']}"
+            )
+    at70 = report.get("tap_at_70pct")
+    if at70:
+        lines.append(
+            f"tap at 70 % ({at70['rate']}/s): p99 {at70['p99_ms']} ms, 5xx {at70['server_errors']}"
+        )
+    for key, value in report.get("ratios", {}).items():
+        lines.append(f"ratio {key}: {value if value is not None else 'n/a'}")
+    for goal, met in report.get("goals", {}).items():
+        lines.append(f"goal {goal}: {'n/a' if met is None else 'met' if met else 'NOT met'}")
+    for key in ("tap_skipped", "skipped"):
+        if key in report:
+            last = str(report[key]).strip().splitlines()[-1]
+            lines.append(f"skipped: {last} (details in the JSON report)")
+    if report["bench"] == "fanout" and "tick_to_client" in report:
+        lat = report["tick_to_client"]
+        lines.append(
+            f"fanout to {report.get('connected')} clients: tick→client p50 {lat['p50_ms']} ms "
+            f"p99 {lat['p99_ms']} ms max {lat['max_ms']} ms, {report['frames_per_s']} frames/s"
+        )
+    if report["bench"] == "client":
+        lines.append(
+            f"h1 {report['h1_cpu_us_per_request']} µs vs httpx "
+            f"{report['httpx_cpu_us_per_request']} µs CPU per request"
+        )
+    if report["bench"].startswith("bench_"):
+        result = report.get("result", report.get("skipped"))
+        if isinstance(result, dict):
+            lines += [f"  {k}: {v}" for k, v in result.items()]
+        else:
+            lines.append(f"  {result}")
+    return "\n".join(lines)

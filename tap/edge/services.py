@@ -1,0 +1,429 @@
+"""What the edge's handlers call: one object holding the process's handles, built by the supervisor.
+
+It translates between HTTP/WS requests and the actors: the bet desk, the session book, the
+writer's queue and its committed-event waiters, the read-only store, the market and breaker
+handles, the hub and the hot state. Handlers stay routing-only; this is where "wait for the commit
+of my deposit" or "is the feed fresh?" are answered.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+import trio
+
+from actors.batcher import CommittedFanout
+from tap import siwe
+from tap.admission import SessionKey, timestamp_ok, valid_nonce, withdrawal_payload
+from tap.config import Config
+from tap.edge.desk import BetDesk, PendingBets, WriterSender
+from tap.errors import ApiError
+from tap.hotstate import HotState, HotStateUnavailable
+from tap.messages import (
+    AdminCredit,
+    Bet,
+    BreakerMode,
+    Deposit,
+    EntryPosted,
+    GridView,
+    LedgerEntry,
+    Tick,
+    Withdrawal,
+    WithdrawalRequest,
+    WsBalance,
+    WsBreaker,
+    WsGrid,
+)
+from tap.runtime import metrics
+from tap.runtime.clock import Clock
+from tap.sessions import Session, SessionBook
+
+R = TypeVar("R")
+
+
+class Reader(Protocol):
+    """Read-only queries on the ledger database (run off the event loop by the implementation)."""
+
+    async def bet(self, bet_id: str) -> Bet | None: ...
+    async def bet_by_nonce(self, address: str, nonce: str) -> Bet | None: ...
+    async def bets(
+        self, address: str, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Bet], str | None]: ...
+    async def balance(self, address: str) -> tuple[int, int]: ...
+    async def ledger(
+        self, address: str, limit: int, cursor: str | None
+    ) -> tuple[list[LedgerEntry], str | None]: ...
+    async def ticks(
+        self, symbol: str, start: int, end: int, limit: int
+    ) -> tuple[list[Tick], int | None]: ...
+    async def ping(self) -> bool: ...
+
+
+class MarketHandle(Protocol):
+    def grid(self, symbol: str) -> GridView | None: ...
+    def last_tick(self, symbol: str) -> Tick | None: ...
+
+
+class HubLike(Protocol):
+    def connect(self) -> Any: ...
+    def disconnect(self, sub: Any) -> None: ...
+
+
+@dataclass
+class EdgeServices:
+    cfg: Config
+    clock: Clock
+    sessions: SessionBook
+    desk: BetDesk
+    pending: PendingBets
+    hot: HotState
+    writer: WriterSender
+    fanout: CommittedFanout
+    reader: Reader
+    market: MarketHandle
+    breaker_state: Callable[[str], str]  # symbol → "open" | "closed"
+    breaker_reason: Callable[[str], str]
+    override_breaker_fn: Callable[[BreakerMode], Any]
+    hub: HubLike
+    stopping: trio.Event
+    admin_token: str | None
+    archive_fn: Callable[[], Any] | None = None
+    integrity_fn: Callable[[], Any] | None = None
+    writer_depth: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    writer_alive: Callable[[], bool] = lambda: True
+    redis_configured: bool = False
+    _refs: int = field(default=0)
+
+    # ── auth ───────────────────────────────────────────────────────────────────────────────
+
+    def login(self, message: str, signature: str, now: int) -> Session:
+        auth = self.cfg.auth
+        try:
+            parsed = siwe.parse(message)
+        except siwe.SiweFormatError as e:
+            raise ApiError("invalid_request", f"message: {e}") from None
+        signer = siwe.recover_address(message, signature)
+        if signer is None or signer != parsed.address.lower():
+            raise ApiError("bad_signature", "signature does not recover to the message's address")
+        problem = siwe.validate(
+            parsed, domain=auth.domain, uri=auth.uri, chain_id=auth.chain_id, now_ms=now
+        )
+        if problem is not None:
+            raise ApiError(problem, _LOGIN_TEXT.get(problem, problem))
+        session_key = siwe.session_key_of(parsed)
+        if session_key is None:
+            raise ApiError(
+                "invalid_request",
+                "message: exactly one resource urn:tap:session-key:ed25519:<64 hex> is required",
+            )
+        challenge = self.sessions.take_challenge(parsed.nonce, now)
+        if challenge is None or challenge.address != signer:
+            raise ApiError("unknown_nonce", "nonce was not issued for this address, or was used")
+        return self.sessions.open_session(secrets.token_urlsafe(32), signer, session_key, now)
+
+    # ── bets ───────────────────────────────────────────────────────────────────────────────
+
+    async def wait_for_bet(self, bet_id: str, timeout_s: float) -> Bet | None:
+        """The committed (confirmed or rejected) bet, or None if `timeout_s` passed first.
+
+        Called right after the desk's `send_nowait` with no checkpoint in between, so the
+        writer cannot have published the answer before the waiter is registered."""
+        with self.fanout.expect_bet(bet_id) as waiter, trio.move_on_after(timeout_s):
+            answer = await waiter.wait()
+            bet: Bet = answer.bet  # type: ignore[union-attr]
+            return bet
+        return None
+
+    async def bet(self, bet_id: str) -> Bet | None:
+        pending = self.pending.get(bet_id)
+        if pending is not None:
+            return pending
+        return await self._read(self.reader.bet(bet_id))
+
+    async def bet_by_nonce(self, address: str, nonce: str) -> Bet | None:
+        from tap.edge.desk import bet_id_for
+
+        pending = self.pending.get(bet_id_for(address, nonce))
+        if pending is not None:
+            return pending
+        return await self._read(self.reader.bet_by_nonce(address, nonce))
+
+    async def list_bets(
+        self, address: str, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Bet], str | None]:
+        return await self._read(self.reader.bets(address, status, limit, cursor))
+
+    async def balance(self, address: str) -> tuple[int, int]:
+        return await self._read(self.reader.balance(address))
+
+    async def ledger(
+        self, address: str, limit: int, cursor: str | None
+    ) -> tuple[list[LedgerEntry], str | None]:
+        return await self._read(self.reader.ledger(address, limit, cursor))
+
+    async def ticks(
+        self, symbol: str, start: int, end: int, limit: int
+    ) -> tuple[list[Tick], int | None]:
+        return await self._read(self.reader.ticks(symbol, start, end, limit))
+
+    async def _read(self, aw: Awaitable[R]) -> R:
+        try:
+            return await aw
+        except ValueError as e:  # a malformed cursor and the like
+            raise ApiError("invalid_request", str(e)) from None
+
+    def grid(self, symbol: str) -> GridView | None:
+        return self.market.grid(symbol)
+
+    # ── money ──────────────────────────────────────────────────────────────────────────────
+
+    def _ref(self, kind: str) -> str:
+        return f"{kind}-{secrets.token_hex(10)}"
+
+    async def _post_and_wait(self, request: Any, ref: str) -> EntryPosted:
+        posted = None
+        with self.fanout.expect_entry(ref) as waiter:
+            try:
+                self.writer.send_nowait(request)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ApiError("overloaded", "the ledger queue is full", retry_after_s=1) from None
+            with trio.move_on_after(10.0):
+                posted = await waiter.wait()
+        if not isinstance(posted, EntryPosted):
+            # Queued but not committed in 10 s: the writer is stalled; the request may still land.
+            raise ApiError("dependency_unavailable", "ledger did not commit in time", ref=ref)
+        return posted
+
+    async def deposit(self, address: str, amount: int) -> LedgerEntry:
+        ref = self._ref("dep")
+        posted = await self._post_and_wait(
+            Deposit(address=address, amount=amount, ref=ref, at=self.clock.now_ms()), ref
+        )
+        if posted.entry is None:
+            raise ApiError(posted.error or "invalid_request", "deposit refused")
+        return posted.entry
+
+    async def withdraw(self, session: Session, req: WithdrawalRequest) -> LedgerEntry:
+        auth = self.cfg.auth
+        now = self.clock.now_ms()
+        if req.chain_id != auth.chain_id:
+            raise ApiError("wrong_chain", f"chain_id must be {auth.chain_id}")
+        if not timestamp_ok(now, req.timestamp, auth.max_skew_ms):
+            raise ApiError("stale_timestamp", "timestamp outside the allowed window")
+        if not valid_nonce(req.nonce):
+            raise ApiError("invalid_request", "nonce: 16-64 characters of [A-Za-z0-9_-]")
+        if req.amount <= 0:
+            raise ApiError("amount_out_of_range", "amount must be positive")
+        key = SessionKey.from_hex(session.session_key)
+        payload = withdrawal_payload(
+            req.chain_id, session.address, req.amount, req.nonce, req.timestamp
+        )
+        if key is None or not key.verify(payload, req.signature):
+            raise ApiError("bad_signature", "signature does not verify with the session key")
+        try:
+            admit = await self.hot.admit_withdrawal(session.address, req.nonce, req.amount, now)
+        except HotStateUnavailable:
+            raise ApiError(
+                "dependency_unavailable", "hot state unavailable", retry_after_s=1
+            ) from None
+        if not admit.ok:
+            raise ApiError(admit.reason or "invalid_request", f"withdrawal refused: {admit.reason}")
+        ref = f"wd-{session.address}-{req.nonce}"
+        request = Withdrawal(
+            address=session.address, amount=req.amount, nonce=req.nonce, ref=ref, at=now
+        )
+        try:
+            posted = await self._post_and_wait(request, ref)
+        except ApiError as err:
+            if err.code == "overloaded":
+                await self._release(session.address, req.amount, nonce=req.nonce)
+            raise
+        if posted.entry is None:
+            await self._release(session.address, req.amount)  # the nonce stays burned
+            code = posted.error or "insufficient_funds"
+            raise ApiError(code, f"withdrawal refused: {code}")
+        return posted.entry
+
+    async def _release(self, address: str, amount: int, nonce: str | None = None) -> None:
+        try:
+            await self.hot.release(address, amount, nonce=nonce)
+        except HotStateUnavailable:
+            pass  # safe direction: the hold stays until the balance cache is rebuilt
+
+    async def admin_credit(self, address: str, amount: int, reason: str) -> LedgerEntry:
+        ref = self._ref("adj")
+        posted = await self._post_and_wait(
+            AdminCredit(
+                address=address, amount=amount, reason=reason, ref=ref, at=self.clock.now_ms()
+            ),
+            ref,
+        )
+        if posted.entry is None:
+            code = posted.error or "insufficient_funds"
+            raise ApiError(code, f"adjustment refused: {code}")
+        return posted.entry
+
+    # ── breaker, archive, integrity ────────────────────────────────────────────────────────
+
+    async def override_breaker(self, mode: BreakerMode) -> None:
+        result = self.override_breaker_fn(mode)
+        if hasattr(result, "__await__"):
+            await result
+
+    async def run_archive(self) -> Any:
+        if self.archive_fn is None:
+            raise ApiError("not_found", "archiving is not available in this process")
+        return await self.archive_fn()
+
+    async def integrity(self) -> list[str]:
+        if self.integrity_fn is None:
+            raise ApiError("not_found", "integrity check is not available in this process")
+        result: list[str] = await self.integrity_fn()
+        return result
+
+    # ── WebSocket helpers ──────────────────────────────────────────────────────────────────
+
+    def check_channels(self, channels: list[str], *, authed: bool) -> tuple[str, str] | None:
+        for ch in channels:
+            kind, _, symbol = ch.partition(":")
+            if ch == "account":
+                if not authed:
+                    return ("unauthorized", "subscribe to account after auth")
+            elif kind in ("prices", "grid") and self.cfg.market(symbol) is not None:
+                continue
+            else:
+                return ("invalid_request", f"unknown channel {ch!r}")
+        return None
+
+    def send_snapshots(self, sub: Any, channels: list[str], session: Session | None) -> None:
+        """Fresh subscribers get the current grid and breaker state at once, not after 1 s."""
+        for ch in channels:
+            kind, _, symbol = ch.partition(":")
+            if kind == "grid":
+                view = self.market.grid(symbol)
+                if view is not None:
+                    sub.send_direct(_encode(WsGrid(**msgspec.structs.asdict(view))))
+                sub.send_direct(
+                    _encode(
+                        WsBreaker(
+                            state=self.breaker_state(symbol),  # type: ignore[arg-type]
+                            reason=self.breaker_reason(symbol),
+                        )
+                    )
+                )
+
+    async def balance_frame(self, address: str) -> str:
+        available, locked = await self.balance(address)
+        return _encode(WsBalance(available=available, locked=locked))
+
+    # ── health ─────────────────────────────────────────────────────────────────────────────
+
+    def _feed_check(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        now = self.clock.now_ms()
+        fresh = True
+        out: dict[str, dict[str, Any]] = {}
+        for m in self.cfg.markets:
+            tick = self.market.last_tick(m.symbol)
+            stale_for = None if tick is None else max(0, now - tick.ts)
+            ok = stale_for is not None and stale_for < self.cfg.breaker.stale_after_ms
+            fresh = fresh and ok
+            out[m.symbol] = {
+                "last_update": None if tick is None else tick.ts,
+                "stale_for_ms": stale_for,
+            }
+        return fresh, out
+
+    async def _redis_ok(self) -> bool | None:
+        if not self.redis_configured:
+            return None
+        with trio.move_on_after(1):
+            return await self.hot.ping()
+        return False
+
+    async def _db_ok(self) -> bool:
+        if not self.writer_alive():
+            return False
+        with trio.move_on_after(1):
+            return await self.reader.ping()
+        return False
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        db_ok = await self._db_ok()
+        redis_ok = await self._redis_ok()
+        feed_ok, _ = self._feed_check()
+        breaker_ok = all(self.breaker_state(m.symbol) == "closed" for m in self.cfg.markets)
+        checks = {
+            "database": "pass" if db_ok else "fail",
+            "redis": "skipped" if redis_ok is None else ("pass" if redis_ok else "fail"),
+            "price_feed": "pass" if feed_ok else "fail",
+            "circuit_breaker": "pass" if breaker_ok else "fail",
+            "accepting": "fail" if self.stopping.is_set() else "pass",
+        }
+        ready = (
+            db_ok
+            and redis_ok is not False
+            and feed_ok
+            and breaker_ok
+            and not self.stopping.is_set()
+        )
+        return ready, checks
+
+    async def health(self) -> tuple[str, dict[str, Any]]:
+        db_ok = await self._db_ok()
+        redis_ok = await self._redis_ok()
+        feed_ok, feeds = self._feed_check()
+        depth, capacity = self.writer_depth()
+        symbol = self.cfg.markets[0].symbol
+        checks: dict[str, Any] = {
+            "database": {"status": "pass" if db_ok else "fail"},
+            "redis": {
+                "status": "skipped" if redis_ok is None else ("pass" if redis_ok else "fail"),
+                **(
+                    {}
+                    if redis_ok is not False
+                    else {"reason": "Redis did not answer; bets refuse with 503"}
+                ),
+            },
+            "price_feed": feeds.get(symbol, {"last_update": None, "stale_for_ms": None})
+            | {"status": "pass" if feed_ok else "fail"},
+            "circuit_breaker": {
+                "status": self.breaker_state(symbol),
+                "reason": self.breaker_reason(symbol),
+            },
+            "batcher": {"queue_depth": depth, "capacity": capacity},
+        }
+        if len(self.cfg.markets) > 1:
+            checks["price_feeds"] = feeds
+        if not db_ok:
+            status = "unhealthy"
+        elif redis_ok is False or not feed_ok or checks["circuit_breaker"]["status"] != "closed":
+            status = "degraded"
+        else:
+            status = "healthy"
+        return status, checks
+
+    def refresh_gauges(self) -> None:
+        depth, _ = self.writer_depth()
+        metrics.BATCH_QUEUE_DEPTH.set(depth)
+        now = self.clock.now_ms()
+        for m in self.cfg.markets:
+            tick = self.market.last_tick(m.symbol)
+            if tick is not None:
+                metrics.FEED_STALENESS.labels(m.symbol).set(max(0, now - tick.ts) / 1000)
+
+
+_LOGIN_TEXT = {
+    "wrong_domain": "message domain or uri does not match this server",
+    "wrong_chain": "message chain id does not match this server",
+    "expired": "message is expired or not yet valid",
+}
+
+_frame_encoder = msgspec.json.Encoder()
+
+
+def _encode(frame: Any) -> str:
+    return _frame_encoder.encode(frame).decode()

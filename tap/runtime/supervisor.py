@@ -1,0 +1,371 @@
+"""The supervisor: the whole process on one page (DESIGN's graph, in code).
+
+```
+ feed ─► ingest ─ticks─► breaker ─state─► market · hub
+            ├─ticks─► market ─► hub (prices, grid) ─► WS clients
+            └─ticks─► resolver ─ticks, settle─┐
+ edge ──bets (bounded; full ⇒ 503)──────────► writer (batcher) ─committed─► hub · resolver ·
+                                                                   ledger-sync · waiters
+ maintenance: archiver (weekly) · integrity (daily) · backups (hourly)
+```
+
+Two nested nurseries make the shutdown order explicit: the writer lives in the outer one and
+outlives every producer. SIGTERM/SIGINT → stop admission (readiness fails, Hypercorn stops
+accepting and finishes in-flight requests within its graceful timeout) → cancel the producers
+(ingest, resolver, …) → close the writer's input → the writer drains what was queued, commits,
+returns → the committed fan-out closes. A bet answered 202 is therefore committed (confirmed or
+rejected) before the process exits, unless it is killed outright — and then it was never
+confirmed, so no money moved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import msgspec
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors import batcher, breaker, hub, ingest, ledger_sync, market, resolver
+from actors.batcher import CommittedFanout, Lagged
+from actors.ingest import ManualFeed, TickOutput
+from tap.config import Config, describe
+from tap.edge.app import create_app
+from tap.edge.desk import BetDesk, PendingBets
+from tap.edge.services import EdgeServices
+from tap.hotstate import HotState, InMemoryHotState
+from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, WriterRequest
+from tap.runtime.clock import Clock
+from tap.sessions import SessionBook
+from tap.store import db
+from tap.store.reader import StoreReader
+
+log = logging.getLogger("tap")
+
+
+@dataclass
+class Running:
+    """Handles a test (or an embedding program) gets once the server is up."""
+
+    url: str
+    port: int
+    clock: Clock
+    stop: trio.Event
+    manual_feed: ManualFeed | None
+    services: EdgeServices
+
+
+@dataclass(frozen=True)
+class StartupState:
+    """What the ledger says at startup, read before the writer takes its first request."""
+
+    open_bets: list[Any]
+    reload_ticks: list[Tick]
+    last_tick_before: dict[str, int]
+    balances: dict[str, int]
+    recent_nonces: list[tuple[str, str, int]]  # (address, nonce, accepted_at)
+
+
+def load_startup_state(db_path: str, now_ms: int, nonce_memory_ms: int) -> StartupState:
+    conn = db.open_writer(db_path)  # migrates if needed
+    try:
+        open_bets = db.open_bets(conn)
+        if open_bets:
+            first = min(b.t_start for b in open_bets)
+            reload_ticks = db.ticks_since(conn, first)
+            before = db.last_tick_before(conn, first)
+        else:
+            reload_ticks, before = [], {}
+        balances = db.all_balances(conn)
+        nonces = [
+            (str(a), str(n), int(t))
+            for a, n, t in conn.execute(
+                "SELECT address, nonce, accepted_at FROM bets WHERE accepted_at >= ?",
+                (now_ms - nonce_memory_ms,),
+            )
+        ]
+    finally:
+        conn.close()
+    return StartupState(open_bets, reload_ticks, before, balances, nonces)
+
+
+class _TimeoutSockets(HypercornConfig):
+    """Hypercorn config whose listening sockets carry TCP_USER_TIMEOUT.
+
+    Hypercorn's trio server sends with a shielded, untimed `send_all`: a client that stops
+    reading would block its connection's sends — and graceful shutdown — forever. Accepted
+    sockets inherit TCP_USER_TIMEOUT from the listener, so the kernel fails such a send after
+    `send_timeout_ms` of unacknowledged data (DESIGN, known pitfalls).
+    """
+
+    send_timeout_ms = 5000
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family in (
+                socket.AF_INET,
+                socket.AF_INET6,
+            ):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.send_timeout_ms)
+        return sockets
+
+
+def hypercorn_config(cfg: Config) -> HypercornConfig:
+    hc = _TimeoutSockets()
+    hc.send_timeout_ms = cfg.server.send_timeout_ms
+    hc.bind = [f"{cfg.server.host}:{cfg.server.port}"]
+    hc.graceful_timeout = cfg.server.graceful_timeout_s
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.include_server_header = False
+    hc.websocket_ping_interval = 20.0
+    if cfg.server.tls_cert:
+        hc.certfile = cfg.server.tls_cert
+        hc.keyfile = cfg.server.tls_key
+    return hc
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info('{"msg": "signal received, draining", "signal": %d}', signum)
+            stop.set()
+            return
+
+
+async def _confirmed_bets(
+    fanout: CommittedFanout,
+    out: trio.MemorySendChannel[Bet],
+    reload_open: Callable[[], Awaitable[list[Any]]],
+) -> None:
+    """Feed the resolver every confirmed bet. If this subscription ever lags, re-send every open
+    bet from the ledger (the resolver's `add` ignores bets it already holds)."""
+    async with out:
+        while True:
+            sub = fanout.subscribe(ledger_sync.CAPACITY, "resolver")
+            try:
+                async for event in sub:
+                    if isinstance(event, BetConfirmed):
+                        await out.send(event.bet)
+                return
+            except Lagged:
+                log.error("resolver feed lagged; re-adding open bets from the ledger")
+                for bet in await reload_open():
+                    await out.send(bet)
+
+
+def make_hot_state(cfg: Config) -> HotState:
+    marker_ttl = max(3_600_000, max((m.columns_ahead + 2) * m.column_ms for m in cfg.markets))
+    return InMemoryHotState(
+        cfg.auth.max_skew_ms,
+        cfg.limits.rate_per_s,
+        cfg.limits.burst,
+        marker_ttl_ms=marker_ttl,
+    )
+
+
+async def run_server(
+    cfg: Config,
+    *,
+    clock: Clock | None = None,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    admin_token: str | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    clock = clock or Clock()
+    stop = stop or trio.Event()
+    if admin_token is None:
+        admin_token = os.environ.get("TAP_ADMIN_TOKEN") or None
+    log.info(
+        '{"msg": "effective config", "config": %s}', msgspec.json.encode(describe(cfg)).decode()
+    )
+    db_path = cfg.server.db_path
+    nonce_memory_ms = 2 * cfg.auth.max_skew_ms
+    startup = await trio.to_thread.run_sync(
+        load_startup_state, db_path, clock.now_ms(), nonce_memory_ms
+    )
+
+    hot = make_hot_state(cfg)
+    await hot.rebuild(startup.balances)
+    await hot.remember_nonces(startup.recent_nonces, clock.now_ms())
+
+    reader = StoreReader(db_path)
+    fanout = CommittedFanout()
+    pending = PendingBets()
+    symbol = cfg.feed.symbol
+
+    # The writer's input. Full ⇒ the edge answers 503 overloaded at once (DESIGN rule 4); sized so
+    # a few max_batch commits' worth can wait while one is being fsync'd.
+    to_writer, writer_input = trio.open_memory_channel[WriterRequest](cfg.batcher.queue_size)
+    # One clone per producer (trio#1559): the writer sees the end only when all are closed.
+    edge_writer, resolver_writer = to_writer.clone(), to_writer.clone()
+
+    async def rebuild_hot() -> None:
+        balances = await reader.run(db.all_balances)
+        await hot.rebuild(balances)
+
+    async def reload_open() -> list[Any]:
+        return await reader.run(db.open_bets)
+
+    try:
+        async with trio.open_nursery() as core:
+            await core.start(batcher.run, cfg.batcher, clock, writer_input, fanout.publish, db_path)
+            try:
+                async with trio.open_nursery() as services:
+                    # ── channels between actors (each bounded; size says why) ──
+                    # Ticks the breaker must see, in order (lossless): a few seconds of a busy feed.
+                    tick_breaker_tx, tick_breaker_rx = trio.open_memory_channel[Tick](1024)
+                    # Ticks for resolution and the tick log (lossless): a column's worth of a busy
+                    # feed, so closing a column never makes ingest wait.
+                    tick_resolver_tx, tick_resolver_rx = trio.open_memory_channel[Tick](4096)
+                    # Ticks for prices and the grid (lossy): only the newest matters.
+                    tick_market_tx, tick_market_rx = trio.open_memory_channel[Tick](64)
+                    # Breaker changes are rare (at most one per tick): a small buffer each.
+                    brk_market_tx, brk_market_rx = trio.open_memory_channel[BreakerChanged](16)
+                    brk_hub_tx, brk_hub_rx = trio.open_memory_channel[BreakerChanged](16)
+                    # Operator overrides: a handful at a time at most.
+                    override_tx, override_rx = trio.open_memory_channel[BreakerMode](16)
+                    # Confirmed bets for the resolver: its intake is O(1) per bet, so a burst of
+                    # one commit batch fits.
+                    bets_tx, bets_rx = trio.open_memory_channel[Bet](4096)
+                    # Committed events for the hub, pumped from the fan-out.
+                    committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Any](4096)
+
+                    # ── actors, in dependency order ──
+                    await services.start(ledger_sync.run, fanout, hot, pending, rebuild_hot)
+                    the_hub = hub.Hub(cfg.server.ws_queue)
+                    services.start_soon(_pump, fanout, committed_hub_tx, rebuild_hot)
+                    await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
+                    brk = await services.start(
+                        partial(
+                            breaker.run,
+                            cfg.breaker,
+                            clock,
+                            tick_breaker_rx,
+                            [brk_market_tx, brk_hub_tx],
+                            override_rx,
+                            symbol=symbol,
+                        )
+                    )
+                    mkt = await services.start(
+                        market.run, cfg, clock, tick_market_rx, brk_market_rx, the_hub.publish
+                    )
+                    services.start_soon(_confirmed_bets, fanout, bets_tx, reload_open)
+                    await services.start(
+                        resolver.run,
+                        cfg,
+                        clock,
+                        tick_resolver_rx,
+                        bets_rx,
+                        resolver_writer,
+                        startup.open_bets,
+                        startup.last_tick_before or None,
+                        startup.reload_ticks,
+                    )
+                    feed = await services.start(
+                        ingest.run,
+                        cfg,
+                        clock,
+                        [
+                            TickOutput("breaker", tick_breaker_tx, lossless=True),
+                            TickOutput("resolver", tick_resolver_tx, lossless=True),
+                            TickOutput("market", tick_market_tx, lossless=False),
+                        ],
+                    )
+
+                    # ── the edge ──
+                    desk = BetDesk(
+                        cfg,
+                        clock.now_ms,
+                        hot,
+                        mkt,
+                        lambda s: brk.state() == "open",
+                        edge_writer,
+                        pending,
+                    )
+                    svc = EdgeServices(
+                        cfg=cfg,
+                        clock=clock,
+                        sessions=SessionBook(
+                            challenge_ttl_ms=cfg.auth.challenge_ttl_ms,
+                            session_ttl_ms=cfg.auth.session_ttl_ms,
+                        ),
+                        desk=desk,
+                        pending=pending,
+                        hot=hot,
+                        writer=edge_writer,
+                        fanout=fanout,
+                        reader=reader,
+                        market=mkt,
+                        breaker_state=lambda s: brk.state(),
+                        breaker_reason=lambda s: brk.reason(),
+                        override_breaker_fn=override_tx.send,
+                        hub=the_hub,
+                        stopping=stop,
+                        admin_token=admin_token,
+                        writer_depth=lambda: (
+                            writer_input.statistics().current_buffer_used,
+                            cfg.batcher.queue_size,
+                        ),
+                    )
+                    app = create_app(svc)
+                    hc = hypercorn_config(cfg)
+                    if handle_signals:
+                        services.start_soon(_watch_signals, stop)
+                    edge_done = trio.Event()
+
+                    async def serve_edge(
+                        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+                        try:
+                            await hypercorn_serve(
+                                app, hc, shutdown_trigger=stop.wait, task_status=task_status
+                            )
+                        finally:
+                            edge_done.set()
+
+                    binds = await services.start(serve_edge)
+                    url = binds[0]
+                    port = int(url.rsplit(":", 1)[1])
+                    log.info('{"msg": "serving", "url": "%s"}', url)
+                    task_status.started(Running(url, port, clock, stop, feed.manual, svc))
+                    # Returns once `stop` fired and Hypercorn drained in-flight requests within
+                    # its graceful timeout; then every other producer is stopped.
+                    await edge_done.wait()
+                    services.cancel_scope.cancel()
+            finally:
+                # Every producer is gone: close the writer's input so it drains and returns.
+                for sender in (to_writer, edge_writer, resolver_writer):
+                    sender.close()
+    finally:
+        fanout.close()
+        reader.close()
+        await hot.aclose()
+
+
+async def _pump(
+    fanout: CommittedFanout,
+    out: trio.MemorySendChannel[Any],
+    rebuild: Callable[[], Awaitable[None]],
+) -> None:
+    """Committed events → the hub. A lag here only costs WS frames (clients resync over HTTP)."""
+    async with out:
+        while True:
+            sub = fanout.subscribe(ledger_sync.CAPACITY, "hub")
+            try:
+                async for event in sub:
+                    await out.send(event)
+                return
+            except Lagged:
+                log.warning("hub feed lagged; some account frames were not sent")

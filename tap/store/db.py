@@ -1,0 +1,779 @@
+"""The ledger database: opening connections, the writer's batch transaction, and the reads.
+
+Write layer: `apply_batch` turns a batch of `WriterRequest`s into one `BEGIN IMMEDIATE`
+transaction with an outcome per item, and returns the `Committed` events to announce — only
+once `COMMIT` has returned. One bad item never fails the batch: a unique violation leaves the
+transaction open (SQLite undoes only the failing statement), so conflicts are classified after
+the fact instead of guarded by a SAVEPOINT per item, and a shortfall is a conditional UPDATE that
+matches no row. The money rules themselves (which row each event writes) come from `tap.ledger`.
+Everything here is synchronous: the batcher runs it in its worker thread; tests call it directly.
+
+Read layer: plain functions over any connection (the edge and the resolver open their own,
+read-only ones; WAL lets them read while the writer writes).
+
+What the caller decides: where the file lives, which thread runs what (a connection must be used
+by one thread at a time), retrying `SQLITE_BUSY` (`is_busy` tells it apart), and the clock
+(`now_ms` is an argument).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from tap import ledger
+from tap.messages import (
+    AdminCredit,
+    BalanceChanged,
+    Bet,
+    BetConfirmed,
+    BetRejected,
+    BetResolved,
+    Committed,
+    DecidedBy,
+    Deposit,
+    EntryKind,
+    EntryPosted,
+    LedgerEntry,
+    Outcome,
+    PlaceBet,
+    Settle,
+    StoreTicks,
+    Tick,
+    Withdrawal,
+    WriterRequest,
+)
+from tap.store.schema import migrate, schema_version
+
+T = TypeVar("T")
+
+MAX_PAGE = 500  # the largest page any listing returns, whatever `limit` asks for
+
+# ── connections ──────────────────────────────────────────────────────────────────────────────
+
+
+def open_connection(
+    path: str | Path,
+    *,
+    busy_timeout_ms: int = 50,
+    read_only: bool = False,
+    synchronous: str = "FULL",
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, foreign keys on.
+
+    `synchronous=FULL` is what makes a confirmation mean "fsync'd": in WAL mode NORMAL may lose
+    the last commits on power loss. Lower it only for throw-away databases. `busy_timeout_ms` is
+    how long SQLite itself waits for a lock before raising SQLITE_BUSY to the caller, who retries
+    with backoff; keep it short so a stuck lock shows up as retries in the metrics.
+
+    `check_same_thread=False`: trio hands the writer's calls to whichever cached worker thread is
+    free, one at a time (a `CapacityLimiter(1)`); the caller guarantees the one-at-a-time part.
+    """
+    if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be OFF/NORMAL/FULL/EXTRA, got {synchronous!r}")
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, cached_statements=256
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if read_only:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise sqlite3.OperationalError(f"{path}: could not switch to WAL (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def open_writer(
+    path: str | Path, *, busy_timeout_ms: int = 50, synchronous: str = "FULL"
+) -> sqlite3.Connection:
+    """The writer's connection: creates the file and its directory if needed, then migrates."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = open_connection(path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
+    # 64 MiB of page cache (default 2 MiB): the unique indexes on random ids (bet_id, nonce)
+    # touch pages all over a large file; keeping them in memory keeps each batch CPU-bound.
+    conn.execute("PRAGMA cache_size = -65536")
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate_path(path: str | Path) -> int:
+    """Bring the file at `path` to the latest schema (`tap migrate`); returns the version."""
+    conn = open_writer(path)
+    try:
+        return schema_version(conn)
+    finally:
+        conn.close()
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for SQLITE_BUSY / SQLITE_LOCKED (and their extended codes): someone else holds the
+    lock, the same work will succeed later. Every other error is a real one."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(exc) or "busy" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+# ── write layer ──────────────────────────────────────────────────────────────────────────────
+
+# Reasons the writer gives besides admission's, as API.md codes so the edge can answer them as is.
+STORE_BUSY = "overloaded"  # the write lock stayed busy; nothing was stored: retry, same nonce
+DUPLICATE_BET_ID = "internal_error"  # an edge reused a bet_id for another nonce (an edge bug)
+
+_BET_COLUMNS = (
+    "bet_id, address, cell_id, amount, multiplier_bps, nonce, status, accepted_at, "
+    "confirmed_at, resolved_at, payout, decided_ts, decided_price, reason"
+)
+_INSERT_BET = (
+    "INSERT INTO bets (bet_id, address, cell_id, symbol, col, row, t_start, t_end, price_lo, "
+    "price_hi, amount, multiplier_bps, nonce, status, accepted_at, confirmed_at, reason, "
+    "timestamp, chain_id, min_multiplier_bps, signature) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The conditional movement: it matches no row when either balance would go below zero, so a
+# shortfall is "0 rows", decided by SQLite under the write lock (DESIGN rule 5).
+_MOVE = (
+    "UPDATE accounts SET available = available + ?, locked = locked + ? "
+    "WHERE address = ? AND available >= ? AND locked >= ? RETURNING available, locked"
+)
+_CREDIT = (
+    "INSERT INTO accounts (address, available, locked) VALUES (?, ?, 0) "
+    "ON CONFLICT (address) DO UPDATE SET available = available + excluded.available "
+    "RETURNING available, locked"
+)
+_INSERT_ENTRY = (
+    "INSERT INTO ledger (address, kind, amount, locked_delta, balance_after, ref, at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _bet_from_row(row: Any) -> Bet:
+    decided = None if row[11] is None else DecidedBy(ts=row[11], price=row[12])
+    return Bet(
+        bet_id=row[0],
+        address=row[1],
+        cell_id=row[2],
+        amount=row[3],
+        multiplier_bps=row[4],
+        nonce=row[5],
+        status=row[6],
+        accepted_at=row[7],
+        confirmed_at=row[8],
+        resolved_at=row[9],
+        payout=row[10],
+        decided_by=decided,
+        reason=row[13],
+    )
+
+
+def _entry_from_row(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=row[0],
+        address=row[1],
+        kind=row[2],
+        amount=row[3],
+        locked_delta=row[4],
+        balance_after=row[5],
+        ref=row[6],
+        at=row[7],
+    )
+
+
+def _bet_row(
+    req: PlaceBet, status: str, confirmed_at: int | None, reason: str | None
+) -> tuple[object, ...]:
+    return (
+        req.bet_id,
+        req.address,
+        req.cell_id,
+        req.symbol,
+        req.col,
+        req.row,
+        req.t_start,
+        req.t_end,
+        req.price_lo,
+        req.price_hi,
+        req.amount,
+        req.multiplier_bps,
+        req.nonce,
+        status,
+        req.accepted_at,
+        confirmed_at,
+        reason,
+        req.timestamp,
+        req.chain_id,
+        req.min_multiplier_bps,
+        req.signature,
+    )
+
+
+def _refused_bet(req: PlaceBet, reason: str) -> Bet:
+    return Bet(
+        bet_id=req.bet_id,
+        address=req.address,
+        cell_id=req.cell_id,
+        amount=req.amount,
+        multiplier_bps=req.multiplier_bps,
+        nonce=req.nonce,
+        status="rejected",
+        accepted_at=req.accepted_at,
+        reason=reason,
+    )
+
+
+class _BatchWriter:
+    """One batch's work inside the open transaction; collects events and final balances."""
+
+    def __init__(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        self.cur = conn.cursor()
+        self.now_ms = now_ms
+        self.events: list[Committed] = []
+        self.balances: dict[str, tuple[int, int]] = {}  # address → (available, locked), last seen
+
+    # money movements
+
+    def move(self, address: str, m: ledger.Movement) -> tuple[int, int] | None:
+        """Perform `m` on the account; None when it would take a balance below zero."""
+        if m.amount >= 0 and m.locked_delta == 0:
+            row = self.cur.execute(_CREDIT, (address, m.amount)).fetchone()
+        else:
+            row = self.cur.execute(
+                _MOVE,
+                (m.amount, m.locked_delta, address, max(0, -m.amount), max(0, -m.locked_delta)),
+            ).fetchone()
+        if row is None:
+            return None
+        balance = (int(row[0]), int(row[1]))
+        self.balances[address] = balance
+        return balance
+
+    def post(self, address: str, m: ledger.Movement, available: int, ref: str) -> LedgerEntry:
+        self.cur.execute(
+            _INSERT_ENTRY, (address, m.kind, m.amount, m.locked_delta, available, ref, self.now_ms)
+        )
+        entry_id = self.cur.lastrowid
+        assert entry_id is not None
+        return LedgerEntry(
+            entry_id=entry_id,
+            address=address,
+            kind=m.kind,
+            amount=m.amount,
+            locked_delta=m.locked_delta,
+            balance_after=available,
+            ref=ref,
+            at=self.now_ms,
+        )
+
+    def entry_by_ref(self, ref: str, kind: EntryKind) -> LedgerEntry | None:
+        row = self.cur.execute(
+            "SELECT entry_id, address, kind, amount, locked_delta, balance_after, ref, at "
+            "FROM ledger WHERE ref = ? AND kind = ?",
+            (ref, kind),
+        ).fetchone()
+        return None if row is None else _entry_from_row(row)
+
+    # bets
+
+    def place_bet(self, req: PlaceBet) -> None:
+        try:
+            stake = ledger.stake_movement(req.amount)
+        except ledger.InvalidAmount:
+            self.events.append(
+                BetRejected(
+                    bet=_refused_bet(req, "amount_out_of_range"), reason="amount_out_of_range"
+                )
+            )
+            return
+        try:
+            self.cur.execute(_INSERT_BET, _bet_row(req, "confirmed", self.now_ms, None))
+        except sqlite3.IntegrityError as conflict:
+            self.bet_conflict(req, conflict)
+            return
+        balance = self.move(req.address, stake)
+        if balance is None:
+            self.cur.execute(
+                "UPDATE bets SET status = 'rejected', reason = 'insufficient_funds', "
+                "confirmed_at = NULL WHERE bet_id = ?",
+                (req.bet_id,),
+            )
+            bet = _refused_bet(req, "insufficient_funds")
+            self.events.append(BetRejected(bet=bet, reason="insufficient_funds"))
+            return
+        self.post(req.address, stake, balance[0], req.bet_id)
+        bet = Bet(
+            bet_id=req.bet_id,
+            address=req.address,
+            cell_id=req.cell_id,
+            amount=req.amount,
+            multiplier_bps=req.multiplier_bps,
+            nonce=req.nonce,
+            status="confirmed",
+            accepted_at=req.accepted_at,
+            confirmed_at=self.now_ms,
+        )
+        self.events.append(BetConfirmed(bet=bet))
+
+    def bet_conflict(self, req: PlaceBet, conflict: sqlite3.IntegrityError) -> None:
+        """Which unique rule the insert broke, and what to answer (the first insert is undone)."""
+        row = self.cur.execute(
+            f"SELECT {_BET_COLUMNS} FROM bets WHERE address = ? AND nonce = ?",
+            (req.address, req.nonce),
+        ).fetchone()
+        if row is not None:
+            stored = _bet_from_row(row)
+            if stored.bet_id == req.bet_id:
+                # The same request delivered twice (a retried hand-over): answer what happened.
+                if stored.status == "rejected":
+                    self.events.append(BetRejected(bet=stored, reason=stored.reason or "rejected"))
+                else:
+                    self.events.append(BetConfirmed(bet=stored))
+                return
+            bet = _refused_bet(req, "replayed_nonce")
+            self.events.append(BetRejected(bet=bet, reason="replayed_nonce"))
+            return
+        taken = self.cur.execute("SELECT 1 FROM bets WHERE bet_id = ?", (req.bet_id,)).fetchone()
+        if taken is not None:
+            bet = _refused_bet(req, DUPLICATE_BET_ID)
+            self.events.append(BetRejected(bet=bet, reason=DUPLICATE_BET_ID))
+            return
+        occupied = self.cur.execute(
+            "SELECT 1 FROM bets WHERE address = ? AND cell_id = ? AND status <> 'rejected'",
+            (req.address, req.cell_id),
+        ).fetchone()
+        if occupied is None:
+            raise conflict  # a CHECK or other constraint: a bug upstream, not a player's error
+        # Stored so the nonce stays burned and by-nonce answers; outside the partial cell index.
+        self.cur.execute(_INSERT_BET, _bet_row(req, "rejected", None, "duplicate_cell_bet"))
+        bet = _refused_bet(req, "duplicate_cell_bet")
+        self.events.append(BetRejected(bet=bet, reason="duplicate_cell_bet"))
+
+    def settle(self, outcome: Outcome) -> None:
+        """Resolve one confirmed bet; anything else (already resolved, rejected, unknown) is a
+        no-op, which is what makes a re-sent settlement harmless.
+
+        The stake and multiplier are the stored ones: the resolver decides *whether* a bet won,
+        the ledger decides *how much* (so `outcome.amount` / `outcome.payout` are not trusted).
+        """
+        row = self.cur.execute(
+            f"SELECT {_BET_COLUMNS} FROM bets WHERE bet_id = ?", (outcome.bet_id,)
+        ).fetchone()
+        if row is None:
+            return
+        bet = _bet_from_row(row)
+        if bet.status != "confirmed":
+            return
+        m = ledger.resolution_movement(outcome.status, bet.amount, bet.multiplier_bps)
+        decided = outcome.decided_by
+        self.cur.execute(
+            "UPDATE bets SET status = ?, resolved_at = ?, payout = ?, decided_ts = ?, "
+            "decided_price = ?, reason = ? WHERE bet_id = ? AND status = 'confirmed'",
+            (
+                outcome.status,
+                outcome.at,
+                m.amount,
+                None if decided is None else decided.ts,
+                None if decided is None else decided.price,
+                outcome.reason,
+                bet.bet_id,
+            ),
+        )
+        balance = self.move(bet.address, m)
+        if balance is None:
+            raise ledger.LedgerError(
+                f"bet {bet.bet_id}: account {bet.address} has less than {bet.amount} locked"
+            )
+        self.post(bet.address, m, balance[0], bet.bet_id)
+        resolved = msgspec.structs.replace(
+            bet,
+            status=outcome.status,
+            resolved_at=outcome.at,
+            payout=m.amount,
+            decided_by=decided,
+            reason=outcome.reason,
+        )
+        self.events.append(BetResolved(bet=resolved))
+
+    # deposits, withdrawals, credits
+
+    def deposit(self, req: Deposit) -> None:
+        done = self.entry_by_ref(req.ref, "deposit")
+        if done is not None:
+            self.events.append(EntryPosted(ref=req.ref, entry=done))
+            return
+        try:
+            m = ledger.deposit_movement(req.amount)
+        except ledger.InvalidAmount:
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error="amount_out_of_range"))
+            return
+        balance = self.move(req.address, m)
+        assert balance is not None  # a credit always applies
+        entry = self.post(req.address, m, balance[0], req.ref)
+        self.events.append(EntryPosted(ref=req.ref, entry=entry))
+
+    def withdraw(self, req: Withdrawal) -> None:
+        try:
+            m = ledger.withdrawal_movement(req.amount)
+        except ledger.InvalidAmount:
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error="amount_out_of_range"))
+            return
+        try:
+            self.cur.execute(
+                "INSERT INTO withdrawals (ref, address, nonce, amount, status, at) "
+                "VALUES (?, ?, ?, ?, 'completed', ?)",
+                (req.ref, req.address, req.nonce, req.amount, self.now_ms),
+            )
+        except sqlite3.IntegrityError:
+            row = self.cur.execute(
+                "SELECT status, reason FROM withdrawals WHERE ref = ?", (req.ref,)
+            ).fetchone()
+            if row is None:
+                self.events.append(EntryPosted(ref=req.ref, entry=None, error="replayed_nonce"))
+            elif row[0] == "completed":
+                self.events.append(
+                    EntryPosted(ref=req.ref, entry=self.entry_by_ref(req.ref, "withdrawal"))
+                )
+            else:
+                self.events.append(EntryPosted(ref=req.ref, entry=None, error=str(row[1])))
+            return
+        balance = self.move(req.address, m)
+        if balance is None:
+            self.cur.execute(
+                "UPDATE withdrawals SET status = 'rejected', reason = 'insufficient_funds' "
+                "WHERE ref = ?",
+                (req.ref,),
+            )
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error="insufficient_funds"))
+            return
+        entry = self.post(req.address, m, balance[0], req.ref)
+        self.events.append(EntryPosted(ref=req.ref, entry=entry))
+
+    def admin_credit(self, req: AdminCredit) -> None:
+        done = self.entry_by_ref(req.ref, "adjustment")
+        if done is not None:
+            self.events.append(EntryPosted(ref=req.ref, entry=done))
+            return
+        try:
+            m = ledger.adjustment_movement(req.amount)
+        except ledger.InvalidAmount:
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error="amount_out_of_range"))
+            return
+        balance = self.move(req.address, m)
+        if balance is None:
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error="insufficient_funds"))
+            return
+        self.cur.execute(
+            "INSERT INTO adjustments (ref, address, amount, reason, at) VALUES (?, ?, ?, ?, ?)",
+            (req.ref, req.address, req.amount, req.reason, self.now_ms),
+        )
+        entry = self.post(req.address, m, balance[0], req.ref)
+        self.events.append(EntryPosted(ref=req.ref, entry=entry))
+
+    def store_ticks(self, req: StoreTicks) -> None:
+        self.cur.executemany(
+            "INSERT OR IGNORE INTO ticks (symbol, ts, price) VALUES (?, ?, ?)",
+            [(t.symbol, t.ts, t.price) for t in req.ticks],
+        )
+
+    def apply(self, req: WriterRequest) -> None:
+        match req:
+            case PlaceBet():
+                self.place_bet(req)
+            case Settle():
+                for outcome in req.outcomes:
+                    self.settle(outcome)
+            case Deposit():
+                self.deposit(req)
+            case Withdrawal():
+                self.withdraw(req)
+            case AdminCredit():
+                self.admin_credit(req)
+            case StoreTicks():
+                self.store_ticks(req)
+
+
+def apply_batch(
+    conn: sqlite3.Connection, requests: Sequence[WriterRequest], now_ms: int
+) -> list[Committed]:
+    """Apply `requests` in order in one `BEGIN IMMEDIATE` transaction; return the events to
+    announce, in order, followed by one `BalanceChanged` per account the batch touched.
+
+    Per item: a bet is confirmed (stake moved, one ledger row) or rejected (`replayed_nonce`,
+    `duplicate_cell_bet`, `insufficient_funds`, `amount_out_of_range`, or `internal_error` for
+    a bet_id already used by another nonce);
+    a settlement resolves a confirmed bet or does nothing; deposits, credits and withdrawals
+    are idempotent by `ref` (a repeat answers the original entry); ticks are insert-or-ignore.
+
+    Raises, with the transaction rolled back and nothing to announce: `sqlite3.OperationalError`
+    for which `is_busy` is true (retry the same batch later), any other `sqlite3.Error`, or
+    `ledger.LedgerError` (stored state contradicts the rules: stop writing, run the integrity
+    check).
+    """
+    writer = _BatchWriter(conn, now_ms)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for req in requests:
+            writer.apply(req)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    events = writer.events
+    for address, (available, locked) in writer.balances.items():
+        events.append(
+            BalanceChanged(address=address, available=available, locked=locked, at=now_ms)
+        )
+    return events
+
+
+def refusals(requests: Sequence[WriterRequest], reason: str) -> list[Committed]:
+    """The answers for requests the writer gives up on without touching the database (the lock
+    stayed busy): every waiter hears `reason` and nothing was stored, so the request may be
+    retried with the same nonce. Settlements and ticks have nobody waiting and get no answer."""
+    events: list[Committed] = []
+    for req in requests:
+        match req:
+            case PlaceBet():
+                events.append(BetRejected(bet=_refused_bet(req, reason), reason=reason))
+            case Deposit() | Withdrawal() | AdminCredit():
+                events.append(EntryPosted(ref=req.ref, entry=None, error=reason))
+            case Settle() | StoreTicks():
+                pass
+    return events
+
+
+# ── read layer ───────────────────────────────────────────────────────────────────────────────
+
+
+class InvalidCursor(ValueError):
+    """A paging cursor this server did not make (answer 400 invalid_request)."""
+
+
+class Page(msgspec.Struct, Generic[T], kw_only=True):
+    """One page of a listing, newest first, as API.md shows it."""
+
+    items: list[T]
+    next_cursor: str | None  # opaque; None on the last page
+
+
+class TickPage(msgspec.Struct, kw_only=True):
+    ticks: list[Tick]
+    next_from: int | None  # pass as `from_ts` for the next page; None when the range is done
+
+
+def encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"c{position}".encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+        raise InvalidCursor(f"cursor {cursor!r} is not one of ours") from e
+    if not raw.startswith("c") or not raw[1:].isdigit():
+        raise InvalidCursor(f"cursor {cursor!r} is not one of ours")
+    return int(raw[1:])
+
+
+def _page_size(limit: int) -> int:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return min(limit, MAX_PAGE)
+
+
+def get_bet(conn: sqlite3.Connection, bet_id: str) -> Bet | None:
+    row = conn.execute(f"SELECT {_BET_COLUMNS} FROM bets WHERE bet_id = ?", (bet_id,)).fetchone()
+    return None if row is None else _bet_from_row(row)
+
+
+def get_bet_by_nonce(conn: sqlite3.Connection, address: str, nonce: str) -> Bet | None:
+    row = conn.execute(
+        f"SELECT {_BET_COLUMNS} FROM bets WHERE address = ? AND nonce = ?", (address, nonce)
+    ).fetchone()
+    return None if row is None else _bet_from_row(row)
+
+
+def list_bets(
+    conn: sqlite3.Connection,
+    address: str,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[Bet]:
+    """An address's bets, newest first, optionally only one status (`InvalidCursor` on a
+    cursor we did not make)."""
+    size = _page_size(limit)
+    before = decode_cursor(cursor) if cursor is not None else None
+    where = "address = ?"
+    params: list[object] = [address]
+    if status is not None:
+        where += " AND status = ?"
+        params.append(status)
+    if before is not None:
+        where += " AND seq < ?"
+        params.append(before)
+    rows = conn.execute(
+        f"SELECT {_BET_COLUMNS}, seq FROM bets WHERE {where} ORDER BY seq DESC LIMIT ?",
+        (*params, size + 1),
+    ).fetchall()
+    items = [_bet_from_row(r) for r in rows[:size]]
+    next_cursor = encode_cursor(int(rows[size - 1][14])) if len(rows) > size else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+def get_balance(conn: sqlite3.Connection, address: str) -> ledger.Account:
+    """The account's balances; an address that never received money has zero of both."""
+    row = conn.execute(
+        "SELECT available, locked FROM accounts WHERE address = ?", (address,)
+    ).fetchone()
+    return ledger.Account() if row is None else ledger.Account(int(row[0]), int(row[1]))
+
+
+def ledger_page(
+    conn: sqlite3.Connection, address: str, *, limit: int = 50, cursor: str | None = None
+) -> Page[LedgerEntry]:
+    """An address's ledger rows, newest first."""
+    size = _page_size(limit)
+    before = decode_cursor(cursor) if cursor is not None else None
+    sql = (
+        "SELECT entry_id, address, kind, amount, locked_delta, balance_after, ref, at "
+        "FROM ledger WHERE address = ?"
+    )
+    params: list[object] = [address]
+    if before is not None:
+        sql += " AND entry_id < ?"
+        params.append(before)
+    rows = conn.execute(sql + " ORDER BY entry_id DESC LIMIT ?", (*params, size + 1)).fetchall()
+    items = [_entry_from_row(r) for r in rows[:size]]
+    next_cursor = encode_cursor(items[-1].entry_id) if len(rows) > size else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+def ticks_range(
+    conn: sqlite3.Connection,
+    symbol: str,
+    from_ts: int | None = None,
+    to_ts: int | None = None,
+    *,
+    limit: int = 1000,
+) -> TickPage:
+    """Ticks with `from_ts <= ts < to_ts`, oldest first, at most about `limit` of them.
+
+    A page never splits a millisecond: `next_from` is a timestamp none of whose ticks are on
+    this page, so passing it back as `from_ts` neither skips nor repeats a tick. (A page grows
+    past `limit` only when more than `limit` ticks share one millisecond.)
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    lo = from_ts if from_ts is not None else -(2**63)
+    hi = to_ts if to_ts is not None else 2**63 - 1
+    rows = conn.execute(
+        "SELECT ts, price FROM ticks WHERE symbol = ? AND ts >= ? AND ts < ? "
+        "ORDER BY ts, price LIMIT ?",
+        (symbol, lo, hi, limit + 1),
+    ).fetchall()
+    if len(rows) <= limit:
+        return TickPage(ticks=[Tick(symbol=symbol, ts=t, price=p) for t, p in rows], next_from=None)
+    next_from: int | None = int(rows[limit][0])
+    kept = [r for r in rows[:limit] if r[0] != next_from]
+    if not kept:  # the whole page is one millisecond: return all of it
+        kept = conn.execute(
+            "SELECT ts, price FROM ticks WHERE symbol = ? AND ts = ? ORDER BY price",
+            (symbol, next_from),
+        ).fetchall()
+        following = conn.execute(
+            "SELECT min(ts) FROM ticks WHERE symbol = ? AND ts > ? AND ts < ?",
+            (symbol, next_from, hi),
+        ).fetchone()[0]
+        next_from = None if following is None else int(following)
+    return TickPage(
+        ticks=[Tick(symbol=symbol, ts=t, price=p) for t, p in kept], next_from=next_from
+    )
+
+
+def _symbols(conn: sqlite3.Connection) -> list[str]:
+    """Every symbol with stored ticks, by walking the primary key: one seek per symbol rather
+    than a scan of a week of ticks."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "WITH RECURSIVE s(symbol) AS (SELECT min(symbol) FROM ticks UNION ALL "
+            "SELECT (SELECT min(symbol) FROM ticks WHERE symbol > s.symbol) FROM s "
+            "WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL"
+        )
+    ]
+
+
+def last_ticks(conn: sqlite3.Connection) -> dict[str, Tick]:
+    """The newest stored tick of every symbol (the breaker's and hub's restart point)."""
+    newest: dict[str, Tick] = {}
+    for symbol in _symbols(conn):
+        ts, price = conn.execute(
+            "SELECT ts, price FROM ticks WHERE symbol = ? ORDER BY ts DESC, price DESC LIMIT 1",
+            (symbol,),
+        ).fetchone()
+        newest[symbol] = Tick(symbol=symbol, ts=int(ts), price=int(price))
+    return newest
+
+
+def last_tick_before(conn: sqlite3.Connection, ts: int) -> dict[str, int]:
+    """Per symbol, the time of the newest stored tick before `ts` (symbols without one are
+    absent): with `ticks_since(ts)`, what the resolver needs to see a gap into a window."""
+    before: dict[str, int] = {}
+    for symbol in _symbols(conn):
+        row = conn.execute(
+            "SELECT max(ts) FROM ticks WHERE symbol = ? AND ts < ?", (symbol, ts)
+        ).fetchone()
+        if row[0] is not None:
+            before[symbol] = int(row[0])
+    return before
+
+
+def ticks_since(conn: sqlite3.Connection, from_ts: int) -> list[Tick]:
+    """Every stored tick with `ts >= from_ts`, in time order within each symbol (the resolver's
+    reload after a restart, from the earliest open bet's `t_start`; at most the retention)."""
+    return [
+        Tick(symbol=symbol, ts=int(ts), price=int(price))
+        for symbol in _symbols(conn)
+        for ts, price in conn.execute(
+            "SELECT ts, price FROM ticks WHERE symbol = ? AND ts >= ? ORDER BY ts, price",
+            (symbol, from_ts),
+        )
+    ]
+
+
+_PLACE_BET_FIELDS = PlaceBet.__struct_fields__  # every column of a bet as placed
+
+
+def open_bets(conn: sqlite3.Connection, *, symbol: str | None = None) -> list[PlaceBet]:
+    """Every confirmed, unresolved bet as it was placed (cell geometry, locked quote), oldest
+    column first: what the resolver indexes at startup."""
+    sql = f"SELECT {', '.join(_PLACE_BET_FIELDS)} FROM bets WHERE status = 'confirmed'"
+    params: tuple[object, ...] = ()
+    if symbol is not None:
+        sql += " AND symbol = ?"
+        params = (symbol,)
+    rows = conn.execute(sql + " ORDER BY symbol, col, row, seq", params).fetchall()
+    return [PlaceBet(**dict(zip(_PLACE_BET_FIELDS, r, strict=True))) for r in rows]
+
+
+def all_balances(conn: sqlite3.Connection) -> dict[str, int]:
+    """address → available, for `HotState.rebuild` at startup."""
+    return {a: int(v) for a, v in conn.execute("SELECT address, available FROM accounts")}

@@ -1,0 +1,25 @@
+-- rebuild_apply: phase 2 of a rebuild, after the ledger was read. spendable := ledger available
+-- + journal (the reservations and negative credits since the mark, which the read may not hold).
+-- A balance stamped by a later rebuild, or already applied, is left to that rebuild; one created
+-- after the mark ('new': seeded or first credited since) is rebased like a marked one.
+--
+-- KEYS[1] balance hash <p>:{addr}:bal
+-- ARGV[1] the rebuild's mark   ARGV[2] ledger available (units)   ARGV[3] '1' if in the ledger
+-- Returns 'applied', 'seeded', 'skipped' or 'absent'.
+
+local bal = KEYS[1]
+if redis.call('EXISTS', bal) == 0 then
+  if ARGV[3] == '1' then
+    redis.call('HSET', bal, 'v', ARGV[2], 'mk', '', 'j', '0')
+    return 'seeded'
+  end
+  return 'absent'
+end
+local mark = redis.call('HGET', bal, 'mk') or ''
+if mark ~= ARGV[1] and mark ~= 'new' then
+  return 'skipped'
+end
+local journal = redis.call('HGET', bal, 'j') or '0'
+redis.call('HSET', bal, 'v', ARGV[2], 'mk', '', 'j', '0')
+redis.call('HINCRBY', bal, 'v', journal)
+return 'applied'

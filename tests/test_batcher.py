@@ -1,0 +1,323 @@
+"""The batcher actor: one writer, adaptive batches, busy retries, draining on close; the fan-out."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client import REGISTRY
+
+from actors import batcher
+from tap import ledger
+from tap.config import BatcherConfig
+from tap.messages import (
+    BalanceChanged,
+    BetConfirmed,
+    BetRejected,
+    BetResolved,
+    Committed,
+    Deposit,
+    EntryPosted,
+    Outcome,
+    PlaceBet,
+    Settle,
+    WriterRequest,
+)
+from tap.runtime.clock import Clock
+from tap.store import db
+from tap.store.integrity import integrity_check
+
+NOW = 1_732_290_000_000
+
+
+def bet(n: int, *, address: str = "0xaa", amount: int = 1_000) -> PlaceBet:
+    return PlaceBet(
+        bet_id=f"bet-{n}",
+        address=address,
+        cell_id=f"BTC-USD:100:{n}",
+        symbol="BTC-USD",
+        col=100,
+        row=n,
+        t_start=500_000,
+        t_end=505_000,
+        price_lo=n * 1000,
+        price_hi=n * 1000 + 1000,
+        amount=amount,
+        multiplier_bps=20_000,
+        nonce=f"nonce-{n:012d}",
+        accepted_at=NOW,
+        timestamp=NOW,
+        chain_id=31337,
+        min_multiplier_bps=0,
+        signature="ab" * 64,
+    )
+
+
+def deposit(address: str, amount: int, ref: str | None = None) -> Deposit:
+    return Deposit(address=address, amount=amount, ref=ref or f"dep-{address}", at=NOW)
+
+
+def lose(bet_id: str) -> Settle:
+    return Settle(
+        outcomes=(
+            Outcome(
+                bet_id=bet_id,
+                address="0xaa",
+                status="lost",
+                amount=1_000,
+                payout=0,
+                decided_by=None,
+                reason="column_end",
+                at=NOW,
+            ),
+        )
+    )
+
+
+def retries() -> float:
+    return REGISTRY.get_sample_value("tap_batch_retries_total") or 0.0
+
+
+class Rig:
+    """A batcher on a real file, its input channel, and every committed batch it announced."""
+
+    def __init__(self, path: Path, cfg: BatcherConfig) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.send, self.receive = trio.open_memory_channel[WriterRequest](cfg.queue_size)
+        self.fanout = batcher.CommittedFanout()
+        self.batches: list[list[Committed]] = []
+
+    def record(self, events: Sequence[Committed]) -> None:
+        self.batches.append(list(events))
+        self.fanout.publish(events)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(
+            batcher.run, self.cfg, Clock(epoch_ms=NOW), self.receive, self.record, self.path
+        )
+
+    def events(self) -> list[Committed]:
+        return [e for b in self.batches for e in b]
+
+    async def commit(self, request: PlaceBet | Deposit) -> Committed:
+        """Hand one request over and wait for its answer (what `Prefer: wait` does)."""
+        if isinstance(request, PlaceBet):
+            with self.fanout.expect_bet(request.bet_id) as answer:
+                self.send.send_nowait(request)
+                return await answer.wait()
+        with self.fanout.expect_entry(request.ref) as answer:
+            self.send.send_nowait(request)
+            return await answer.wait()
+
+    def reader(self) -> sqlite3.Connection:
+        return db.open_connection(self.path, read_only=True)
+
+
+def config(**overrides: int) -> BatcherConfig:
+    values = {"max_batch": 64, "max_wait_ms": 2, "queue_size": 4096, "busy_timeout_ms": 1}
+    values.update(overrides)
+    return BatcherConfig(**values)
+
+
+async def test_a_thousand_concurrent_bets_confirm_exactly_as_many_as_the_balance_covers(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    k = 137
+    rig = Rig(tmp_path / "tap.db", config())
+    answers: list[Committed] = []
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        await rig.commit(deposit("0xaa", k * 1_000))
+
+        async def place(n: int) -> None:
+            answers.append(await rig.commit(bet(n)))
+
+        async with trio.open_nursery() as players:
+            for n in range(1_000):
+                players.start_soon(place, n)
+        rig.send.close()
+
+    confirmed = [a for a in answers if isinstance(a, BetConfirmed)]
+    rejected = [a for a in answers if isinstance(a, BetRejected)]
+    assert len(confirmed) == k
+    assert len(rejected) == 1_000 - k
+    assert {r.reason for r in rejected} == {"insufficient_funds"}
+    balances = [e for e in rig.events() if isinstance(e, BalanceChanged)]
+    assert all(b.available >= 0 and b.locked >= 0 for b in balances)
+    assert len(rig.batches) > 2  # they really were spread over several batches
+    reader = rig.reader()
+    assert db.get_balance(reader, "0xaa") == ledger.Account(0, k * 1_000)
+    assert integrity_check(reader) == []
+
+
+async def test_a_competing_write_lock_is_retried_until_it_is_released_and_nothing_is_lost(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path / "tap.db", config(busy_retries=100_000, retry_backoff_ms=5))
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        holder = db.open_connection(rig.path)
+        holder.execute("BEGIN IMMEDIATE")  # e.g. a backup or the archiver, holding the lock
+        before = retries()
+        rig.send.send_nowait(deposit("0xaa", 50_000))
+        for n in range(50):
+            rig.send.send_nowait(bet(n))
+        while retries() < before + 5:  # noqa: ASYNC110 (a Prometheus counter has no event)
+            await trio.sleep(0.01)
+        assert rig.batches == []  # nothing announced while nothing could commit
+        holder.execute("COMMIT")
+        rig.send.close()
+    assert sum(isinstance(e, BetConfirmed) for e in rig.events()) == 50
+    reader = rig.reader()
+    assert db.get_balance(reader, "0xaa") == ledger.Account(0, 50_000)
+    assert integrity_check(reader) == []
+
+
+async def test_when_the_lock_never_frees_requests_are_refused_and_settlements_kept(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path / "tap.db", config(busy_retries=3, retry_backoff_ms=5))
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        await rig.commit(deposit("0xaa", 5_000))
+        await rig.commit(bet(1))
+        holder = db.open_connection(rig.path)
+        holder.execute("BEGIN IMMEDIATE")
+        resolutions = rig.fanout.subscribe(100, "test")
+        rig.send.send_nowait(lose("bet-1"))
+        refused = await rig.commit(bet(2))
+        assert isinstance(refused, BetRejected) and refused.reason == db.STORE_BUSY
+        holder.execute("ROLLBACK")
+        # The settlement was carried into the next batch and lands without any new request.
+        async for event in resolutions:
+            if isinstance(event, BetResolved):
+                break
+        # The refused bet left nothing behind: the same nonce may be sent again.
+        assert isinstance(await rig.commit(bet(2)), BetConfirmed)
+        rig.send.close()
+    reader = rig.reader()
+    assert db.get_balance(reader, "0xaa") == ledger.Account(3_000, 1_000)
+    assert integrity_check(reader) == []
+
+
+async def test_a_batch_is_flushed_at_max_batch_items(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path / "tap.db", config(max_batch=4, max_wait_ms=1_000))
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        for n in range(10):
+            rig.send.send_nowait(deposit(f"0x{n:02d}", 1))
+        rig.send.close()
+    sizes = [sum(isinstance(e, EntryPosted) for e in b) for b in rig.batches]
+    assert sizes == [4, 4, 2]
+
+
+async def test_a_batch_is_flushed_max_wait_after_its_first_item_and_never_when_idle(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path / "tap.db", config(max_batch=100, max_wait_ms=50))
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        await trio.sleep(10)
+        assert rig.batches == []  # idle: no empty commits
+        rig.send.send_nowait(deposit("0x01", 1))
+        await trio.sleep(0.020)
+        assert rig.batches == []  # still inside the first item's max_wait
+        await rig.commit(deposit("0x02", 1))
+        assert len(rig.batches) == 1  # both went in one batch
+        rig.send.send_nowait(deposit("0x03", 1))
+        rig.send.close()
+    sizes = [sum(isinstance(e, EntryPosted) for e in b) for b in rig.batches]
+    assert sizes == [2, 1]
+
+
+async def test_a_settlement_sent_twice_resolves_the_bet_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path / "tap.db", config())
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        await rig.commit(deposit("0xaa", 5_000))
+        await rig.commit(bet(1))
+        rig.send.send_nowait(lose("bet-1"))
+        rig.send.send_nowait(lose("bet-1"))  # same batch
+        await trio.sleep(1)
+        rig.send.send_nowait(lose("bet-1"))  # a later batch
+        rig.send.close()
+    assert sum(isinstance(e, BetResolved) for e in rig.events()) == 1
+    reader = rig.reader()
+    assert db.get_balance(reader, "0xaa") == ledger.Account(4_000, 0)
+    assert len(db.ledger_page(reader, "0xaa").items) == 3
+    assert integrity_check(reader) == []
+
+
+async def test_closing_the_channel_drains_commits_and_returns(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path / "tap.db", config(max_batch=16, max_wait_ms=1_000))
+    sub = rig.fanout.subscribe(4096, "test")
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        for n in range(100):
+            rig.send.send_nowait(deposit(f"0x{n:03d}", 10))
+            rig.send.send_nowait(bet(n, address=f"0x{n:03d}", amount=10))
+        rig.send.close()  # the run returns only after all 200 are committed
+    rig.fanout.close()
+    seen = [event async for event in sub]
+    assert sum(isinstance(e, BetConfirmed) for e in seen) == 100
+    reader = rig.reader()
+    assert len(db.open_bets(reader)) == 100
+    assert integrity_check(reader) == []
+
+
+# ── the fan-out ──────────────────────────────────────────────────────────────────────────────
+
+
+def balance(n: int) -> BalanceChanged:
+    return BalanceChanged(address="0xaa", available=n, locked=0, at=NOW)
+
+
+async def test_a_lagging_subscriber_is_dropped_without_slowing_the_others() -> None:
+    fanout = batcher.CommittedFanout()
+    slow = fanout.subscribe(2, "slow")
+    fast = fanout.subscribe(10, "fast")
+    for n in range(3):
+        fanout.publish([balance(n)])  # never blocks, even though `slow` is full after two
+    assert fanout.dropped == 1
+    assert [await fast.receive() for _ in range(3)] == [balance(0), balance(1), balance(2)]
+    assert [await slow.receive() for _ in range(2)] == [balance(0), balance(1)]
+    with pytest.raises(batcher.Lagged):
+        await slow.receive()
+    fanout.publish([balance(3)])
+    assert await fast.receive() == balance(3)
+
+
+async def test_a_waiter_gets_the_first_answer_for_its_bet_only() -> None:
+    fanout = batcher.CommittedFanout()
+    confirmed = BetConfirmed(bet=db._refused_bet(bet(1), "x"))
+    other = BetRejected(bet=db._refused_bet(bet(2), "insufficient_funds"), reason="x")
+    with fanout.expect_bet("bet-1") as waiter, fanout.expect_entry("dep-0xaa") as entry:
+        fanout.publish([other, confirmed, BetRejected(bet=confirmed.bet, reason="late")])
+        assert await waiter.wait() is confirmed
+        assert entry.answer is None
+        posted = EntryPosted(ref="dep-0xaa", entry=None, error="insufficient_funds")
+        fanout.publish([posted])
+        assert await entry.wait() is posted
+    assert fanout._bet_waiters == {} and fanout._ref_waiters == {}
+
+
+async def test_closing_the_fanout_ends_every_subscription() -> None:
+    fanout = batcher.CommittedFanout()
+    sub = fanout.subscribe(4)
+    gone = fanout.subscribe(4)
+    gone.close()
+    fanout.publish([balance(1)])  # the closed one is forgotten quietly
+    fanout.close()
+    assert [e async for e in sub] == [balance(1)]
+    assert [e async for e in fanout.subscribe(4)] == []

@@ -1,0 +1,193 @@
+"""Pins `actors.market`: what it publishes and when, and what its handle answers the edge.
+
+Time is trio's `autojump_clock`: `trio.sleep` moves virtual time, so seconds of grid heartbeats
+and column rolls run in milliseconds, and every publish is stamped with the actor's clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import trio
+
+from actors import market
+from actors.market import MarketHandle
+from tap.config import Config, PricingConfig
+from tap.messages import BreakerChanged, Tick, WsGrid, WsOut, WsPrice
+from tap.quotes import Quote, QuoteRefusal
+from tap.runtime.clock import Clock
+
+C = 346_458_010
+EPOCH = C * 5_000 + 1_000  # 1 s into column C
+PRICE = 10_012_345
+
+
+@dataclass
+class Harness:
+    clock: Clock
+    handle: MarketHandle
+    ticks: trio.MemorySendChannel[Tick]
+    breaker: trio.MemorySendChannel[BreakerChanged]
+    published: list[tuple[int, str, WsOut]] = field(default_factory=list)
+
+    def grids(self) -> list[tuple[int, WsGrid]]:
+        return [(t, m) for t, ch, m in self.published if isinstance(m, WsGrid)]
+
+    def prices(self) -> list[WsPrice]:
+        return [m for _, ch, m in self.published if isinstance(m, WsPrice)]
+
+    async def tick(self, price: int = PRICE, symbol: str = "BTC-USD") -> None:
+        await self.ticks.send(Tick(symbol=symbol, ts=self.clock.now_ms(), price=price))
+        await trio.sleep(0.001)  # let the actor take it
+
+
+async def _start(nursery: trio.Nursery, cfg: Config | None = None) -> Harness:
+    clock = Clock(epoch_ms=EPOCH)
+    # Tests send one message at a time and let the actor drain it; a small buffer is plenty.
+    tick_send, tick_recv = trio.open_memory_channel[Tick](8)
+    breaker_send, breaker_recv = trio.open_memory_channel[BreakerChanged](2)
+    published: list[tuple[int, str, WsOut]] = []
+
+    def publish(channel: str, message: WsOut) -> None:
+        if isinstance(message, WsPrice):
+            assert channel == f"prices:{message.symbol}"
+        if isinstance(message, WsGrid):
+            assert channel == f"grid:{message.symbol}"
+        published.append((clock.now_ms(), channel, message))
+
+    handle = await nursery.start(
+        market.run, cfg or Config(), clock, tick_recv, breaker_recv, publish
+    )
+    return Harness(clock, handle, tick_send, breaker_send, published)
+
+
+async def _close_breaker(h: Harness) -> None:
+    await h.breaker.send(BreakerChanged(state="closed", reason="recovered", at=h.clock.now_ms()))
+    await trio.sleep(0.001)
+
+
+async def test_every_tick_is_published_as_a_price(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery)
+        sent = []
+        for i in range(5):
+            await h.tick(PRICE + i * 7)
+            sent.append((h.clock.now_ms() - 1, PRICE + i * 7))
+        assert [(p.ts, p.price) for p in h.prices()] == sent
+        assert all(p.symbol == "BTC-USD" for p in h.prices())
+        last = h.handle.last_tick("BTC-USD")
+        assert last is not None and last.price == PRICE + 28
+        nursery.cancel_scope.cancel()
+
+
+async def test_breaker_is_open_until_the_breaker_actor_says_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery)
+        assert h.handle.grid("BTC-USD") is None
+        assert h.handle.breaker_state("BTC-USD") == "open"
+        await h.tick()
+        (_, first), *_ = h.grids()
+        assert first.breaker == "open" and not any(c.placeable for c in first.cells)
+        far = f"BTC-USD:{C + 12}:10012"
+        refusal = h.handle.quote_cell(far, h.clock.now_ms())
+        assert isinstance(refusal, QuoteRefusal) and refusal.code == "breaker_open"
+
+        await _close_breaker(h)
+        at, closed = h.grids()[-1]
+        assert closed.breaker == "closed" and at < EPOCH + 10  # republished at once
+        assert h.handle.breaker_state("BTC-USD") == "closed"
+        quote = h.handle.quote_cell(far, h.clock.now_ms())
+        shown = next(c for c in closed.cells if c.cell_id == far)
+        assert isinstance(quote, Quote) and shown.placeable
+        assert quote.multiplier_bps == shown.multiplier_bps
+        nursery.cancel_scope.cancel()
+
+
+async def test_grid_goes_out_every_second_and_at_every_column_roll_without_ticks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery)
+        await trio.sleep(0.3)  # heartbeats fall 300 ms off the column boundaries
+        await h.tick()
+        await trio.sleep(16)
+        grids = h.grids()
+        times = [t for t, _ in grids]
+        assert all(b - a <= 1_000 for a, b in itertools.pairwise(times))
+        assert h.clock.now_ms() - times[-1] <= 1_000
+        for boundary in ((C + k) * 5_000 for k in (1, 2, 3)):
+            at_roll = [g for t, g in grids if t == boundary]
+            assert at_roll, f"no grid published at the roll {boundary}"
+            assert at_roll[0].cells[0].t_start == boundary + 5_000  # first column is c + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_grids_from_ticks_are_limited_to_one_per_refresh_ms(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cfg = Config(pricing=PricingConfig(refresh_ms=250))
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery, cfg)
+        for _ in range(100):  # 100 ticks 10 ms apart, inside one column
+            await h.ticks.send(Tick(symbol="BTC-USD", ts=h.clock.now_ms(), price=PRICE))
+            await trio.sleep(0.010)
+        assert len(h.prices()) == 100
+        assert 4 <= len(h.grids()) <= 5  # ~1000 ms / 250 ms
+        nursery.cancel_scope.cancel()
+
+
+async def test_ticks_for_markets_not_configured_are_ignored(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery)
+        await h.tick(symbol="DOGE-USD")
+        await trio.sleep(3)
+        assert h.published == []
+        assert h.handle.last_tick("DOGE-USD") is None
+        refusal = h.handle.quote_cell(f"DOGE-USD:{C + 5}:1", h.clock.now_ms())
+        assert isinstance(refusal, QuoteRefusal) and refusal.code == "cell_not_placeable"
+        nursery.cancel_scope.cancel()
+
+
+async def test_volatility_follows_the_ticks(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery)
+        assert h.handle.volatility("BTC-USD") == Config().pricing.vol_initial
+        for i in range(40):
+            await h.tick(PRICE + (5_000 if i % 2 else 0))  # ±0.05 % every ms: wild
+        vol = h.handle.volatility("BTC-USD")
+        assert vol is not None and vol > Config().pricing.vol_initial
+        await trio.sleep(1)  # the next grid (a heartbeat, refresh_ms later) prices with it
+        view = h.handle.grid("BTC-USD")
+        assert view is not None and view.volatility > Config().pricing.vol_initial
+        nursery.cancel_scope.cancel()
+
+
+async def test_actor_returns_when_the_tick_channel_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery)
+        await h.tick()
+        await h.ticks.aclose()
+    # reaching here means `run` returned and took its timer and breaker tasks with it
+    assert len(h.prices()) == 1
+
+
+async def test_a_tick_older_than_the_last_is_skipped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery)
+        await h.tick(PRICE)
+        newest = h.handle.last_tick("BTC-USD")
+        assert newest is not None
+        await h.ticks.send(Tick(symbol="BTC-USD", ts=newest.ts - 5, price=PRICE + 9_000))
+        await trio.sleep(0.001)
+        assert h.handle.last_tick("BTC-USD") == newest
+        assert [p.price for p in h.prices()] == [PRICE]
+        nursery.cancel_scope.cancel()
