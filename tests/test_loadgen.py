@@ -7,6 +7,7 @@ parts run under `autojump_clock`; the servers are real subprocesses on loopback 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from pathlib import Path
@@ -135,9 +136,9 @@ target = 5
         ("[client]\nvus = 0\n", "client.vus"),
         ("[client]\nvus = 2\nmarket_data_vus = 3\n", "market_data_vus"),
         ("[client]\nwebsockets = 1\n", "websockets"),
-        ("[[stages]]\nkind = \"ramp\"\nduration = \"1s\"\n", "needs a target"),
-        ("[[stages]]\nkind = \"hover\"\nduration = \"1s\"\ntarget = 1\n", "hover"),
-        ("[thresholds.routes.\"*\"]\nerror_rate = 2.0\n", "error_rate"),
+        ('[[stages]]\nkind = "ramp"\nduration = "1s"\n', "needs a target"),
+        ('[[stages]]\nkind = "hover"\nduration = "1s"\ntarget = 1\n', "hover"),
+        ('[thresholds.routes."*"]\nerror_rate = 2.0\n', "error_rate"),
     ],
 )
 def test_a_bad_scenario_is_refused_naming_the_key(extra: str, needle: str) -> None:
@@ -160,7 +161,7 @@ def stages(*specs: tuple[str, float, float | None]) -> list[Stage]:
 def test_a_steady_stage_sends_rate_times_duration_evenly_spaced() -> None:
     due = list(Schedule(stages(("steady", 4, 250))).uniform())
     assert len(due) == 1000
-    gaps = {round(b - a, 9) for a, b in zip(due, due[1:], strict=False)}
+    gaps = {round(b - a, 9) for a, b in itertools.pairwise(due)}
     assert gaps == {0.004}
 
 
@@ -223,7 +224,7 @@ def test_uniform_send_times_are_ordered_in_range_and_as_many_as_expected(
 ) -> None:
     sched = Schedule(stages(*specs))
     due = list(sched.uniform())
-    assert all(a <= b for a, b in zip(due, due[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(due))
     assert all(0 <= t <= sched.duration for t in due)
     assert abs(len(due) - sched.total) <= len(sched.segments) + 1
 
@@ -232,7 +233,7 @@ def test_poisson_send_times_average_the_expected_count() -> None:
     sched = Schedule(stages(("steady", 20, 500)))
     due = list(sched.poisson(random.Random(3)))
     assert abs(len(due) - 10_000) < 5 * math.sqrt(10_000)
-    assert all(a <= b for a, b in zip(due, due[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(due))
 
 
 # ── thresholds ───────────────────────────────────────────────────────────────────────────────

@@ -35,19 +35,30 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors import batcher, breaker, hub, ingest, ledger_sync, market, resolver
+from actors import (
+    batcher,
+    breaker,
+    breaker_override,
+    hub,
+    ingest,
+    ledger_sync,
+    market,
+    redis_gateway,
+    resolver,
+)
 from actors.batcher import CommittedFanout, Lagged
 from actors.ingest import ManualFeed, TickOutput
 from tap.config import Config, describe
 from tap.edge.app import create_app
 from tap.edge.desk import BetDesk, PendingBets
 from tap.edge.services import EdgeServices
-from tap.hotstate import HotState, InMemoryHotState
+from tap.hotstate import HotState, HotStateUnavailable, InMemoryHotState
 from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, WriterRequest
 from tap.runtime.clock import Clock
 from tap.sessions import SessionBook
 from tap.store import db
 from tap.store.reader import StoreReader
+from tap.store.redis_hot import SCRIPTS, RedisHotState, sentinel_key
 
 log = logging.getLogger("tap")
 
@@ -71,11 +82,9 @@ class StartupState:
     open_bets: list[Any]
     reload_ticks: list[Tick]
     last_tick_before: dict[str, int]
-    balances: dict[str, int]
-    recent_nonces: list[tuple[str, str, int]]  # (address, nonce, accepted_at)
 
 
-def load_startup_state(db_path: str, now_ms: int, nonce_memory_ms: int) -> StartupState:
+def load_startup_state(db_path: str) -> StartupState:
     conn = db.open_writer(db_path)  # migrates if needed
     try:
         open_bets = db.open_bets(conn)
@@ -85,17 +94,9 @@ def load_startup_state(db_path: str, now_ms: int, nonce_memory_ms: int) -> Start
             before = db.last_tick_before(conn, first)
         else:
             reload_ticks, before = [], {}
-        balances = db.all_balances(conn)
-        nonces = [
-            (str(a), str(n), int(t))
-            for a, n, t in conn.execute(
-                "SELECT address, nonce, accepted_at FROM bets WHERE accepted_at >= ?",
-                (now_ms - nonce_memory_ms,),
-            )
-        ]
     finally:
         conn.close()
-    return StartupState(open_bets, reload_ticks, before, balances, nonces)
+    return StartupState(open_bets, reload_ticks, before)
 
 
 class _TimeoutSockets(HypercornConfig):
@@ -192,14 +193,7 @@ async def run_server(
     )
     db_path = cfg.server.db_path
     nonce_memory_ms = 2 * cfg.auth.max_skew_ms
-    startup = await trio.to_thread.run_sync(
-        load_startup_state, db_path, clock.now_ms(), nonce_memory_ms
-    )
-
-    hot = make_hot_state(cfg)
-    await hot.rebuild(startup.balances)
-    await hot.remember_nonces(startup.recent_nonces, clock.now_ms())
-
+    startup = await trio.to_thread.run_sync(load_startup_state, db_path)
     reader = StoreReader(db_path)
     fanout = CommittedFanout()
     pending = PendingBets()
@@ -210,17 +204,68 @@ async def run_server(
     to_writer, writer_input = trio.open_memory_channel[WriterRequest](cfg.batcher.queue_size)
     # One clone per producer (trio#1559): the writer sees the end only when all are closed.
     edge_writer, resolver_writer = to_writer.clone(), to_writer.clone()
+    # Redis recoveries ("reconnected" | "data_lost"): one pending is enough, a rebuild covers all.
+    recovered_tx, recovered_rx = trio.open_memory_channel[str](1)
+
+    async def read_balances() -> dict[str, int]:
+        return await reader.run(db.all_balances)
+
+    async def read_one_balance(address: str) -> int:
+        return (await reader.run(lambda c: db.get_balance(c, address))).available
+
+    async def recent_nonces() -> list[tuple[str, str, int]]:
+        since = clock.now_ms() - nonce_memory_ms
+        return await reader.run(lambda c: db.recent_nonces(c, since))
 
     async def rebuild_hot() -> None:
-        balances = await reader.run(db.all_balances)
-        await hot.rebuild(balances)
+        """Balances from the ledger, and the ledger's recent nonces, into the hot state."""
+        if isinstance(hot, RedisHotState):
+            await hot.rebuild_from(read_balances)
+        else:
+            await hot.rebuild(await read_balances())
+        await hot.remember_nonces(await recent_nonces(), clock.now_ms())
 
     async def reload_open() -> list[Any]:
         return await reader.run(db.open_bets)
 
     try:
         async with trio.open_nursery() as core:
-            await core.start(batcher.run, cfg.batcher, clock, writer_input, fanout.publish, db_path)
+            writer_done = trio.Event()
+
+            async def run_writer(task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    await batcher.run(
+                        cfg.batcher,
+                        clock,
+                        writer_input,
+                        fanout.publish,
+                        db_path,
+                        task_status=task_status,
+                    )
+                finally:
+                    writer_done.set()
+
+            await core.start(run_writer)
+            hot: HotState
+            if cfg.redis.url:
+                # The gateway outlives the producers: ledger-sync uses it until the writer drains.
+                gateway = await core.start(
+                    partial(
+                        redis_gateway.run,
+                        cfg.redis,
+                        SCRIPTS,
+                        sentinel_key=sentinel_key(cfg.redis.prefix),
+                        on_recovered=lambda reason: _offer(recovered_tx, reason),
+                    )
+                )
+                hot = RedisHotState.from_config(gateway, cfg, balance_source=read_one_balance)
+            else:
+                hot = make_hot_state(cfg)
+            try:
+                await rebuild_hot()
+            except HotStateUnavailable:
+                log.warning('{"msg": "hot state unavailable at startup; rebuilt on recovery"}')
+                _offer(recovered_tx, "startup")
             try:
                 async with trio.open_nursery() as services:
                     # ── channels between actors (each bounded; size says why) ──
@@ -244,6 +289,7 @@ async def run_server(
 
                     # ── actors, in dependency order ──
                     await services.start(ledger_sync.run, fanout, hot, pending, rebuild_hot)
+                    services.start_soon(_rebuild_on_recovery, recovered_rx, rebuild_hot)
                     the_hub = hub.Hub(cfg.server.ws_queue)
                     services.start_soon(_pump, fanout, committed_hub_tx, rebuild_hot)
                     await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
@@ -258,6 +304,9 @@ async def run_server(
                             symbol=symbol,
                         )
                     )
+                    if cfg.redis.url:
+                        # Operator overrides arrive over pub/sub so every process obeys one command.
+                        await services.start(breaker_override.run, cfg.redis, override_tx)
                     mkt = await services.start(
                         market.run, cfg, clock, tick_market_rx, brk_market_rx, the_hub.publish
                     )
@@ -310,10 +359,15 @@ async def run_server(
                         market=mkt,
                         breaker_state=lambda s: brk.state(),
                         breaker_reason=lambda s: brk.reason(),
-                        override_breaker_fn=override_tx.send,
+                        override_breaker_fn=(
+                            hot.publish_override
+                            if isinstance(hot, RedisHotState)
+                            else override_tx.send
+                        ),
                         hub=the_hub,
                         stopping=stop,
                         admin_token=admin_token,
+                        redis_configured=bool(cfg.redis.url),
                         writer_depth=lambda: (
                             writer_input.statistics().current_buffer_used,
                             cfg.batcher.queue_size,
@@ -348,10 +402,35 @@ async def run_server(
                 # Every producer is gone: close the writer's input so it drains and returns.
                 for sender in (to_writer, edge_writer, resolver_writer):
                     sender.close()
+            await writer_done.wait()
+            core.cancel_scope.cancel()  # the Redis gateway, if any
     finally:
         fanout.close()
         reader.close()
         await hot.aclose()
+
+
+def _offer(channel: trio.MemorySendChannel[str], reason: str) -> None:
+    """Non-blocking hand-off: a full channel already holds a pending rebuild."""
+    try:
+        channel.send_nowait(reason)
+    except trio.WouldBlock:
+        pass
+
+
+async def _rebuild_on_recovery(
+    recovered: trio.MemoryReceiveChannel[str], rebuild: Callable[[], Awaitable[None]]
+) -> None:
+    """After Redis comes back (or lost its data), rebuild balances and nonces from the ledger;
+    retry every second while it is still unreachable."""
+    async for reason in recovered:
+        while True:
+            try:
+                await rebuild()
+                log.info('{"msg": "hot state rebuilt from the ledger", "reason": "%s"}', reason)
+                break
+            except HotStateUnavailable:
+                await trio.sleep(1)
 
 
 async def _pump(

@@ -777,3 +777,14 @@ def open_bets(conn: sqlite3.Connection, *, symbol: str | None = None) -> list[Pl
 def all_balances(conn: sqlite3.Connection) -> dict[str, int]:
     """address → available, for `HotState.rebuild` at startup."""
     return {a: int(v) for a, v in conn.execute("SELECT address, available FROM accounts")}
+
+
+def recent_nonces(conn: sqlite3.Connection, since_ms: int) -> list[tuple[str, str, int]]:
+    """(address, nonce, at) of bets and withdrawals accepted since `since_ms`: what the hot
+    state must remember so a replay inside the timestamp window is refused at admission."""
+    rows = conn.execute(
+        "SELECT address, nonce, accepted_at FROM bets WHERE accepted_at >= ?1"
+        " UNION ALL SELECT address, nonce, at FROM withdrawals WHERE at >= ?1",
+        (since_ms,),
+    )
+    return [(str(a), str(n), int(t)) for a, n, t in rows]

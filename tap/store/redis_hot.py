@@ -58,7 +58,7 @@ other edge is admitting, and `rebuild_from` otherwise.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -233,6 +233,18 @@ class RedisHotState:
         """Remembered within the last 2 × max_skew_ms (older nonces are the ledger's to know)."""
         found = await self.gateway.call(RedisCommand(("EXISTS", self._key(address, "n", nonce))))
         return bool(found)
+
+    async def remember_nonces(self, used: Iterable[tuple[str, str, int]], now_ms: int) -> None:
+        """Seed the ledger's recent nonces (protocol text). `SET NX`: a live admission's own
+        value (its rebuild mark) is never overwritten; expiry is 2 × max_skew_ms from now."""
+        commands = [
+            RedisCommand(
+                ("SET", self._key(address, "n", nonce), "ledger", "NX", "PX", self._nonce_ms)
+            )
+            for address, nonce, _ in used
+        ]
+        if commands:
+            await self._each(commands)
 
     async def ping(self) -> bool:
         return await self.gateway.ping()

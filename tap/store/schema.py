@@ -148,6 +148,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
     ),
+    # 2: the nonces used recently, reloaded into the hot state at startup and after Redis loss.
+    (
+        "CREATE INDEX bets_by_accepted_at ON bets (accepted_at)",
+        "CREATE INDEX withdrawals_by_at ON withdrawals (at)",
+    ),
 )
 
 LATEST = len(MIGRATIONS)
