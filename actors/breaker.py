@@ -64,7 +64,7 @@ async def run(
     The caller owns the channels; this actor does not close them. `overrides` ending only stops
     overrides; a mode that is not open/closed/auto is logged and ignored.
     """
-    breaker = Breaker(cfg)
+    breaker = Breaker(cfg, symbol)
     gauge = BREAKER_OPEN.labels(symbol=symbol)
     publish_order = trio.Lock()  # FIFO: subscribers see changes in the order the machine made them
     sleeping: trio.CancelScope | None = None  # the timer task's current sleep, once it sleeps
@@ -107,7 +107,10 @@ async def run(
             await publish(changes)
 
     task_status.started(BreakerHandle(breaker))
-    await publish([BreakerChanged(state=breaker.state, reason=breaker.reason, at=clock.now_ms())])
+    startup = BreakerChanged(
+        state=breaker.state, reason=breaker.reason, at=clock.now_ms(), symbol=symbol
+    )
+    await publish([startup])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(wake_at_deadlines)
         nursery.start_soon(follow_overrides)

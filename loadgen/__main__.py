@@ -60,7 +60,12 @@ async def maybe_serve(
         reason = tap_unavailable()
         if reason is not None:
             raise ServerFailed(reason)
-        overrides: dict[str, Any] = {"payments": {"mock_deposits": True}}
+        # Mock deposits fund the users; a 1 s breaker hysteresis instead of 30 s gets tap ready
+        # (its breaker starts open) without half a minute of waiting on /readyz.
+        overrides: dict[str, Any] = {
+            "payments": {"mock_deposits": True},
+            "breaker": {"hysteresis_ms": 1000},
+        }
         async with start_tap_server(None, overrides, data_dir, config_path=tap_config) as server:
             yield server
 

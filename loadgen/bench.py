@@ -35,7 +35,7 @@ import trio.lowlevel
 import trio_websocket
 
 from loadgen.capacity import CapacitySearch
-from loadgen.engine import Dispatcher, SlotPool
+from loadgen.engine import Dispatcher, SlotPool, freeze_heap
 from loadgen.h1 import HttpConnection, HttpError
 from loadgen.histogram import Histogram
 from loadgen.market import frame_decoder
@@ -60,9 +60,12 @@ RACE_SHARE = 0.01
 ECHO_ROUTE = "WS echo"
 
 # tap as the bench runs it: the per-address rate limit lifted (the bench measures the bet path,
-# not the limiter's refusals; the limiter still runs on every bet), mock deposits on.
+# not the limiter's refusals; the limiter still runs on every bet), mock deposits on, and the
+# breaker's startup hysteresis cut to 1 s (it opens at startup and would otherwise keep /readyz
+# at 503 for its default 30 s before every bench).
 TAP_BENCH_OVERRIDES: dict[str, Any] = {
     "limits": {"rate_per_s": 100_000.0, "burst": 100_000},
+    "breaker": {"hysteresis_ms": 1000},
     "payments": {"mock_deposits": True},
     "server": {"log_level": "warning"},
 }
@@ -399,6 +402,7 @@ class Prober:
 
     async def capacity(self, name: str, workload: Workload) -> dict[str, Any]:
         self.say(f"{name}: searching for the highest sustained rate")
+        freeze_heap()
         search = CapacitySearch(self.plan.start_rate, max_probes=self.plan.max_probes)
         probes = []
         while (rate := search.next_rate()) is not None:
@@ -475,7 +479,7 @@ async def bench_bets(
     """Capacity of a server's bet path over HTTP (and WebSocket), then p99 at 70 % of it."""
     out: dict[str, Any] = {}
     crowd = Crowd(Target(server.base_url), bench_spec(plan, vus, "http"), Recorder())
-    async with Signer(vus, crowd.seed.to_bytes(8, "big")) as signer:
+    async with Signer(vus, crowd.signer_seed) as signer:
         async with trio.open_nursery() as nursery:
             _say(f"{name}: logging in {vus} users")
             started = time.monotonic()

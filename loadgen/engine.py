@@ -14,6 +14,7 @@ counts arrivals it could not send at all (`Recorder.shortfall`).
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
@@ -28,6 +29,18 @@ S = TypeVar("S")
 # After this many dispatches without a sleep the dispatcher yields once, so a burst of
 # overdue arrivals (after a GC pause, say) never starves the slots' tasks.
 _YIELD_EVERY = 64
+
+
+def freeze_heap() -> None:
+    """Collect once, then park every object alive so far outside the cyclic collector.
+
+    After setup the generator holds thousands of long-lived objects (connections, users,
+    keys); a full collection walking them all is a pause of tens of milliseconds in which no
+    request is sent. `gc.freeze()` (the CPython idiom for this) leaves later collections only
+    the objects made during the run.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class SlotPool(Generic[S]):

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from loadgen.cpu import CpuMeter
-from loadgen.engine import Dispatcher, SlotPool
+from loadgen.engine import Dispatcher, SlotPool, freeze_heap
 from loadgen.recorder import Recorder
 from loadgen.report import ProgressLine, verdicts_json
 from loadgen.scenario import Scenario, parse_duration
@@ -156,7 +156,7 @@ async def run_scenario(
     schedule = Schedule(scenario.stages)
     dispatcher = Dispatcher()
     setup_s = 0.0
-    async with Signer(spec.vus, crowd.seed.to_bytes(8, "big")) as signer:
+    async with Signer(spec.vus, crowd.signer_seed) as signer:
         monitor = Monitor(signer=signer, server=server, progress=progress)
         try:
             async with trio.open_nursery() as nursery:
@@ -167,6 +167,7 @@ async def run_scenario(
                 await crowd.presign_once(signer)
                 nursery.start_soon(crowd.presign, signer)
                 nursery.start_soon(crowd.watch_grid)
+                freeze_heap()
                 pool = SlotPool(crowd.users, crowd.fire, recorder)
                 pool.bind(nursery)
                 t0 = trio.current_time() + 0.05

@@ -92,8 +92,14 @@ PHASE_STATE: Final[dict[Phase, BreakerStateName]] = {
 }
 
 # What each signal does to the run of fresh ticks (its start time), besides the phase change.
-#   fresh_tick: starts a run if none is under way     jump: restarts the run at this tick
-#   stale: ends the run                               settled: leaves it as it is
+RunEffect = Literal["start_if_none", "restart", "end", "keep"]
+RUN_EFFECT: Final[dict[Signal, RunEffect]] = {
+    "fresh_tick": "start_if_none",
+    "jump": "restart",  # the jump tick is the first of the new run
+    "stale": "end",
+    "settled": "keep",
+}
+
 OVERRIDE_REASON: Final = "override"
 MODES: Final[tuple[BreakerMode, ...]] = ("open", "closed", "auto")
 
@@ -103,10 +109,12 @@ class Breaker:
     `BreakerChanged` events it caused, in order, stamped with the instant the rules say the change
     happened (a deadline's own time, even if `on_time` is called late)."""
 
-    def __init__(self, cfg: BreakerConfig) -> None:
+    def __init__(self, cfg: BreakerConfig, symbol: str = "") -> None:
+        """`symbol` only labels the events ("" = the one market of a one-feed process)."""
         if cfg.stale_after_ms <= 0 or cfg.hysteresis_ms < 0 or cfg.jump_window_ms < 0:
             raise ValueError(f"breaker config out of range: {cfg!r}")
         self._cfg = cfg
+        self._symbol = symbol
         self._phase: Phase = "startup"
         self._mode: BreakerMode = "auto"
         self._now: int | None = None
@@ -177,7 +185,7 @@ class Breaker:
         before = (self.state, self.reason)
         self._mode = mode
         if (self.state, self.reason) != before:
-            changes.append(BreakerChanged(state=self.state, reason=self.reason, at=self._clock()))
+            changes.append(self._changed(self.state, self.reason, self._clock()))
         return changes
 
     # ── the machinery ──
@@ -208,14 +216,18 @@ class Breaker:
     def _fire(self, signal: Signal, at: int) -> list[BreakerChanged]:
         before = (self.state, self.reason)
         self._phase = AUTO_TRANSITIONS[self._phase][signal]
-        if signal == "jump" or (signal == "fresh_tick" and self._run_start is None):
+        effect = RUN_EFFECT[signal]
+        if effect == "restart" or (effect == "start_if_none" and self._run_start is None):
             self._run_start = at
-        elif signal == "stale":
+        elif effect == "end":
             self._run_start = None
         after = (self.state, self.reason)
         if after == before:
             return []
-        return [BreakerChanged(state=after[0], reason=after[1], at=at)]
+        return [self._changed(after[0], after[1], at)]
+
+    def _changed(self, state: BreakerStateName, reason: str, at: int) -> BreakerChanged:
+        return BreakerChanged(state=state, reason=reason, at=at, symbol=self._symbol)
 
     def _observe_price(self, ts: int, price: int) -> bool:
         """Add the tick to the jump window; True if it moved more than `jump_bps` from any price

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -292,9 +293,10 @@ def test_tick_work_does_not_grow_with_bets_in_other_cells() -> None:
         ix.add(bet(3, 50, "next"))
         for n in range(others):  # other rows of the next column, and later columns
             ix.add(bet(3 + n % 200, 100 + n // 200))
+        # miss, win "mine", miss, close column 2 and win "next", miss among the others
         script = [(10_000, 40_000), (11_000, 50_500), (12_000, 40_000), (15_000, 50_000)]
         script.append((16_000, 40_000))
-        return [opcodes(lambda t=t: ix.on_tick(*t)) for t in script]
+        return [opcodes(partial(ix.on_tick, ts, price)) for ts, price in script]
 
     few, many = work_with(10), work_with(20_000)
     assert few == many

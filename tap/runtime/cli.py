@@ -26,7 +26,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tap.runtime.supervisor import run_server
 
     cfg = _config(args)
-    trio.run(run_server, cfg)
+
+    async def serve_and_announce() -> None:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(run_server, cfg)
+            print(f"tap is serving on {running.url}  (Ctrl-C drains and stops)", flush=True)
+            print(f"  try: curl -s {running.url}/api/grid/{cfg.markets[0].symbol} | head -c 300")
+            print("  docs: README.md, docs/openapi.json, docs/websocket.md", flush=True)
+
+    trio.run(serve_and_announce)
     return 0
 
 
