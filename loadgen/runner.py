@@ -201,6 +201,14 @@ async def run_scenario(
     )
 
 
+def inline_warning(crowd: Crowd, dispatched: int) -> list[str]:
+    """A warning when more than 1 % of bets had to be signed on the event loop."""
+    inline = crowd.counters["signed_inline"]
+    if dispatched and inline > 0.01 * dispatched:
+        return [f"{inline} of {dispatched} bets were signed inline: the presigner fell behind"]
+    return []
+
+
 def build_report(
     name: str,
     base_url: str,
@@ -227,7 +235,8 @@ def build_report(
             "dispatch_lag": dispatcher.lag.summary_ms(),
             "dispatched": dispatcher.dispatched,
             "shortfall": dict(recorder.shortfall),
-            "warnings": [f"{w} (×{n})" for w, n in monitor.warnings.items()],
+            "warnings": [f"{w} (×{n})" for w, n in monitor.warnings.items()]
+            + inline_warning(crowd, dispatcher.dispatched),
             "crowd": crowd.summary(),
         },
         "server_cpu_pct": usage["server_cpu_pct"],

@@ -14,7 +14,8 @@ It decides the client behaviour. It leaves the timing of taps to `loadgen.engine
 
 Signing is off the hot loop: `Crowd.presign` keeps each user a small queue of bets signed a
 second or so ahead, by the worker process, for cells chosen from the newest grid; `fire` only
-takes one and sends pre-encoded bytes.
+takes one and sends pre-encoded bytes. Should a queue run dry, `fire` signs one on the spot
+rather than drop the arrival, and counts it (`signed_inline`) so the report shows it.
 """
 
 from __future__ import annotations

@@ -108,12 +108,12 @@ class FeedConfig(Base, frozen=True):
 
 
 class ArchiveConfig(Base, frozen=True):
-    dir: str = "data/archive"
+    dir: str = ""  # "" = "archive" beside the database file
     after_days: int = 30
     interval_s: int = 7 * 86_400
     tick_retention_days: int = 7
     integrity_interval_s: int = 86_400
-    backup_dir: str = "data/backups"
+    backup_dir: str = ""  # "" = "backups" beside the database file
     backup_interval_s: int = 3_600
     backup_keep: int = 24
 
@@ -284,7 +284,13 @@ def decode_config(tree: Mapping[str, Any]) -> Config:
         # msgspec says e.g. "Expected `int`, got `str` - at `$.markets[0].column_ms`"
         raise ConfigError(f"invalid configuration: {e}") from e
     _validate(cfg)
-    return cfg
+    beside_db = Path(cfg.server.db_path).parent
+    archive = msgspec.structs.replace(
+        cfg.archive,
+        dir=cfg.archive.dir or str(beside_db / "archive"),
+        backup_dir=cfg.archive.backup_dir or str(beside_db / "backups"),
+    )
+    return msgspec.structs.replace(cfg, archive=archive)
 
 
 def load_config(

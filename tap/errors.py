@@ -22,6 +22,7 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "replayed_nonce": 409,
     "duplicate_cell_bet": 409,
+    "archive_running": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "cell_not_placeable": 422,

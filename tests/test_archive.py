@@ -558,15 +558,16 @@ def test_a_sigkilled_archive_process_is_recovered_by_the_next_run(
 
 # ── any history ──────────────────────────────────────────────────────────────────────────────
 
-ADDRESSES = ("0xa1", "0xa2", "0xa3")
+ADDRESSES = ("0xa1", "0xa2")
 
 
 @st.composite
 def histories(draw: st.DrawFn) -> list[tuple[int, list[WriterRequest]]]:
     """Batches at non-decreasing times straddling the cutoff: deposits, withdrawals, bets
     placed and (sometimes) settled, in any interleaving across a few addresses."""
-    batches: list[tuple[int, list[WriterRequest]]] = []
     at = OLD
+    funded: list[WriterRequest] = [dep(a, 20_000, f"seed-{a}", at) for a in ADDRESSES]
+    batches: list[tuple[int, list[WriterRequest]]] = [(at, funded)]
     open_bets: list[str] = []
     n = 0
     for _ in range(draw(st.integers(1, 12))):
@@ -629,3 +630,24 @@ def test_any_history_archives_to_prefixes_and_keeps_integrity(
             gone = [e["entry_id"] for e in arch_entries if e["address"] == address]
             kept = [i for i, e in hot_entries.items() if e["address"] == address]
             assert not gone or not kept or max(gone) < min(kept), "not a prefix"
+
+
+def test_tap_archive_exits_1_and_deletes_nothing_on_an_inconsistent_database(
+    tmp_path: Path, cfg: Config
+) -> None:
+    conn = sqlite3.connect(cfg.server.db_path)
+    conn.execute("DELETE FROM ledger WHERE ref = 'w1'")
+    conn.commit()
+    conn.close()
+    before = hot_rows(cfg.server.db_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "tap.runtime.cli", "archive"],
+        env={**os.environ, **environment(tmp_path), "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "archive failed: the database fails the integrity check" in done.stderr
+    assert hot_rows(cfg.server.db_path) == before

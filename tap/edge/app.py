@@ -92,9 +92,47 @@ def decode_body(kind: type[T], data: bytes) -> T:
         raise ApiError("invalid_request", f"body is not valid JSON: {e}") from None
 
 
+class DrainUnreadBody:
+    """ASGI wrapper: once the app has answered, read and discard the request body it left unread.
+
+    Why: Hypercorn hands the body to the app through a queue of `max_app_queue_size` (10) events
+    and, when the app returns, puts `http.disconnect` on that same queue. A handler that answers
+    before the body ended (401 before reading it, 413 at the size limit) leaves Hypercorn's reader
+    blocked on the full queue and the disconnect blocked behind it: the connection then hangs —
+    its task, its socket and the client's next keep-alive request — until server shutdown. Reading
+    on to the end of the body, or to the client's disconnect, lets Hypercorn finish the exchange
+    (and reuse or close the connection) as usual. Bodies are discarded, so memory stays bounded.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ended = False
+
+        def is_last(event: Any) -> bool:
+            return event["type"] == "http.disconnect" or (
+                event["type"] == "http.request" and not event.get("more_body", False)
+            )
+
+        async def tracked() -> Any:
+            nonlocal ended
+            event = await receive()
+            ended = ended or is_last(event)
+            return event
+
+        await self.app(scope, tracked, send)
+        while not ended:
+            ended = is_last(await receive())
+
+
 def create_app(svc: EdgeServices) -> QuartTrio:
     cfg = svc.cfg
     app = QuartTrio("tap")
+    app.asgi_app = DrainUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     cors_origins = set(cfg.server.cors_origins)

@@ -68,7 +68,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from tap.store import backup
 
     cfg = _config(args)
-    path = backup.backup_now(cfg, args.to)
+    try:
+        path = backup.backup_now(cfg, args.to)
+    except (backup.BackupError, backup.LockHeld) as e:
+        print(f"backup failed: {e}", file=sys.stderr)
+        return 1
     print(f"backup written: {path}")
     return 0
 
@@ -90,7 +94,11 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from tap.store import archive
 
     cfg = _config(args)
-    report = archive.run_archive(cfg, now_ms=None)
+    try:
+        report = archive.run_archive(cfg, now_ms=None)
+    except archive.ArchiveError as e:  # nothing was deleted; a re-run is safe
+        print(f"archive failed: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=2))
     return 0
 
@@ -115,7 +123,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from tap.store.replay import replay_range
 
     cfg = _config(args)
-    mismatches, checked = replay_range(cfg, args.from_ms, args.to_ms)
+    try:
+        mismatches, checked = replay_range(cfg, args.from_ms, args.to_ms)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"replay: {e}", file=sys.stderr)
+        return 2
     for m in mismatches:
         print(m)
     print(f"replay: {checked} bet(s) re-resolved, {len(mismatches)} mismatch(es)")

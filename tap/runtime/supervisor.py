@@ -27,6 +27,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -42,6 +43,7 @@ from actors import (
     hub,
     ingest,
     ledger_sync,
+    maintenance,
     market,
     redis_gateway,
     resolver,
@@ -52,11 +54,13 @@ from tap.config import Config, describe
 from tap.edge.app import create_app
 from tap.edge.desk import BetDesk, PendingBets
 from tap.edge.services import EdgeServices
+from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable, InMemoryHotState
 from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, WriterRequest
 from tap.runtime.clock import Clock
 from tap.sessions import SessionBook
-from tap.store import db
+from tap.store import archive, db
+from tap.store.backup import ServerLock
 from tap.store.reader import StoreReader
 from tap.store.redis_hot import SCRIPTS, RedisHotState, sentinel_key
 
@@ -184,6 +188,29 @@ async def run_server(
     admin_token: str | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve `cfg` until SIGTERM/SIGINT (or `stop`), holding the database's server lock so
+    `tap restore` refuses to replace the file underneath a running server."""
+    Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
+    with ServerLock(cfg.server.db_path):
+        await _serve(
+            cfg,
+            clock=clock,
+            stop=stop,
+            handle_signals=handle_signals,
+            admin_token=admin_token,
+            task_status=task_status,
+        )
+
+
+async def _serve(
+    cfg: Config,
+    *,
+    clock: Clock | None = None,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    admin_token: str | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
     clock = clock or Clock()
     stop = stop or trio.Event()
     if admin_token is None:
@@ -290,6 +317,10 @@ async def run_server(
                     # ── actors, in dependency order ──
                     await services.start(ledger_sync.run, fanout, hot, pending, rebuild_hot)
                     services.start_soon(_rebuild_on_recovery, recovered_rx, rebuild_hot)
+                    # Maintenance: own connections, read-mostly; the writer has migrated already.
+                    await services.start(maintenance.run_archiver, cfg, clock)
+                    await services.start(maintenance.run_integrity, cfg, clock)
+                    await services.start(maintenance.run_backups, cfg, clock)
                     the_hub = hub.Hub(cfg.server.ws_queue)
                     services.start_soon(_pump, fanout, committed_hub_tx, rebuild_hot)
                     await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
@@ -368,6 +399,10 @@ async def run_server(
                         stopping=stop,
                         admin_token=admin_token,
                         redis_configured=bool(cfg.redis.url),
+                        archive_fn=partial(_archive_now, cfg, clock),
+                        integrity_fn=partial(
+                            trio.to_thread.run_sync, maintenance.integrity_violations, cfg
+                        ),
                         writer_depth=lambda: (
                             writer_input.statistics().current_buffer_used,
                             cfg.batcher.queue_size,
@@ -408,6 +443,17 @@ async def run_server(
         fanout.close()
         reader.close()
         await hot.aclose()
+
+
+async def _archive_now(cfg: Config, clock: Clock) -> dict[str, Any]:
+    """`POST /admin/archive`: one run now, in a worker thread with its own connection."""
+    try:
+        report: dict[str, Any] = await trio.to_thread.run_sync(
+            archive.run_archive, cfg, clock.now_ms()
+        )
+    except archive.ArchiverBusy:
+        raise ApiError("archive_running", "an archive run is already in progress") from None
+    return report
 
 
 def _offer(channel: trio.MemorySendChannel[str], reason: str) -> None:

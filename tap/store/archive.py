@@ -170,7 +170,7 @@ def _archivable_prefix(rows: list[Record], cutoff: int) -> int:
         r = rows[i]
         if r["kind"] in BET_KINDS:
             seen[r["ref"]] = seen.get(r["ref"], 0) + 1
-            if False:
+            if seen[r["ref"]] < expected[r["ref"]]:
                 # Rows of this bet are still to come; if none is left within the limit, no
                 # cut past this point is valid.
                 reach = max(reach, limit if last_index[r["ref"]] == i else last_index[r["ref"]])
