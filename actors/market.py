@@ -59,8 +59,20 @@ class _Market:
         if tick is None:
             return
         view = self.book.refresh(now_ms, tick.price, tick.ts, self.volatility.sigma, self.breaker)
-        if view is self.published and not heartbeat:
-            return
+        if not heartbeat:
+            if view is self.published:
+                return
+            # A fresh quote is kept for admission at once, but pushed to clients at 1 Hz, on a
+            # column roll and on a breaker change only: a full grid to every subscriber on each
+            # refresh would cost more CPU than the bets themselves.
+            published = self.published
+            if (
+                published is not None
+                and now_ms - self.published_at < GRID_HEARTBEAT_MS
+                and current_column(now_ms, self.book.market.column_ms) == self.published_column
+                and view.breaker == published.breaker
+            ):
+                return
         publish(
             f"grid:{view.symbol}",
             WsGrid(

@@ -52,7 +52,7 @@ class PricingConfig(Base, frozen=True):
     vol_floor: float = 0.20
     vol_cap: float = 3.00
     vol_halflife_ms: int = 60_000  # EWMA half-life of the variance estimate
-    refresh_ms: int = 250  # grid recomputed at most this often (DESIGN rule 10)
+    refresh_ms: int = 500  # grid recomputed at most this often (DESIGN rule 10)
     monitoring_interval_ms: int = 0  # 0 = continuous monitoring, no discrete correction
 
 

@@ -125,17 +125,22 @@ async def test_grid_goes_out_every_second_and_at_every_column_roll_without_ticks
         nursery.cancel_scope.cancel()
 
 
-async def test_grids_from_ticks_are_limited_to_one_per_refresh_ms(
+async def test_quotes_refresh_every_refresh_ms_but_clients_get_grids_at_1_hz(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     cfg = Config(pricing=PricingConfig(refresh_ms=250))
     async with trio.open_nursery() as nursery:
         h = await _start(nursery, cfg)
+        as_ofs = set()
         for _ in range(100):  # 100 ticks 10 ms apart, inside one column
             await h.ticks.send(Tick(symbol="BTC-USD", ts=h.clock.now_ms(), price=PRICE))
             await trio.sleep(0.010)
+            view = h.handle.grid("BTC-USD")
+            assert view is not None
+            as_ofs.add(view.as_of)
         assert len(h.prices()) == 100
-        assert 4 <= len(h.grids()) <= 5  # ~1000 ms / 250 ms
+        assert 4 <= len(as_ofs) <= 5  # admission's quotes: one recompute per 250 ms
+        assert 1 <= len(h.grids()) <= 2  # what subscribers get: the first grid, then 1 Hz
         nursery.cancel_scope.cancel()
 
 
