@@ -3,7 +3,9 @@
 Admission reserves in the hot state *before* the writer decides (DESIGN rule 6); this actor
 applies the writer's verdicts afterwards, so the hot balance follows the ledger in the safe
 direction only:
-- a bet confirmed → it is no longer "pending" on the edge (its hold already matches the stake);
+- a bet confirmed → it is no longer "pending" on the edge (its hold already matches the stake),
+  unless the confirmation is of an earlier bet with the same nonce (a replay the hot state did not
+  recognise, after Redis lost its data): then the replay's hold is given back;
 - a bet rejected → the hold and the cell marker are given back (the nonce stays burned, as in the
   ledger, unless the writer refused before storing anything — `overloaded` — when the client may
   retry the same nonce);
@@ -48,11 +50,13 @@ UNSTORED_REFUSALS = frozenset({"overloaded", "internal_error"})
 async def apply(hot: HotState, pending: PendingBets, event: Committed) -> None:
     match event:
         case BetConfirmed(bet=bet):
-            pending.pop(bet.bet_id)
-            metrics.BETS.labels("confirmed").inc()
+            admitted = pending.pop(bet.bet_id)  # counted in tap_bets_total by the writer
+            if admitted is not None and admitted.accepted_at != bet.accepted_at:
+                # The writer answered a replay with the bet its nonce already made: no stake
+                # moved for this request, so give its hold back (the cell stays taken).
+                await hot.release(bet.address, admitted.amount)
         case BetRejected(bet=bet, reason=reason):
             pending.pop(bet.bet_id)
-            metrics.BETS.labels(f"rejected:{reason}").inc()
             nonce = bet.nonce if reason in UNSTORED_REFUSALS else None
             await hot.release(bet.address, bet.amount, cell_id=bet.cell_id, nonce=nonce)
         case BetResolved(bet=bet):

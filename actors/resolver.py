@@ -43,7 +43,6 @@ from tap.grid import CellId
 from tap.messages import Bet, Outcome, PlaceBet, Settle, StoreTicks, Tick
 from tap.resolver import BetOutsideHistory, OpenBet, ResolverIndex
 from tap.runtime.clock import Clock
-from tap.runtime.metrics import BETS_RESOLVED
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +131,8 @@ class _ToWriter:
                 while outcomes:
                     take = min(len(outcomes), self._max_batch)
                     settled = tuple(outcomes.popleft() for _ in range(take))
+                    # Counted by the writer once committed (tap_bets_resolved_total), not here.
                     await self._writer.send(Settle(outcomes=settled))
-                    for outcome in settled:
-                        BETS_RESOLVED.labels(outcome=outcome.status).inc()
             elif self._closing:
                 return
             else:

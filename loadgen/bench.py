@@ -55,6 +55,7 @@ from loadgen.targets import (
 from loadgen.vu import Crowd, Target
 
 P99_LIMIT_MS = 100.0
+WAIT_LIMIT_PCT = 10.0  # % of a probe spent runnable but without a core: the machine was busy
 RACE_CODES = frozenset({"cell_not_placeable"})  # a cell rolling into the lockout mid-flight
 RACE_SHARE = 0.01
 ECHO_ROUTE = "WS echo"
@@ -384,6 +385,7 @@ def limiting_party(probe: dict[str, Any], cpus: int) -> str:
     gen = probe.get("generator_cpu_pct") or 0.0
     server = probe.get("server_cpu_pct") or 0.0
     signer = probe.get("signer_cpu_pct") or 0.0
+    waited = max(probe.get("generator_wait_pct") or 0.0, probe.get("server_wait_pct") or 0.0)
     lag = probe.get("dispatch_lag_p99_ms", 0.0)
     if gen >= CPU_WARN_PCT or probe.get("shortfall", 0):
         return "generator"
@@ -391,7 +393,7 @@ def limiting_party(probe: dict[str, Any], cpus: int) -> str:
         return "server"
     if gen + server + signer >= 85.0 * cpus:
         return "machine"
-    if lag > LAG_WARN_MS:
+    if waited >= WAIT_LIMIT_PCT or lag > LAG_WARN_MS:
         return "contention"
     return "server" if server >= 70.0 else "unclear"
 
@@ -431,13 +433,16 @@ class Prober:
             generator_cpu_pct=usage["cpu_pct"],
             signer_cpu_pct=usage["signer_cpu_pct"],
             server_cpu_pct=usage["server_cpu_pct"],
+            generator_wait_pct=usage["cpu_wait_pct"],
+            server_wait_pct=usage["server_cpu_wait_pct"],
             dispatch_lag_p99_ms=lag,
             busy_at_end=pool.busy,
         )
         p99 = result.get("latency", {}).get("p99_ms", float("nan"))
         self.say(
             f"  {rate:7.0f}/s  {'pass' if result['passed'] else 'FAIL'}  p99 {p99:7.1f} ms  "
-            f"gen {usage['cpu_pct'] or 0:3.0f}%  server {usage['server_cpu_pct'] or 0:3.0f}%"
+            f"gen {usage['cpu_pct'] or 0:3.0f}%  server {usage['server_cpu_pct'] or 0:3.0f}%  "
+            f"waited {usage['cpu_wait_pct'] or 0:2.0f}%/{usage['server_cpu_wait_pct'] or 0:2.0f}%"
             + (f"  ({result['why']})" if result["why"] else "")
         )
         # Let the server finish what it accepted before the next probe starts, so a probe past
@@ -463,15 +468,15 @@ class Prober:
                 and retries < self.plan.max_retries
                 and limiting_party(result, self.cpus) == "contention"
             ):
-                # The machine, not the target, was busy: that probe measured nothing. Once more.
+                # The machine, not the target, was busy: that probe measured little. Once more.
                 retries += 1
-                self.say("  (the dispatcher woke late with both processes idle: probing again)")
+                self.say("  (something else held the cores during that probe: probing again)")
                 probes.append({**result, "discarded": "contention"})
                 result = await self.probe(workload, rate)
             probes.append(result)
             search.observe(rate, result["passed"])
         best = search.best
-        at_best = next((p for p in probes if p["rate"] == best), None)
+        at_best = next((p for p in probes if p["rate"] == best and p["passed"]), None)
         failed = [
             p for p in probes if not p["passed"] and p["rate"] > best and "discarded" not in p
         ]

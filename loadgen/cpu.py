@@ -1,9 +1,12 @@
 """CPU use of this process and of the processes it started, read from `/proc` (Linux).
 
 It decides how CPU is sampled: user + system ticks of a pid, turned into the share of one core
-over the wall time between two samples (100 % = one core busy). The generator reports its own
-figure so it is never the bottleneck silently, and the benches report the server's beside it.
-Elsewhere than Linux the figures are None.
+over the wall time between two samples (100 % = one core busy), and the time its threads spent
+*runnable but waiting* for a core (the scheduler's run-queue delay, `/proc/<pid>/task/*/
+schedstat`). The generator reports its own figures so it is never the bottleneck silently, and
+the benches report the server's beside them; run-queue delay says when neither was the
+bottleneck because something else on the machine held the cores. Elsewhere than Linux the
+figures are None.
 """
 
 from __future__ import annotations
@@ -28,37 +31,59 @@ def cpu_seconds(pid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def run_queue_seconds(pid: int | None = None) -> float | None:
+    """Seconds the threads of `pid` (alive now) spent waiting on a run queue, or None."""
+    base = f"/proc/{'self' if pid is None else pid}/task"
+    try:
+        tids = os.listdir(base)
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        try:
+            with open(f"{base}/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 class CpuMeter:
-    """Share of one core used by `pid` since the last `sample()` (and since creation)."""
+    """Share of one core used by `pid`, and share of wall time it waited for a core."""
 
     def __init__(self, pid: int | None = None) -> None:
         self.pid = pid
-        now = time.monotonic()
-        first = cpu_seconds(pid)
-        self._start = (now, first)
-        self._last = (now, first)
+        self._start = self._read()
+        self._last = self._start
+
+    def _read(self) -> tuple[float, float | None, float | None]:
+        return time.monotonic(), cpu_seconds(self.pid), run_queue_seconds(self.pid)
+
+    @staticmethod
+    def _pct(a: float | None, b: float | None, then: float, now: float) -> float | None:
+        if a is None or b is None or now <= then:
+            return None
+        return max(0.0, 100.0 * (b - a) / (now - then))
 
     def sample(self) -> float | None:
         """Percent of one core since the previous sample."""
-        now = time.monotonic()
-        cpu = cpu_seconds(self.pid)
-        then, before = self._last
-        self._last = (now, cpu)
-        if cpu is None or before is None or now <= then:
-            return None
-        return 100.0 * (cpu - before) / (now - then)
+        reading = self._read()
+        then, before, _ = self._last
+        self._last = reading
+        return self._pct(before, reading[1], then, reading[0])
 
     def overall(self) -> float | None:
-        """Percent of one core since the meter was made."""
-        now = time.monotonic()
-        cpu = cpu_seconds(self.pid)
-        then, before = self._start
-        if cpu is None or before is None or now <= then:
-            return None
-        return 100.0 * (cpu - before) / (now - then)
+        """Percent of one core since the meter was made (or restarted)."""
+        now, cpu, _ = self._read()
+        then, before, _ = self._start
+        return self._pct(before, cpu, then, now)
+
+    def overall_wait(self) -> float | None:
+        """Percent of wall time spent runnable but waiting for a core, since (re)start."""
+        now, _, wait = self._read()
+        then, _, before = self._start
+        return self._pct(before, wait, then, now)
 
     def restart(self) -> None:
-        now = time.monotonic()
-        cpu = cpu_seconds(self.pid)
-        self._start = (now, cpu)
-        self._last = (now, cpu)
+        self._start = self._read()
+        self._last = self._start

@@ -50,7 +50,8 @@ class Monitor:
         self.signer_cpu: CpuMeter | None = None
         self.server_cpu = server.cpu_meter() if server is not None else None
         self.progress = progress
-        self.warnings: Counter[str] = Counter()
+        self.warnings: Counter[str] = Counter()  # kind → seconds it was seen
+        self.first_warning: dict[str, str] = {}
 
     def restart(self) -> None:
         self.cpu.restart()
@@ -65,26 +66,36 @@ class Monitor:
         return self.signer_cpu
 
     def check(self, cpu_pct: float | None, lag_p99_ms: float) -> list[str]:
+        """Warn (once per kind, on the spot) when the generator may be what is measured."""
         found = []
         if cpu_pct is not None and cpu_pct >= CPU_WARN_PCT:
-            found.append(f"generator CPU at {cpu_pct:.0f}% of a core: it may not keep the rate")
+            found.append(
+                ("cpu", f"generator CPU at {cpu_pct:.0f}% of a core: it may not keep the rate")
+            )
         if lag_p99_ms > LAG_WARN_MS:
             found.append(
-                f"dispatcher {lag_p99_ms:.0f} ms late (p99): the generator cannot keep the rate"
+                (
+                    "lag",
+                    f"dispatcher {lag_p99_ms:.0f} ms late (p99 over a second): the generator is "
+                    "not keeping the rate",
+                )
             )
-        for w in found:
-            key = w.split(":")[0]
-            if self.warnings[key] == 0 and self.progress is not None:
-                self.progress.warn(w)
-            self.warnings[key] += 1
-        return found
+        for kind, text in found:
+            if kind not in self.first_warning and self.progress is not None:
+                self.progress.warn(text)
+            self.first_warning.setdefault(kind, text)
+            self.warnings[kind] += 1
+        return [text for _, text in found]
 
     def overall(self) -> dict[str, Any]:
+        """CPU since the last restart, and how long each process waited for a core."""
         sig = self._signer_meter()
         return {
             "cpu_pct": self.cpu.overall(),
             "signer_cpu_pct": sig.overall() if sig is not None else None,
             "server_cpu_pct": self.server_cpu.overall() if self.server_cpu else None,
+            "cpu_wait_pct": self.cpu.overall_wait(),
+            "server_cpu_wait_pct": self.server_cpu.overall_wait() if self.server_cpu else None,
         }
 
     def sample(self) -> tuple[float | None, float | None, float | None]:
@@ -232,14 +243,19 @@ def build_report(
         "generator": {
             "cpu_pct": usage["cpu_pct"],
             "signer_cpu_pct": usage["signer_cpu_pct"],
+            "cpu_wait_pct": usage["cpu_wait_pct"],
             "dispatch_lag": dispatcher.lag.summary_ms(),
             "dispatched": dispatcher.dispatched,
             "shortfall": dict(recorder.shortfall),
-            "warnings": [f"{w} (×{n})" for w, n in monitor.warnings.items()]
+            "warnings": [
+                f"{monitor.first_warning[kind]} (in {n} of the run's seconds)"
+                for kind, n in monitor.warnings.items()
+            ]
             + inline_warning(crowd, dispatcher.dispatched),
             "crowd": crowd.summary(),
         },
         "server_cpu_pct": usage["server_cpu_pct"],
+        "server_cpu_wait_pct": usage["server_cpu_wait_pct"],
         "setup": crowd.setup_recorder.summary(max(setup_s, 1e-9)),
     }
     if scenario is not None:

@@ -67,6 +67,10 @@ _READY = "loadgen-ready"  # req_id of the ping that proves auth + subscribe were
 _MAX_DEPTH = 64  # signed bets queued per user, whatever the rate (they age: see `take`)
 _MAX_SIGNED_AGE_MS = 20_000  # well inside the server's ±30 s timestamp window
 _REFRESH_AFTER_MS = 10_000  # a queued bet older than this is re-signed rather than kept
+# Frames the users need not read. Each lost bet brings `bet_resolved` + `balance` at its column's
+# end, for every user at once; skipping them by prefix (msgspec and most encoders write the tag
+# first; any other layout is simply decoded) keeps that burst from stalling the dispatcher.
+_IGNORED_FRAMES = ('{"type":"bet_resolved"', '{"type":"balance"')
 
 
 def wall_ms() -> int:
@@ -376,6 +380,8 @@ class Crowd:
         while True:
             raw = await ws.get_message()
             now = trio.current_time()
+            if isinstance(raw, str) and raw.startswith(_IGNORED_FRAMES):
+                continue  # settlements and balances: nothing to check, not worth decoding
             try:
                 f = decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError):

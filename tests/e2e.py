@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,7 @@ class Server:
     cfg: Config
     db_path: Path
     admin_token: str | None
+    done: trio.Event  # set when run_server has returned (the whole process has shut down)
     feed_ts: int = 0  # the newest tick timestamp pushed so far
     last_price: int = START_PRICE
     _clients: list[httpx.AsyncClient] = field(default_factory=list)
@@ -147,8 +147,7 @@ class Server:
             await wait_until(
                 lambda: (
                     svc.breaker_state(self.symbol) == mode
-                    and (g := svc.market.grid(self.symbol)) is not None
-                    and g.breaker == mode
+                    and ((g := svc.market.grid(self.symbol)) is None or g.breaker == mode)
                 )
             )
 
@@ -192,10 +191,18 @@ async def start_server(
     starts open and would close only after `breaker.hysteresis_ms` of fresh ticks).
     """
     cfg = load_config(str(TEST_CONFIG), environ=env_for(tmp_path, overrides))
-    running: Running = await nursery.start(
-        partial(run_server, cfg, handle_signals=False, admin_token=admin_token)
-    )
-    server = Server(running, cfg, Path(cfg.server.db_path), admin_token)
+    done = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[Running]) -> None:
+        try:
+            await run_server(
+                cfg, handle_signals=False, admin_token=admin_token, task_status=task_status
+            )
+        finally:
+            done.set()
+
+    running: Running = await nursery.start(run)
+    server = Server(running, cfg, Path(cfg.server.db_path), admin_token, done)
     if price is not None:
         server.push(price)
         await server.settled_feed()

@@ -18,6 +18,7 @@ import trio
 import trio_websocket
 from eth_account import Account
 from nacl.signing import SigningKey
+from prometheus_client import REGISTRY
 
 from tests.e2e import (
     Player,
@@ -47,8 +48,8 @@ async def funded(server: Server, amount: int = 100_000_000) -> Player:
     return player
 
 
-async def open_cells(server: Server, lead_ms: int = 2500) -> list[dict[str, Any]]:
-    """Placeable cells that stay placeable for at least a couple of seconds (1 s columns)."""
+async def open_cells(server: Server, lead_ms: int = 5000) -> list[dict[str, Any]]:
+    """Placeable cells that stay placeable for several seconds more (1 s columns)."""
     return placeable_cells(await server.grid(), after_ts=server.now() + lead_ms)
 
 
@@ -57,7 +58,7 @@ async def open_cells(server: Server, lead_ms: int = 2500) -> list[dict[str, Any]
 
 async def test_a_replayed_bet_is_refused_with_the_original_bet_id(server: Server) -> None:
     player = await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     body = player.signed_bet(cell["cell_id"], STAKE)
     first = await player.place(body)
     assert first.status_code == 202, first.text
@@ -79,7 +80,7 @@ async def test_a_replayed_bet_is_refused_with_the_original_bet_id(server: Server
 async def test_a_hundred_concurrent_copies_of_one_bet_admit_exactly_one(tmp_path: Path) -> None:
     async with serving(tmp_path, limits__burst=1000, limits__rate_per_s=1000.0) as server:
         player = await funded(server)
-        cell = await pick_cell(server, min_lead_ms=2500)
+        cell = await pick_cell(server, min_lead_ms=5000)
         body = player.signed_bet(cell["cell_id"], STAKE)
         client = server.http(limits=httpx.Limits(max_connections=100))
         answers: list[httpx.Response] = []
@@ -117,7 +118,7 @@ async def wait_until_balance(player: Player, **expected: int) -> dict[str, Any]:
 
 async def test_stale_future_and_wrong_chain_requests_are_refused(server: Server) -> None:
     player = await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     skew = server.cfg.auth.max_skew_ms
     for ts in (server.now() - skew - 1000, server.now() + skew + 1000):
         r = await player.place(cell_id=cell["cell_id"], amount=STAKE, timestamp=ts)
@@ -154,7 +155,7 @@ async def test_every_tampered_field_fails_and_burns_nothing(server: Server) -> N
 
 async def test_a_bet_signed_by_another_sessions_key_is_refused(server: Server) -> None:
     alice, bob = await funded(server), await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     # Bob's key over Alice's address, sent with Alice's token.
     forged = alice.signed_bet(cell["cell_id"], STAKE, key=bob.session_key)
     r = await alice.place(forged)
@@ -194,7 +195,7 @@ async def test_locked_far_unknown_and_malformed_cells_are_not_placeable(server: 
 
 async def test_amounts_outside_the_stake_limits_are_refused(server: Server) -> None:
     player = await funded(server, 1_000_000_000)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     m = server.market
     for amount in (m.min_stake - 1, m.max_stake + 1, 0, -STAKE):
         r = await player.place(cell_id=cell["cell_id"], amount=amount)
@@ -206,7 +207,7 @@ async def test_amounts_outside_the_stake_limits_are_refused(server: Server) -> N
 
 async def test_a_minimum_multiplier_above_the_quote_is_refused(server: Server) -> None:
     player = await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     r = await player.place(
         cell_id=cell["cell_id"], amount=STAKE, min_multiplier_bps=server.market.max_multiplier_bps
     )
@@ -243,10 +244,10 @@ async def test_a_thousand_concurrent_bets_on_an_account_funded_for_k_stakes_conf
         limits__rate_per_s=10_000.0,
         markets__0__column_ms=5000,
         markets__0__rows=64,
-        markets__0__columns_ahead=20,
+        markets__0__columns_ahead=22,
     ) as server:
         player = await funded(server, k * STAKE)
-        cells = placeable_cells(await server.grid(), after_ts=server.now() + 6000)
+        cells = placeable_cells(await server.grid(), after_ts=server.now() + 11_000)
         assert len(cells) >= 1000, len(cells)
         bodies = iter([player.signed_bet(c["cell_id"], STAKE) for c in cells[:1000]])
         answers: list[httpx.Response] = []
@@ -304,7 +305,7 @@ async def test_the_rate_limit_answers_429_with_retry_after_and_ratelimit_headers
 
 async def test_an_open_breaker_refuses_bets_with_503_and_retry_after(server: Server) -> None:
     player = await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     await server.set_breaker("open")
     r = await player.place(cell_id=cell["cell_id"], amount=STAKE)
     assert r.status_code == 503 and error_of(r) == "breaker_open", r.text
@@ -331,9 +332,14 @@ async def test_a_full_writer_queue_answers_503_overloaded_and_undoes_the_hold(
         blocker = sqlite3.connect(server.db_path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
+            retries = REGISTRY.get_sample_value("tap_batch_retries_total") or 0.0
             first = await player.place(cell_id=cells[0]["cell_id"], amount=STAKE)
             assert first.status_code == 202
-            await wait_until(lambda: svc.writer_depth()[0] == 0)  # the writer holds it
+            # The writer took it and is retrying the lock: its batch is closed.
+            await wait_until(
+                lambda: (REGISTRY.get_sample_value("tap_batch_retries_total") or 0.0) > retries
+            )
+            assert svc.writer_depth()[0] == 0
             second = await player.place(cell_id=cells[1]["cell_id"], amount=STAKE)
             assert second.status_code == 202  # queued: the channel holds one
             third_body = player.signed_bet(cells[2]["cell_id"], STAKE)
@@ -358,7 +364,7 @@ async def test_a_full_writer_queue_answers_503_overloaded_and_undoes_the_hold(
 
 async def test_malformed_bodies_answer_400_naming_the_field_and_never_5xx(server: Server) -> None:
     player = await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     good = player.signed_bet(cell["cell_id"], STAKE)
     headers = {**player.auth, "Content-Type": "application/json"}
     answers: list[httpx.Response] = []
@@ -501,7 +507,7 @@ async def test_login_refusals(server: Server) -> None:
 
 async def test_ws_place_bet_is_acked_before_it_is_confirmed(server: Server) -> None:
     player = await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     async with player.ws() as ws:
         await ws.subscribe("account")
         body = player.signed_bet(cell["cell_id"], STAKE)
@@ -529,7 +535,7 @@ async def test_ws_place_bet_is_acked_before_it_is_confirmed(server: Server) -> N
 
 async def test_ws_refuses_bets_and_account_before_auth(server: Server) -> None:
     player = await funded(server)
-    cell = await pick_cell(server, min_lead_ms=2500)
+    cell = await pick_cell(server, min_lead_ms=5000)
     async with connect_ws(server) as ws:
         await ws.send(
             {"type": "place_bet", "req_id": "r1", **player.signed_bet(cell["cell_id"], 1)}
@@ -588,3 +594,30 @@ async def test_ws_bad_frames_echo_their_req_id(server: Server) -> None:
         error = await ws.next_of_type("error")
         assert error["error"]["code"] == "invalid_request"
         await ws.ping()
+
+
+async def test_a_request_answered_before_its_body_arrived_leaves_the_connection_usable(
+    server: Server,
+) -> None:
+    """A 401 or 413 sent while the client is still uploading must not wedge the keep-alive
+    connection: the client's next request on it is answered."""
+    player = await funded(server)
+    client = server.http(limits=httpx.Limits(max_connections=1))  # one connection, reused
+
+    async def chunks(n: int, size: int) -> AsyncIterator[bytes]:
+        for _ in range(n):
+            yield b" " * size
+
+    cases: list[tuple[str, dict[str, str], int, int, int]] = [
+        ("/api/bets", player.auth, 40, 1000, 413),  # too large, read up to the limit
+        ("/api/bets", {}, 40, 100, 401),  # refused before the body is read
+        ("/api/auth/challenge", {}, 40, 1000, 413),
+        ("/api/deposits", {"Authorization": "Bearer nope"}, 200, 10, 401),
+    ]
+    for path, auth, n, size, status in cases:
+        headers = {**auth, "Content-Type": "application/json"}
+        r = await client.post(path, content=chunks(n, size), headers=headers)
+        assert r.status_code == status, (path, r.text)
+        with trio.fail_after(3):
+            r = await client.get("/api/markets")
+        assert r.status_code == 200

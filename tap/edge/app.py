@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
@@ -55,6 +56,10 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+# The largest adjustment an operator may post (2⁵³ − 1 units, the largest integer every JSON client
+# reads exactly). Unbounded, one typo would reach SQLite as an integer it cannot store (the writer
+# fails and the process with it) or sum balances past int64.
+MAX_ADJUSTMENT = 2**53 - 1
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -93,46 +98,67 @@ def decode_body(kind: type[T], data: bytes) -> T:
 
 
 class DrainUnreadBody:
-    """ASGI wrapper: once the app has answered, read and discard the request body it left unread.
+    """ASGI wrapper: before a response completes, read (and discard) the request body the handler
+    left unread, so the connection can carry the client's next request.
 
-    Why: Hypercorn hands the body to the app through a queue of `max_app_queue_size` (10) events
-    and, when the app returns, puts `http.disconnect` on that same queue. A handler that answers
-    before the body ended (401 before reading it, 413 at the size limit) leaves Hypercorn's reader
-    blocked on the full queue and the disconnect blocked behind it: the connection then hangs —
-    its task, its socket and the client's next keep-alive request — until server shutdown. Reading
-    on to the end of the body, or to the client's disconnect, lets Hypercorn finish the exchange
-    (and reuse or close the connection) as usual. Bodies are discarded, so memory stays bounded.
+    Why: when a response ends while the request body is still arriving (401 before the body was
+    read, 413 at the size limit), Hypercorn puts `http.disconnect` on the app's queue and then
+    closes the connection; quart-trio cancels the handler the moment it reads that disconnect —
+    before Hypercorn gets to the close. The connection is then neither closed nor reusable: the
+    client's next keep-alive request waits forever. With the body read to its end first, the
+    exchange completes normally (both sides done, connection recycled). Draining is bounded by
+    `max_bytes` and `max_s`; past those the response goes out anyway. Bodies are discarded, so
+    memory stays bounded.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], *, max_bytes: int, max_s: float
+    ) -> None:
         self.app = app
+        self.max_bytes = max_bytes
+        self.max_s = max_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         ended = False
+        draining: trio.CancelScope | None = None
 
-        def is_last(event: Any) -> bool:
-            return event["type"] == "http.disconnect" or (
-                event["type"] == "http.request" and not event.get("more_body", False)
-            )
-
-        async def tracked() -> Any:
+        async def tracked_receive() -> Any:
             nonlocal ended
             event = await receive()
-            ended = ended or is_last(event)
+            if event["type"] == "http.disconnect" or (
+                event["type"] == "http.request" and not event.get("more_body", False)
+            ):
+                ended = True
+                if draining is not None:
+                    draining.cancel()  # the handler's own reader took the last event
             return event
 
-        await self.app(scope, tracked, send)
-        while not ended:
-            ended = is_last(await receive())
+        async def finishing_send(message: Any) -> None:
+            nonlocal draining
+            if (
+                not ended
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                drained = 0
+                with trio.move_on_after(self.max_s) as draining:
+                    while not ended and drained <= self.max_bytes:
+                        event = await tracked_receive()
+                        drained += len(event.get("body") or b"")
+            await send(message)
+
+        await self.app(scope, tracked_receive, finishing_send)
 
 
 def create_app(svc: EdgeServices) -> QuartTrio:
     cfg = svc.cfg
     app = QuartTrio("tap")
-    app.asgi_app = DrainUnreadBody(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = DrainUnreadBody(  # type: ignore[method-assign]
+        app.asgi_app, max_bytes=16 * cfg.limits.max_body_bytes, max_s=5.0
+    )
     app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     cors_origins = set(cfg.server.cors_origins)
@@ -298,6 +324,11 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         if wait_s:
             final = await svc.wait_for_bet(bet.bet_id, wait_s)
             if final is not None:
+                if final.accepted_at != bet.accepted_at:
+                    # The ledger answered with the bet an earlier request with this nonce made
+                    # (the hot state had forgotten the nonce, e.g. Redis lost its data): this
+                    # request is a replay, and nothing of it took effect.
+                    raise ApiError("replayed_nonce", "nonce already used", bet_id=final.bet_id)
                 if final.status == "rejected":
                     code = final.reason if final.reason in STATUS else "invalid_request"
                     refusal = ApiError(code, f"the writer refused the bet: {final.reason}")
@@ -461,8 +492,10 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         req = decode_body(CreditRequest, await body())
         if not valid_address(req.address):
             raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
-        if req.amount == 0:
-            raise ApiError("amount_out_of_range", "amount must be non-zero")
+        if req.amount == 0 or abs(req.amount) > MAX_ADJUSTMENT:
+            raise ApiError(
+                "amount_out_of_range", f"amount must be non-zero and within ±{MAX_ADJUSTMENT}"
+            )
         entry = await svc.admin_credit(req.address.lower(), req.amount, req.reason)
         return json_response({"entry": entry}, 201)
 

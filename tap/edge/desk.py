@@ -219,8 +219,7 @@ class BetDesk:
         try:
             self.writer.send_nowait(request)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self.pending.pop(bet_id)
-            metrics.BETS.labels("refused:overloaded").inc()
+            self.pending.pop(bet_id)  # the caller counts the refusal, as for every other one
             try:
                 await self.hot.release(address, req.amount, cell_id=req.cell_id, nonce=req.nonce)
             except HotStateUnavailable:

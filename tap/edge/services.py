@@ -43,6 +43,8 @@ from tap.runtime.clock import Clock
 from tap.sessions import Session, SessionBook
 
 R = TypeVar("R")
+# No amount beyond what JSON numbers carry exactly ever reaches the ledger (SQLite holds 2⁶³−1).
+MAX_AMOUNT = 2**53 - 1
 
 
 class Reader(Protocol):
@@ -216,8 +218,8 @@ class EdgeServices:
             raise ApiError("stale_timestamp", "timestamp outside the allowed window")
         if not valid_nonce(req.nonce):
             raise ApiError("invalid_request", "nonce: 16-64 characters of [A-Za-z0-9_-]")
-        if req.amount <= 0:
-            raise ApiError("amount_out_of_range", "amount must be positive")
+        if not 0 < req.amount <= MAX_AMOUNT:
+            raise ApiError("amount_out_of_range", f"amount must be within 1..{MAX_AMOUNT}")
         key = SessionKey.from_hex(session.session_key)
         payload = withdrawal_payload(
             req.chain_id, session.address, req.amount, req.nonce, req.timestamp

@@ -32,6 +32,7 @@ from tap.messages import (
     WsSubscribe,
     WsUnsubscribe,
 )
+from tap.runtime import metrics
 from tap.sessions import Session
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                     try:
                         placed = await svc.desk.place(session, req)
                     except ApiError as err:
+                        metrics.BETS.labels(f"refused:{err.code}").inc()
                         await reply(
                             _encoder.encode(
                                 WsError(

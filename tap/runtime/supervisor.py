@@ -104,24 +104,36 @@ def load_startup_state(db_path: str) -> StartupState:
 
 
 class _TimeoutSockets(HypercornConfig):
-    """Hypercorn config whose listening sockets carry TCP_USER_TIMEOUT.
+    """Hypercorn config whose listening sockets carry TCP_USER_TIMEOUT and TCP keepalive.
 
     Hypercorn's trio server sends with a shielded, untimed `send_all`: a client that stops
     reading would block its connection's sends — and graceful shutdown — forever. Accepted
     sockets inherit TCP_USER_TIMEOUT from the listener, so the kernel fails such a send after
     `send_timeout_ms` of unacknowledged data (DESIGN, known pitfalls).
+
+    Keepalive finds peers that vanished without a word. It replaces Hypercorn's WebSocket pings
+    (`websocket_ping_interval`), whose task sleeps out its whole interval after the connection
+    has closed: every closed WebSocket would hold its connection task for up to that long, and
+    any shutdown within that time would wait for the full graceful timeout.
     """
 
     send_timeout_ms = 5000
+    keepalive_idle_s = 20  # idle this long → probe; gone after `keepalive_probes` unanswered
+    keepalive_interval_s = 5
+    keepalive_probes = 3
 
     def create_sockets(self) -> Sockets:
         sockets = super().create_sockets()
         for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-            if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family in (
-                socket.AF_INET,
-                socket.AF_INET6,
-            ):
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.send_timeout_ms)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive_idle_s)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.keepalive_interval_s)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.keepalive_probes)
         return sockets
 
 
@@ -133,7 +145,7 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.include_server_header = False
-    hc.websocket_ping_interval = 20.0
+    hc.websocket_ping_interval = None  # TCP keepalive instead (see _TimeoutSockets)
     if cfg.server.tls_cert:
         hc.certfile = cfg.server.tls_cert
         hc.keyfile = cfg.server.tls_key
