@@ -80,7 +80,9 @@ class BreakerConfig(Base, frozen=True):
 
 class BatcherConfig(Base, frozen=True):
     max_batch: int = 512
-    max_wait_ms: int = 2
+    # Flush this long after the first queued item: it trades a few ms of confirmation latency
+    # (never of the 202) for fewer commits, each of which costs ~0.3 ms of CPU beyond its rows.
+    max_wait_ms: int = 8
     queue_size: int = 4096  # bets waiting for the writer before the edge answers 503
     busy_timeout_ms: int = 50
     busy_retries: int = 20

@@ -67,6 +67,7 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
+_SECURITY_HEADER_LIST = list(_SECURITY_HEADERS.items())
 
 
 def json_response(
@@ -216,10 +217,11 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.after_request
     async def finish_request(response: Response) -> Response:
         rid = getattr(request, "request_id", None) or secrets.token_hex(8)
+        # `extend`, not `setdefault` per header: werkzeug answers a missing key by building an
+        # exception, and no handler sets these headers itself.
+        response.headers.extend(_SECURITY_HEADER_LIST)
         response.headers["X-Request-ID"] = rid
-        for k, v in _SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        origin = request.headers.get("Origin")
+        origin = request.headers.get("Origin") if cors_origins else None
         if origin and origin in cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
