@@ -3,7 +3,7 @@
     python -m loadgen run smoke --url http://127.0.0.1:8080 --out report.json
     python -m loadgen run steady-3k --serve tap          # start tap on loopback, then run
     python -m loadgen bench --quick --out report.json    # capacity of tap vs its baselines
-    python -m loadgen bench naive | fanout | batcher | resolver | redis | client
+    python -m loadgen bench naive | fanout | batcher | resolver | redis | betpath | client
 
 Exit status: 0 when every threshold held, 1 when one broke (or a bench target failed), 2 when
 the run could not be set up (bad scenario, server not reachable, login refused).
@@ -33,7 +33,7 @@ from loadgen.targets import (
 )
 from loadgen.vu import SetupError
 
-BENCHES = ("all", "naive", "fanout", "batcher", "resolver", "redis", "client")
+BENCHES = ("all", "naive", "fanout", "batcher", "resolver", "redis", "betpath", "client")
 
 
 def data_dir_for(arg: str | None) -> Path:

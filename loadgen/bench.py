@@ -830,6 +830,7 @@ async def run(
         "batcher": lambda: bench_delegated("bench_batcher", quick, data_dir),
         "resolver": lambda: bench_delegated("bench_resolver", quick, data_dir),
         "redis": lambda: bench_delegated("bench_redis", quick, data_dir),
+        "betpath": lambda: bench_delegated("bench_betpath", quick, data_dir),
     }
     load_before = _loadavg()
     report = await benches[which]()

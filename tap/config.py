@@ -186,7 +186,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _parse_env_value(raw: str) -> Any:
-    """TOML-decode a scalar or array (`5000`, `true`, `[1, 2]`, `"x"`); anything else is a string."""
+    """TOML-decode a scalar or array (`5000`, `true`, `[1, 2]`, `"x"`); else it is a string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -595,3 +595,14 @@ async def test_a_short_run_against_the_naive_peer_confirms_every_accepted_bet(
     assert bets["confirmed"] == bets["accepted"]
     assert set(report["routes"]) <= {"POST /api/bets", "WS place_bet"}
     assert sum(r["server_errors"] for r in report["routes"].values()) == 0
+
+
+def test_bench_betpath_admits_every_presigned_bet_and_reports_cpu_per_stage() -> None:
+    from loadgen import bench_betpath
+
+    report = bench_betpath.run(quick=True)
+    # `place` raises on any refusal, so reaching here means every unique signed bet was admitted.
+    assert report["bets_per_round"] > 1000
+    for stage in ("admission", "after_commit", "writer"):
+        assert report[stage] > 0
+    assert report["total_us_per_bet"] >= report["admission"]

@@ -204,7 +204,7 @@ async def run_server(
     """Serve `cfg` until SIGTERM/SIGINT (or `stop`), holding the database's server lock so
     `tap restore` refuses to replace the file underneath a running server."""
     Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
-    with ServerLock(cfg.server.db_path):
+    with ServerLock(cfg.server.db_path, shared=True):
         await _serve(
             cfg,
             clock=clock,

@@ -126,8 +126,11 @@ class ServerLock(FileLock):
 
     error = ServerRunning
 
-    def __init__(self, db_path: str | Path) -> None:
-        super().__init__(server_lock_path(db_path))
+    def __init__(self, db_path: str | Path, *, shared: bool = False) -> None:
+        """Servers hold it `shared=True`: several tap processes may serve one database file
+        (SQLite serializes their writers), while `restore` — which takes it exclusively — is
+        kept out as long as any of them runs."""
+        super().__init__(server_lock_path(db_path), shared=shared)
 
 
 class DatabaseUse(FileLock):
