@@ -31,6 +31,7 @@ from tap.messages import (
 )
 from tap.store import archive, db
 from tap.store.integrity import integrity_check
+from tests.builders import placed_bet
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86_400_000
@@ -53,27 +54,7 @@ def environment(tmp_path: Path) -> dict[str, str]:
 
 
 def bet(n: int, address: str, amount: int, at: int, symbol: str = "BTC-USD") -> PlaceBet:
-    col = at // 5000 + 1
-    return PlaceBet(
-        bet_id=f"bet-{n}",
-        address=address,
-        cell_id=f"{symbol}:{col}:{n}",
-        symbol=symbol,
-        col=col,
-        row=n,
-        t_start=col * 5000,
-        t_end=col * 5000 + 5000,
-        price_lo=n * 1000,
-        price_hi=n * 1000 + 1000,
-        amount=amount,
-        multiplier_bps=30_000,
-        nonce=f"nonce-{n:012d}",
-        accepted_at=at,
-        timestamp=at,
-        chain_id=31337,
-        min_multiplier_bps=0,
-        signature="ab" * 64,
-    )
+    return placed_bet(n, address, amount, at=at, col=at // 5000 + 1, symbol=symbol)
 
 
 def outcome(bet_id: str, status: str, at: int) -> Outcome:

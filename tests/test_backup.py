@@ -15,6 +15,7 @@ from tap.config import Config, load_config
 from tap.messages import DecidedBy, Deposit, Outcome, PlaceBet, Settle
 from tap.store import backup, db
 from tap.store.integrity import integrity_check
+from tests.builders import placed_bet
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_732_290_000_000
@@ -42,26 +43,7 @@ def tap(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def place(n: int, address: str, amount: int) -> PlaceBet:
-    return PlaceBet(
-        bet_id=f"bet-{n}",
-        address=address,
-        cell_id=f"BTC-USD:100:{n}",
-        symbol="BTC-USD",
-        col=100,
-        row=n,
-        t_start=500_000,
-        t_end=505_000,
-        price_lo=n * 1000,
-        price_hi=n * 1000 + 1000,
-        amount=amount,
-        multiplier_bps=30_000,
-        nonce=f"nonce-{n:012d}",
-        accepted_at=NOW,
-        timestamp=NOW,
-        chain_id=31337,
-        min_multiplier_bps=0,
-        signature="ab" * 64,
-    )
+    return placed_bet(n, address, amount)
 
 
 @pytest.fixture

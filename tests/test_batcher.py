@@ -30,31 +30,13 @@ from tap.messages import (
 from tap.runtime.clock import Clock
 from tap.store import db
 from tap.store.integrity import integrity_check
+from tests.builders import placed_bet
 
 NOW = 1_732_290_000_000
 
 
 def bet(n: int, *, address: str = "0xaa", amount: int = 1_000) -> PlaceBet:
-    return PlaceBet(
-        bet_id=f"bet-{n}",
-        address=address,
-        cell_id=f"BTC-USD:100:{n}",
-        symbol="BTC-USD",
-        col=100,
-        row=n,
-        t_start=500_000,
-        t_end=505_000,
-        price_lo=n * 1000,
-        price_hi=n * 1000 + 1000,
-        amount=amount,
-        multiplier_bps=20_000,
-        nonce=f"nonce-{n:012d}",
-        accepted_at=NOW,
-        timestamp=NOW,
-        chain_id=31337,
-        min_multiplier_bps=0,
-        signature="ab" * 64,
-    )
+    return placed_bet(n, address, amount, multiplier_bps=20_000)
 
 
 def deposit(address: str, amount: int, ref: str | None = None) -> Deposit:

@@ -201,28 +201,21 @@ async def run_server(
     admin_token: str | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `cfg` until SIGTERM/SIGINT (or `stop`), holding the database's server lock so
-    `tap restore` refuses to replace the file underneath a running server."""
+    """Serve `cfg` until SIGTERM/SIGINT (or `stop`), holding the database's server lock (shared:
+    other tap processes may serve the same file) so `tap restore` refuses to replace the file
+    underneath a running server."""
     Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
     with ServerLock(cfg.server.db_path, shared=True):
-        await _serve(
-            cfg,
-            clock=clock,
-            stop=stop,
-            handle_signals=handle_signals,
-            admin_token=admin_token,
-            task_status=task_status,
-        )
+        await _serve(cfg, clock, stop, handle_signals, admin_token, task_status)
 
 
 async def _serve(
     cfg: Config,
-    *,
-    clock: Clock | None = None,
-    stop: trio.Event | None = None,
-    handle_signals: bool = True,
-    admin_token: str | None = None,
-    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    clock: Clock | None,
+    stop: trio.Event | None,
+    handle_signals: bool,
+    admin_token: str | None,
+    task_status: trio.TaskStatus[Running],
 ) -> None:
     clock = clock or Clock()
     stop = stop or trio.Event()
