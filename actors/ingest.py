@@ -26,7 +26,10 @@ Delivery, per output — the one choice that matters for money:
 
 Lossy outputs are served first, so market data is never held back by a lossless consumer that is
 momentarily full. Ticks leave as increments and ms; a tick older than the last one delivered is
-dropped (exchanges may resend on reconnect), equal timestamps pass.
+dropped (exchanges may resend on reconnect), equal timestamps pass. A tick from an exchange
+stamped more than `MAX_FUTURE_MS` ahead of our clock is refused and counted, never forwarded:
+accepted, it would make every later real tick "out of order" and its timestamp would close and
+void every open column in the resolver.
 """
 
 from __future__ import annotations
@@ -61,6 +64,14 @@ STALENESS_REFRESH_S = 1.0  # how often the staleness gauge is recomputed between
 MANUAL_FEED_CAPACITY = 1024  # ticks a test may push ahead of ingest before push() refuses
 PARSE_ERROR_LOG_EVERY = 1000  # a feed spewing garbage logs its first bad message, then 1 in N
 DISCONNECT_TIMEOUT_S = 1.0  # a closing handshake that takes longer is abandoned: the feed is gone
+# How far ahead of our clock an exchange's tick may be stamped. An NTP-synced host and an
+# exchange's matching engine disagree by milliseconds, tens at worst; network delay only makes
+# ticks arrive *older*. 2 s is two orders of magnitude above that honest skew and far below what
+# a wrong timestamp looks like (µs read as ms is ~50,000 years ahead; a mis-set clock is off by
+# minutes or hours), so a refused tick is always a bad one, and one accepted tick can end at
+# most the column that closes within the next 2 s, never a column still seconds away.
+MAX_FUTURE_MS = 2_000
+FUTURE_LOG_EVERY = 1000  # a feed stamping every tick in the future logs the first, then 1 in N
 
 _WIRE_FORMAT: dict[str, WireFormat] = {
     "ws-sim": "sim",
@@ -85,6 +96,10 @@ class ManualFeed:
     it anywhere; it raises `trio.WouldBlock` if the test outruns ingest by more than
     `capacity` ticks, and `ValueError` for a timestamp earlier than the previous push (ingest
     would drop it, and a silently dropped tick makes for a confusing test).
+
+    Its ticks are exempt from the `MAX_FUTURE_MS` guard: a test resolves a bet on a column that
+    has not ended yet by pushing ticks stamped ahead of the real clock (`tests/e2e.py`), and a
+    test's timestamps are deliberate, not a misread exchange message.
     """
 
     def __init__(self, clock: Clock, symbol: str, capacity: int = MANUAL_FEED_CAPACITY) -> None:
@@ -119,6 +134,7 @@ class FeedStatus:
         self.reconnects = 0
         self.parse_errors = 0
         self.out_of_order = 0
+        self.rejected_future = 0  # ticks stamped more than MAX_FUTURE_MS ahead of our clock
         self.dropped: dict[str, int] = {}  # per lossy output
 
     def stale_for_ms(self, now_ms: int) -> int | None:
@@ -127,8 +143,15 @@ class FeedStatus:
 
 
 class _Fanout:
-    def __init__(self, clock: Clock, outputs: Sequence[TickOutput], status: FeedStatus) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        outputs: Sequence[TickOutput],
+        status: FeedStatus,
+        max_future_ms: int | None = MAX_FUTURE_MS,
+    ) -> None:
         self.clock = clock
+        self.max_future_ms = max_future_ms  # None: trust the timestamps (the manual feed)
         self.lossy = [o for o in outputs if not o.lossless]
         self.lossless = [o for o in outputs if o.lossless]
         self.status = status
@@ -137,13 +160,27 @@ class _Fanout:
         for o in self.lossy:
             status.dropped[o.name] = 0
 
-    async def deliver(self, tick: Tick) -> None:
+    async def deliver(self, tick: Tick) -> bool:
+        """Hand `tick` to every output; False if it was refused (older than the last, or from
+        the future) and went nowhere."""
+        now = self.clock.now_ms()
+        if self.max_future_ms is not None and tick.ts > now + self.max_future_ms:
+            self.status.rejected_future += 1
+            if self.status.rejected_future % FUTURE_LOG_EVERY == 1:
+                log.warning(
+                    "ingest: refused tick #%d stamped %d ms ahead of our clock (at most %d): %r",
+                    self.status.rejected_future,
+                    tick.ts - now,
+                    self.max_future_ms,
+                    tick,
+                )
+            return False
         last = self.status.last_tick
         if last is not None and tick.ts < last.ts:
             self.status.out_of_order += 1
-            return
+            return False
         self.status.last_tick = tick
-        self.status.last_tick_at = self.clock.now_ms()
+        self.status.last_tick_at = now
         self.ticks.inc()
         self.staleness.set(0)
         for out in list(self.lossy):
@@ -159,6 +196,7 @@ class _Fanout:
         for out in self.lossless:
             # A closed lossless consumer raises here and ends ingest: the money path is gone.
             await out.channel.send(tick)
+        return True
 
 
 async def run(
@@ -186,7 +224,7 @@ async def run(
     if feed.source == "manual" and manual is None:
         manual = ManualFeed(clock, feed.symbol)
     status = FeedStatus(feed.source, feed.symbol, manual if feed.source == "manual" else None)
-    fan = _Fanout(clock, outputs, status)
+    fan = _Fanout(clock, outputs, status, None if feed.source == "manual" else MAX_FUTURE_MS)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_refresh_staleness, clock, status)
@@ -297,8 +335,7 @@ async def _session(cfg: Config, fan: _Fanout, parser: Parser, subscribe: bytes |
                             "ingest: skipped bad feed message #%d: %s", fan.status.parse_errors, e
                         )
                     continue
-                if tick is not None:
-                    await fan.deliver(tick)
+                if tick is not None and await fan.deliver(tick):
                     delivered = True
     except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as e:
         log.info("ingest: feed connection ended: %r", e)

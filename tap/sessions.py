@@ -9,7 +9,7 @@ log in again). Memory is bounded: unclaimed challenges expire and the oldest are
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 
@@ -31,11 +31,20 @@ class Session:
 
 class SessionBook:
     def __init__(
-        self, *, challenge_ttl_ms: int, session_ttl_ms: int, max_challenges: int = 100_000
+        self,
+        *,
+        challenge_ttl_ms: int,
+        session_ttl_ms: int,
+        max_challenges: int = 100_000,
+        max_sessions_per_address: int = 16,
     ):
         self.challenge_ttl_ms = challenge_ttl_ms
         self.session_ttl_ms = session_ttl_ms
         self.max_challenges = max_challenges
+        self.max_sessions_per_address = max_sessions_per_address
+        # Each address's live tokens, oldest first: logging in again and again cannot grow
+        # memory — past the cap the oldest session of that address ends.
+        self._by_address: dict[str, deque[str]] = {}
         # Insertion order = issue order, so the oldest challenge is evicted first.
         self._challenges: OrderedDict[str, Challenge] = OrderedDict()
         self._sessions: dict[str, Session] = {}
@@ -57,14 +66,31 @@ class SessionBook:
     def open_session(self, token: str, address: str, session_key: str, now_ms: int) -> Session:
         s = Session(token, address.lower(), session_key.lower(), now_ms + self.session_ttl_ms)
         self._sessions[token] = s
+        tokens = self._by_address.setdefault(s.address, deque())
+        tokens.append(token)
+        while len(tokens) > self.max_sessions_per_address:
+            self._sessions.pop(tokens.popleft(), None)
         return s
+
+    def _forget(self, token: str) -> None:
+        s = self._sessions.pop(token, None)
+        if s is None:
+            return
+        tokens = self._by_address.get(s.address)
+        if tokens is not None:
+            try:
+                tokens.remove(token)
+            except ValueError:
+                pass
+            if not tokens:
+                del self._by_address[s.address]
 
     def lookup(self, token: str, now_ms: int) -> Session | None:
         s = self._sessions.get(token)
         if s is None:
             return None
         if s.expires_at <= now_ms:
-            del self._sessions[token]
+            self._forget(token)
             return None
         return s
 
@@ -72,4 +98,4 @@ class SessionBook:
         for nonce in [n for n, c in self._challenges.items() if c.expires_at < now_ms]:
             del self._challenges[nonce]
         for token in [t for t, s in self._sessions.items() if s.expires_at <= now_ms]:
-            del self._sessions[token]
+            self._forget(token)

@@ -102,7 +102,7 @@ class ServerProcess:
         with trio.fail_after(START_WITHIN_S):
             while not (m := SERVING.search(buf.decode(errors="replace"))):
                 chunk = await self.proc.stdout.receive_some(4096)
-                assert chunk, f"server exited before serving: {buf!r}{self._log_tail()}"
+                assert chunk, f"server exited before serving: {buf!r}{self.log_tail()}"
                 buf += chunk
         self.url = m.group(1)
         async with httpx.AsyncClient(base_url=self.url) as c:
@@ -110,7 +110,7 @@ class ServerProcess:
                 while (await c.get("/readyz")).status_code != 200:  # noqa: ASYNC110
                     await trio.sleep(0.1)
 
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n--- server log ---\n" + self.log_path.read_text(errors="replace")[-3000:]

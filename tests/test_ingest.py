@@ -30,6 +30,9 @@ from tap.runtime.clock import Clock
 T0 = 1_732_287_600_000
 FEEDS = Path(__file__).resolve().parent / "data" / "feeds"
 LONG = 600  # mock seconds: a guard against hanging, never reached when the test passes
+# Ingest's clock for scripted exchange feeds: a minute after the scripts' timestamps, so every
+# scripted tick is in the past (as real ones are) and none trips the future-tick guard.
+FEED_NOW = T0 + 60_000
 
 
 def config(**feed: Any) -> Config:
@@ -220,7 +223,7 @@ async def test_ingest_reconnects_after_a_dropped_and_a_silent_connection(
         status = await nursery.start(
             partial(ingest.run, rand=lambda: 0.5),
             config(source="ws-sim", url=url),
-            Clock(T0),
+            Clock(FEED_NOW),
             [TickOutput("resolver", send, True)],
         )
         ticks = await take(receive, 8)
@@ -335,7 +338,10 @@ async def exchange_session(
     async with trio.open_nursery() as nursery:
         url = await feed.serve(nursery)
         status = await nursery.start(
-            ingest.run, config(source=source, url=url), Clock(T0), [TickOutput("r", send, True)]
+            ingest.run,
+            config(source=source, url=url),
+            Clock(FEED_NOW),
+            [TickOutput("r", send, True)],
         )
         ticks = await take(receive, n_ticks)
         nursery.cancel_scope.cancel()
@@ -401,3 +407,73 @@ async def test_ticks_older_than_the_last_one_are_dropped(
     ticks, _, status = await exchange_session("ws-sim", frames, 2)
     assert [t.price for t in ticks] == [1, 3]
     assert status.out_of_order == 1
+
+
+# ── ticks from the future ─────────────────────────────────────────────────────────────────────
+
+# The last Binance trade with its trade time in µs, as a feed that mixed up units would send it.
+BINANCE_MICROS = BINANCE_LAST.replace('"T":1732287609000', '"T":1732287609000000')
+
+
+async def test_an_exchange_tick_stamped_far_in_the_future_is_refused_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lines = sample("binance.jsonl") + [BINANCE_MICROS, BINANCE_LAST]
+    ticks, _, status = await exchange_session("binance", lines, 6)
+    # Had the µs tick gone through, it would be among the six and the real last trade after it
+    # would have been dropped as out of order.
+    assert [(t.ts - T0, t.price) for t in ticks] == [
+        (121, 9_700_012),
+        (187, 9_700_012),
+        (190, 9_700_014),
+        (244, 9_700_013),
+        (300, 9_699_999),
+        (9000, 9_701_000),
+    ]
+    assert status.rejected_future == 1
+    assert status.out_of_order == 0
+    assert status.last_tick == ticks[-1]
+
+
+async def test_the_future_bound_is_max_future_ms_ahead_of_the_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send, receive = trio.open_memory_channel[Tick](10)
+    status = ingest.FeedStatus("ws-sim", "BTC-USD", None)
+    fan = ingest._Fanout(Clock(T0), [TickOutput("resolver", send, True)], status)
+    edge = T0 + ingest.MAX_FUTURE_MS
+    assert not await fan.deliver(Tick(symbol="BTC-USD", ts=edge + 1, price=1))
+    assert await fan.deliver(Tick(symbol="BTC-USD", ts=edge, price=2))
+    assert status.rejected_future == 1
+    assert status.last_tick == Tick(symbol="BTC-USD", ts=edge, price=2)
+    assert receive.receive_nowait().price == 2
+    with pytest.raises(trio.WouldBlock):
+        receive.receive_nowait()
+
+
+async def test_ws_sim_ticks_in_the_future_never_reach_any_output(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    frames = [
+        price_frame(T0 + 100, 1),
+        price_frame(FEED_NOW + 3_600_000, 2),  # an hour ahead: a mis-set exchange clock
+        price_frame(T0 + 200, 3),
+    ]
+    ticks, _, status = await exchange_session("ws-sim", frames, 2)
+    assert [t.price for t in ticks] == [1, 3]
+    assert status.rejected_future == 1
+
+
+async def test_the_manual_feed_may_run_ahead_of_the_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send, receive = trio.open_memory_channel[Tick](10)
+    async with trio.open_nursery() as nursery:
+        status = await nursery.start(
+            ingest.run, config(source="manual"), Clock(T0), [TickOutput("r", send, True)]
+        )
+        assert status.manual is not None
+        status.manual.push(9_700_000, ts=T0 + 60_000)  # a test walking a column to its end
+        assert await take(receive, 1) == [Tick(symbol="BTC-USD", ts=T0 + 60_000, price=9_700_000)]
+        nursery.cancel_scope.cancel()
+    assert status.rejected_future == 0

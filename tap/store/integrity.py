@@ -6,7 +6,9 @@ empty list means the database is consistent. It only reads (run it on its own re
 WAL snapshot, while the writer keeps writing). Acting on the findings — a metric, an alert,
 refusing to start — is the caller's decision.
 
-Checked, per account: nothing negative; Σ amount == available, Σ locked_delta == locked (counting
+Checked first: every money column holds an integer (SQLite silently stores an overflowing sum as
+a REAL; the writer's ceiling keeps that from happening, this would show it if it did). Per
+account: nothing negative; Σ amount == available, Σ locked_delta == locked (counting
 the sums the archiver moved to `archived_totals`); every row's `balance_after` follows from the
 previous one; locked == Σ stakes of its confirmed bets. Per bet: its rows are exactly
 `ledger.bet_movements(status, …)` (confirmed: one stake; won: stake + payout; lost: stake + a
@@ -160,6 +162,32 @@ def _bets(conn: sqlite3.Connection) -> Iterator[str]:
         yield from _judge_bet(*current, found)
 
 
+# Every column that holds units, as (table, key column, money column, NULL allowed).
+_MONEY_COLUMNS = (
+    ("accounts", "address", "available", False),
+    ("accounts", "address", "locked", False),
+    ("ledger", "entry_id", "amount", False),
+    ("ledger", "entry_id", "locked_delta", False),
+    ("ledger", "entry_id", "balance_after", False),
+    ("bets", "bet_id", "amount", False),
+    ("bets", "bet_id", "payout", True),
+    ("archived_totals", "address", "amount", False),
+    ("archived_totals", "address", "locked_delta", False),
+)
+
+
+def _integer_money(conn: sqlite3.Connection) -> Iterator[str]:
+    """Money stored as anything but an integer (a REAL from an overflow, text, a blob)."""
+    for table, key, column, nullable in _MONEY_COLUMNS:
+        allowed = "('integer', 'null')" if nullable else "('integer')"
+        rows = conn.execute(
+            f"SELECT {key}, typeof({column}), {column} FROM {table} "
+            f"WHERE typeof({column}) NOT IN {allowed} ORDER BY {key}"
+        )
+        for ident, kind, value in rows:
+            yield f"{table} {ident}: {column} is {kind} {value!r}, not an integer"
+
+
 def _orphans(conn: sqlite3.Connection) -> Iterator[str]:
     rows = conn.execute(
         """
@@ -186,7 +214,13 @@ def integrity_check(conn: sqlite3.Connection) -> list[str]:
     if own:
         conn.execute("BEGIN")
     try:
-        return [*_accounts(conn), *_balance_chains(conn), *_bets(conn), *_orphans(conn)]
+        return [
+            *_integer_money(conn),
+            *_accounts(conn),
+            *_balance_chains(conn),
+            *_bets(conn),
+            *_orphans(conn),
+        ]
     finally:
         if own:
             conn.execute("COMMIT")

@@ -1,9 +1,15 @@
 """Read-only access to the ledger database for the edge, off the event loop.
 
-SQLite under WAL lets readers run beside the one writer without blocking it. Each worker thread
-keeps its own read-only connection (a `sqlite3.Connection` is not shared between concurrent
-threads); queries run through `trio.to_thread.run_sync` with a small `CapacityLimiter` so a burst
-of GETs cannot starve the writer's thread of the machine.
+SQLite under WAL lets readers run beside the one writer without blocking it. Queries run through
+`trio.to_thread.run_sync` with a small `CapacityLimiter` so a burst of GETs cannot starve the
+writer's thread of the machine.
+
+Connections live in a small pool, not one per thread: trio retires a worker thread after ~10 s
+idle and starts fresh ones on the next burst, so a per-thread connection would be orphaned (file
+handles and all) at every quiet spell. The limiter bounds how many queries run at once to
+`threads`, so the pool never needs more than `threads` connections; each is opened on first need,
+lent to exactly one query at a time (a `sqlite3.Connection` is not shared between concurrent
+threads), returned to the free list afterwards, and closed by `close()`.
 """
 
 from __future__ import annotations
@@ -24,23 +30,60 @@ T = TypeVar("T")
 
 class StoreReader:
     def __init__(self, db_path: str | Path, *, threads: int = 4) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self._path = str(db_path)
-        self._local = threading.local()
         self._limiter = trio.CapacityLimiter(threads)
-        self._all: list[sqlite3.Connection] = []
+        # Guards the two lists below; taken only for list operations, never around a query.
         self._lock = threading.Lock()
+        self._free: list[sqlite3.Connection] = []
+        self._open: list[sqlite3.Connection] = []
+        self._closed = False
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = db.open_connection(self._path, read_only=True)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+    @property
+    def open_connections(self) -> int:
+        """How many connections the pool holds right now (at most `threads`)."""
+        with self._lock:
+            return len(self._open)
+
+    def _borrow(self) -> sqlite3.Connection:
+        """A connection for one query; called in a worker thread while holding a limiter token.
+
+        The limiter lets at most `threads` queries in at once and every one of them returns its
+        connection before releasing the token, so when the free list is empty fewer than
+        `threads` connections exist and opening one more keeps the pool within bounds.
+        """
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("StoreReader is closed")
+            if self._free:
+                return self._free.pop()
+        conn = db.open_connection(self._path, read_only=True)
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise sqlite3.ProgrammingError("StoreReader is closed")
+            self._open.append(conn)
         return conn
 
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if conn in self._open:
+                self._free.append(conn)
+                return
+        # `close()` ran while this query was in flight: it dropped the connection from the pool
+        # (it cannot close a connection another thread is using), so close it here.
+        conn.close()
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._borrow()
+        try:
+            return fn(conn)
+        finally:
+            self._give_back(conn)
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await trio.to_thread.run_sync(lambda: fn(self._conn()), limiter=self._limiter)
+        return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     async def bet(self, bet_id: str) -> Bet | None:
         return await self.run(lambda c: db.get_bet(c, bet_id))
@@ -80,7 +123,10 @@ class StoreReader:
         return True
 
     def close(self) -> None:
+        """Close every idle connection now; one still lent out closes when its query returns."""
         with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
+            self._closed = True
+            idle, self._free = self._free, []
+            self._open.clear()
+        for conn in idle:
+            conn.close()
