@@ -100,7 +100,6 @@ def tap_environment(
     env = {
         "TAP__SERVER__HOST": "127.0.0.1",
         "TAP__SERVER__PORT": str(port),
-        "TAP__SERVER__DATA_DIR": str(data),
         "TAP__SERVER__DB_PATH": str(data / "tap.db"),
         "TAP__ARCHIVE__DIR": str(data / "archive"),
         "TAP__ARCHIVE__BACKUP_DIR": str(data / "backups"),

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error")  # server.log_level, in any letter case
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -43,8 +44,8 @@ class MarketConfig(Base, frozen=True):
     house_edge_bps: int = 500
     min_multiplier_bps: int = 10_500
     max_multiplier_bps: int = 1_000_000
-    # Worst-case payout an address may have open in this market (units); 0 = no limit.
-    max_open_payout: int = 0
+    # The largest payout one bet may have (units), refused with 422 exposure_limit; 0 = no limit.
+    max_bet_payout: int = 0
 
 
 class PricingConfig(Base, frozen=True):
@@ -131,7 +132,6 @@ class RedisConfig(Base, frozen=True):
 class ServerConfig(Base, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
-    data_dir: str = "data"
     db_path: str = "data/tap.db"
     cors_origins: list[str] = msgspec.field(default_factory=list)
     tls_cert: str = ""
@@ -140,7 +140,7 @@ class ServerConfig(Base, frozen=True):
     send_timeout_ms: int = 5000  # TCP_USER_TIMEOUT on accepted sockets
     ws_queue: int = 64  # per-client outbound queue (account messages beyond it → close 1013)
     ws_max_bad_frames: int = 5
-    log_level: str = "info"
+    log_level: str = "info"  # `tap serve` only: one of LOG_LEVELS (other commands log INFO)
 
 
 class PaymentsConfig(Base, frozen=True):
@@ -270,6 +270,12 @@ def _validate(cfg: Config) -> None:
         f"a ws:// URL for feed.source = {cfg.feed.source!r}",
     )
     need(0 <= cfg.server.port <= 65535, "server.port", cfg.server.port, "0..65535")
+    need(
+        cfg.server.log_level.lower() in LOG_LEVELS,
+        "server.log_level",
+        cfg.server.log_level,
+        "one of " + "/".join(LOG_LEVELS),
+    )
     need(
         bool(cfg.server.tls_cert) == bool(cfg.server.tls_key),
         "server.tls_cert",

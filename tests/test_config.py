@@ -43,3 +43,20 @@ def test_out_of_range_names_key_value_and_expectation() -> None:
 def test_bad_env_path_is_explained() -> None:
     with pytest.raises(ConfigError, match="TAP__MARKETS__7__ROWS"):
         load_config(environ={"TAP__MARKETS__7__ROWS": "3"})
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error", "WARNING"])
+def test_server_log_level_accepts_the_four_levels(level: str) -> None:
+    assert load_config(environ={"TAP__SERVER__LOG_LEVEL": f'"{level}"'}).server.log_level == level
+
+
+@pytest.mark.parametrize("level", ["verbose", "critical", "", "20"])
+def test_server_log_level_refuses_anything_else(level: str) -> None:
+    with pytest.raises(ConfigError, match=r"server.log_level = .*: expected one of debug/info"):
+        load_config(environ={"TAP__SERVER__LOG_LEVEL": f'"{level}"'})
+
+
+def test_server_data_dir_is_gone() -> None:
+    # Nothing ever read it; an old config that still sets it is told so instead of ignored.
+    with pytest.raises(ConfigError, match="data_dir"):
+        load_config(environ={"TAP__SERVER__DATA_DIR": '"data"'})

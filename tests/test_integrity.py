@@ -147,3 +147,13 @@ def test_archived_rows_still_reconcile_through_archived_totals(conn: sqlite3.Con
     assert integrity_check(conn) == []
     conn.execute("UPDATE archived_totals SET amount = amount + 7")
     only(integrity_check(conn), "account 0xaa: Σ amount")
+
+
+def test_money_stored_as_a_real_is_caught(conn: sqlite3.Connection) -> None:
+    # What SQLite does with an integer sum that overflows: it stores a REAL, no error raised.
+    conn.execute(
+        "UPDATE accounts SET available = available + 9223372036854775807 WHERE address = '0xaa'"
+    )
+    kind = conn.execute("SELECT typeof(available) FROM accounts WHERE address = '0xaa'").fetchone()
+    assert kind[0] == "real"
+    only(integrity_check(conn), "accounts 0xaa: available is real")

@@ -463,3 +463,89 @@ def test_open_bets_and_balances_rebuild_hot_state(conn: sqlite3.Connection) -> N
     assert db.open_bets(conn, symbol="ETH-USD") == []
     assert db.open_bets(conn)[0] == bet(2, col=100)
     assert db.all_balances(conn) == {"0xaa": 4_000, "0xbb": 700}
+
+
+# ── the balance ceiling (money never becomes a REAL) ──────────────────────────────────────────
+
+TOP = db.MAX_BALANCE  # 2**53 - 1
+
+
+def test_a_deposit_or_credit_past_the_ceiling_is_refused_and_the_writer_goes_on(
+    conn: sqlite3.Connection,
+) -> None:
+    write(conn, deposit("0xaa", TOP - 100, "d1"))
+    events = write(
+        conn,
+        deposit("0xaa", 101, "d2"),
+        AdminCredit(address="0xaa", amount=101, reason="goodwill", ref="a1", at=NOW),
+        deposit("0xbb", 2**63, "d3"),  # not even bindable as an SQLite integer
+        deposit("0xaa", 100, "d4"),  # exactly to the ceiling: fine
+    )
+    assert events[:3] == [
+        EntryPosted(ref="d2", entry=None, error="amount_out_of_range"),
+        EntryPosted(ref="a1", entry=None, error="amount_out_of_range"),
+        EntryPosted(ref="d3", entry=None, error="amount_out_of_range"),
+    ]
+    assert isinstance(events[3], EntryPosted) and events[3].entry is not None
+    assert events[3].entry.balance_after == TOP
+    assert db.get_balance(conn, "0xaa") == ledger.Account(TOP, 0)
+    assert db.get_balance(conn, "0xbb") == ledger.Account(0, 0)
+    [refused] = write(conn, deposit("0xaa", 1, "d5"))
+    assert refused == EntryPosted(ref="d5", entry=None, error="amount_out_of_range")
+    # A refused ref is not burned: nothing was stored, so the same ref may come again later.
+    assert conn.execute("SELECT count(*) FROM adjustments").fetchone()[0] == 0
+    [debited, _] = write(conn, Withdrawal(address="0xaa", amount=5, nonce="w-1", ref="w1", at=NOW))
+    assert isinstance(debited, EntryPosted) and debited.entry is not None  # writer alive
+    money = conn.execute("SELECT typeof(available), typeof(locked) FROM accounts").fetchall()
+    assert set(money) == {("integer", "integer")}
+    assert integrity_check(conn) == []
+
+
+def test_a_balance_far_past_the_ceiling_never_becomes_a_real(conn: sqlite3.Connection) -> None:
+    # Without the ceiling, SQLite turns a sum above 2**63 - 1 into a REAL without a word.
+    write(conn, deposit("0xaa", TOP, "d1"))
+    [refused] = write(conn, deposit("0xaa", TOP, "d2"))
+    assert refused == EntryPosted(ref="d2", entry=None, error="amount_out_of_range")
+    row = conn.execute("SELECT typeof(available), available FROM accounts").fetchone()
+    assert tuple(row) == ("integer", TOP)
+    assert integrity_check(conn) == []
+
+
+def test_a_stake_that_would_lock_past_the_ceiling_is_rejected_and_stored(
+    conn: sqlite3.Connection,
+) -> None:
+    write(conn, deposit("0xaa", TOP, "d1"), bet(1, amount=TOP))
+    write(conn, deposit("0xaa", 10, "d2"))
+    [rejected] = write(conn, bet(2, amount=10, row=8))
+    assert isinstance(rejected, BetRejected) and rejected.reason == "amount_out_of_range"
+    stored = db.get_bet(conn, "bet-2")
+    assert stored is not None and (stored.status, stored.reason) == (
+        "rejected",
+        "amount_out_of_range",
+    )
+    assert db.get_balance(conn, "0xaa") == ledger.Account(10, TOP)
+    assert integrity_check(conn) == []
+
+
+@pytest.mark.parametrize("status", ["won", "void"])
+def test_a_settlement_past_the_ceiling_leaves_the_bet_open_and_logs(
+    conn: sqlite3.Connection, status: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(conn, deposit("0xaa", TOP - 1_000, "d1"), bet(1, amount=1_000))  # 2.5×: pays 2_500
+    write(conn, deposit("0xaa", 1_100, "d2"))  # available TOP - 900: no room for 1_000 or 2_500
+    events = write(
+        conn,
+        Settle(outcomes=(outcome("bet-1", status),)),
+        deposit("0xaa", 400, "d3"),  # the rest of the batch still commits
+    )
+    assert [type(e).__name__ for e in events] == ["EntryPosted", "BalanceChanged"]
+    stored = db.get_bet(conn, "bet-1")
+    assert stored is not None and stored.status == "confirmed" and stored.payout is None
+    assert db.get_balance(conn, "0xaa") == ledger.Account(TOP - 500, 1_000)
+    assert "bet-1" in caplog.text and "above" in caplog.text
+    assert integrity_check(conn) == []
+    # A loss credits nothing: that resolution still applies.
+    [resolved, _] = write(conn, Settle(outcomes=(outcome("bet-1", "lost"),)))
+    assert isinstance(resolved, BetResolved) and resolved.bet.status == "lost"
+    assert db.get_balance(conn, "0xaa") == ledger.Account(TOP - 500, 0)
+    assert integrity_check(conn) == []

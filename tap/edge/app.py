@@ -38,6 +38,7 @@ from tap.messages import (
     LoginRequest,
     WithdrawalRequest,
 )
+from tap.ratelimit import KeyedLimiter
 from tap.runtime import metrics
 from tap.sessions import Session
 
@@ -46,7 +47,7 @@ T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)")
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _HTTP_CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -120,6 +121,9 @@ class DrainUnreadBody:
         self.max_s = max_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, _with_request_id(scope, send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -154,6 +158,23 @@ class DrainUnreadBody:
         await self.app(scope, tracked_receive, finishing_send)
 
 
+def _with_request_id(scope: Any, send: Any) -> Any:
+    """The WebSocket handshake's 101 carries `X-Request-ID` too (echoed or generated)."""
+    rid = next(
+        (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), ""
+    )
+    rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)
+
+    async def send_with_id(message: Any) -> None:
+        if message["type"] == "websocket.accept":
+            headers = list(message.get("headers") or [])
+            headers.append((b"x-request-id", rid.encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_id
+
+
 def create_app(svc: EdgeServices) -> QuartTrio:
     cfg = svc.cfg
     app = QuartTrio("tap")
@@ -163,6 +184,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     cors_origins = set(cfg.server.cors_origins)
+    challenge_limiter = KeyedLimiter(10.0, 20)  # per client address: 10/s, bursts of 20
 
     async def body() -> bytes:
         data = await request.get_data(cache=False, as_text=False)
@@ -283,6 +305,12 @@ def create_app(svc: EdgeServices) -> QuartTrio:
 
     @app.post("/api/auth/challenge")
     async def challenge() -> Response:
+        # Unauthenticated and memory-backed: one client may not flood out others' challenges.
+        wait_ms = challenge_limiter.take(request.remote_addr or "?", svc.clock.now_ms())
+        if wait_ms:
+            raise ApiError(
+                "rate_limited", "too many challenges", retry_after_s=-(-wait_ms // 1000), limit=20
+            )
         req = decode_body(ChallengeRequest, await body())
         address = req.address
         if not valid_address(address):
@@ -462,6 +490,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         return Response(
             _encoder.encode({"status": "pass" if ready else "fail", "checks": checks}),
             200 if ready else 503,
+            headers=None if ready else {"Retry-After": "1"},
             content_type="application/health+json",
         )
 

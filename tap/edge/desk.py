@@ -33,7 +33,7 @@ from typing import Protocol
 
 import trio
 
-from tap.admission import SessionKey, bet_payload, timestamp_ok, valid_nonce
+from tap.admission import SessionKey, verify_bet
 from tap.config import Config, MarketConfig
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable
@@ -106,36 +106,8 @@ class BetDesk:
             key = self._verifiers[session.session_key] = SessionKey(session.session_key)
         return key
 
-    def check_signed(self, session: Session, chain_id: int, timestamp: int, nonce: str) -> int:
-        """Steps 3–5, shared with withdrawals; returns now_ms."""
-        now = self.now_ms()
-        if chain_id != self.cfg.auth.chain_id:
-            raise ApiError("wrong_chain", f"chain_id must be {self.cfg.auth.chain_id}")
-        if not timestamp_ok(now, timestamp, self.cfg.auth.max_skew_ms):
-            raise ApiError(
-                "stale_timestamp",
-                f"timestamp is more than {self.cfg.auth.max_skew_ms} ms from server time {now}",
-                server_time=now,
-            )
-        if not valid_nonce(nonce):
-            raise ApiError("invalid_request", "nonce: 16-64 characters of [A-Za-z0-9_-]")
-        return now
-
-    async def place(self, session: Session, req: BetRequest) -> Bet:
-        address = session.address
-        now = self.check_signed(session, req.chain_id, req.timestamp, req.nonce)
-        payload = bet_payload(
-            req.chain_id,
-            address,
-            req.cell_id,
-            req.amount,
-            req.nonce,
-            req.timestamp,
-            req.min_multiplier_bps,
-        )
-        if not self.verifier(session).verify(payload, req.signature):
-            raise ApiError("bad_signature", "signature does not verify with the session key")
-
+    def _local_checks(self, req: BetRequest, now: int) -> Quote:
+        """Steps 7–8: breaker, grid and quote, stake and payout limits (no shared state)."""
         symbol = req.cell_id.partition(":")[0]
         market = self._markets.get(symbol)
         if market is None:
@@ -159,11 +131,43 @@ class BetDesk:
                 f"multiplier is {quoted.multiplier_bps} bps, below {req.min_multiplier_bps}",
                 multiplier_bps=quoted.multiplier_bps,
             )
-        if (
-            market.max_open_payout
-            and req.amount * quoted.multiplier_bps // 10_000 > market.max_open_payout
-        ):
-            raise ApiError("exposure_limit", f"payout would exceed {market.max_open_payout}")
+        limit = market.max_bet_payout
+        if limit and req.amount * quoted.multiplier_bps // 10_000 > limit:
+            raise ApiError("exposure_limit", f"a bet's payout may not exceed {limit}")
+        return quoted
+
+    async def _refuse_replay(self, address: str, nonce: str) -> None:
+        try:
+            seen = await self.hot.nonce_seen(address, nonce)
+        except HotStateUnavailable:
+            return
+        if seen:
+            raise ApiError(
+                "replayed_nonce", "nonce already used", bet_id=bet_id_for(address, nonce)
+            )
+
+    async def place(self, session: Session, req: BetRequest) -> Bet:
+        address = session.address
+        now = self.now_ms()
+        if session.expires_at <= now:  # a WS session outlives its token otherwise
+            raise ApiError("unauthorized", "session expired; log in again")
+        refusal = verify_bet(
+            now,
+            chain_id=self.cfg.auth.chain_id,
+            max_skew_ms=self.cfg.auth.max_skew_ms,
+            session_key=self.verifier(session),
+            address=address,
+            bet=req,
+        )
+        if refusal is not None:
+            raise signed_request_error(refusal, self.cfg, now)
+        try:
+            quoted = self._local_checks(req, now)
+        except ApiError as err:
+            # A replayed nonce is a replay whatever the market does now: it answers 409 even
+            # while the breaker is open or the cell has moved on (e.g. right after a restart).
+            await self._refuse_replay(address, req.nonce)
+            raise err from None
 
         bet_id = bet_id_for(address, req.nonce)
         try:
@@ -229,6 +233,21 @@ class BetDesk:
             ) from None
         metrics.BETS.labels("accepted").inc()
         return bet
+
+
+def signed_request_error(code: str, cfg: Config, now: int) -> ApiError:
+    """The API error for a refusal of `tap.admission`'s signed-request checks."""
+    if code == "wrong_chain":
+        return ApiError("wrong_chain", f"chain_id must be {cfg.auth.chain_id}")
+    if code == "stale_timestamp":
+        return ApiError(
+            "stale_timestamp",
+            f"timestamp is more than {cfg.auth.max_skew_ms} ms from server time {now}",
+            server_time=now,
+        )
+    if code == "bad_signature":
+        return ApiError("bad_signature", "signature does not verify with the session key")
+    return ApiError("invalid_request", "nonce: 16-64 characters of [A-Za-z0-9_-]")
 
 
 _REASON_TEXT = {

@@ -18,9 +18,9 @@ import trio
 
 from actors.batcher import CommittedFanout
 from tap import siwe
-from tap.admission import SessionKey, timestamp_ok, valid_nonce, withdrawal_payload
+from tap.admission import verify_withdrawal
 from tap.config import Config
-from tap.edge.desk import BetDesk, PendingBets, WriterSender
+from tap.edge.desk import BetDesk, PendingBets, WriterSender, signed_request_error
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import (
@@ -125,6 +125,17 @@ class EdgeServices:
         challenge = self.sessions.take_challenge(parsed.nonce, now)
         if challenge is None or challenge.address != signer:
             raise ApiError("unknown_nonce", "nonce was not issued for this address, or was used")
+        # The message must carry the challenge's own times (API.md: "exactly those values"):
+        # a client may not stretch its login's validity or date it in the future.
+        if (
+            parsed.issued_at_ms != challenge.issued_at
+            or parsed.expiration_ms != challenge.expires_at
+        ):
+            raise ApiError(
+                "expired",
+                "Issued At and Expiration Time must be the challenge's issued_at and "
+                "expiration_time",
+            )
         return self.sessions.open_session(secrets.token_urlsafe(32), signer, session_key, now)
 
     # ── bets ───────────────────────────────────────────────────────────────────────────────
@@ -210,22 +221,19 @@ class EdgeServices:
         return posted.entry
 
     async def withdraw(self, session: Session, req: WithdrawalRequest) -> LedgerEntry:
-        auth = self.cfg.auth
         now = self.clock.now_ms()
-        if req.chain_id != auth.chain_id:
-            raise ApiError("wrong_chain", f"chain_id must be {auth.chain_id}")
-        if not timestamp_ok(now, req.timestamp, auth.max_skew_ms):
-            raise ApiError("stale_timestamp", "timestamp outside the allowed window")
-        if not valid_nonce(req.nonce):
-            raise ApiError("invalid_request", "nonce: 16-64 characters of [A-Za-z0-9_-]")
         if not 0 < req.amount <= MAX_AMOUNT:
             raise ApiError("amount_out_of_range", f"amount must be within 1..{MAX_AMOUNT}")
-        key = SessionKey.from_hex(session.session_key)
-        payload = withdrawal_payload(
-            req.chain_id, session.address, req.amount, req.nonce, req.timestamp
+        refusal = verify_withdrawal(
+            now,
+            chain_id=self.cfg.auth.chain_id,
+            max_skew_ms=self.cfg.auth.max_skew_ms,
+            session_key=self.desk.verifier(session),
+            address=session.address,
+            withdrawal=req,
         )
-        if key is None or not key.verify(payload, req.signature):
-            raise ApiError("bad_signature", "signature does not verify with the session key")
+        if refusal is not None:
+            raise signed_request_error(refusal, self.cfg, now)
         try:
             admit = await self.hot.admit_withdrawal(session.address, req.nonce, req.amount, now)
         except HotStateUnavailable:
@@ -272,9 +280,16 @@ class EdgeServices:
     # ── breaker, archive, integrity ────────────────────────────────────────────────────────
 
     async def override_breaker(self, mode: BreakerMode) -> None:
-        result = self.override_breaker_fn(mode)
-        if hasattr(result, "__await__"):
-            await result
+        try:
+            result = self.override_breaker_fn(mode)
+            if hasattr(result, "__await__"):
+                await result
+        except HotStateUnavailable:
+            raise ApiError(
+                "dependency_unavailable",
+                "Redis is unavailable; the override was not published",
+                retry_after_s=1,
+            ) from None
 
     async def run_archive(self) -> Any:
         if self.archive_fn is None:

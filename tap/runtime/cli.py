@@ -178,10 +178,19 @@ COMMANDS = {
 }
 
 
+def log_level(args: argparse.Namespace) -> int:
+    """The root logger's level: `server.log_level` for `serve` (a server's logs are its
+    operator's choice); INFO for every other command, whose few lines are its report."""
+    if args.command != "serve":
+        return logging.INFO
+    level: int = logging.getLevelNamesMapping()[_config(args).server.log_level.upper()]
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        logging.basicConfig(level=log_level(args), format="%(message)s")
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)

@@ -1,0 +1,77 @@
+"""The command line's own decisions: which log level each command runs at."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from tap.runtime import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.levels: list[int] = []
+        self.ran: list[str] = []
+
+    def basic_config(self, **kwargs: object) -> None:
+        level = kwargs["level"]
+        assert isinstance(level, int)
+        self.levels.append(level)
+
+    def command(self, args: argparse.Namespace) -> int:
+        self.ran.append(args.command)
+        return 0
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Recorded:
+    """`logging.basicConfig` and every command replaced by recorders: nothing starts."""
+    rec = Recorded()
+    monkeypatch.setattr(logging, "basicConfig", rec.basic_config)
+    for name in cli.COMMANDS:
+        monkeypatch.setitem(cli.COMMANDS, name, rec.command)
+    for key in [k for k in os.environ if k.startswith("TAP__")]:
+        monkeypatch.delenv(key)
+    return rec
+
+
+@pytest.mark.parametrize(
+    ("setting", "level"),
+    [("debug", logging.DEBUG), ("warning", logging.WARNING), ("ERROR", logging.ERROR)],
+)
+def test_serve_logs_at_the_configured_level(
+    recorded: Recorded, monkeypatch: pytest.MonkeyPatch, setting: str, level: int
+) -> None:
+    monkeypatch.setenv("TAP__SERVER__LOG_LEVEL", f'"{setting}"')
+    assert cli.main(["serve"]) == 0
+    assert recorded.levels == [level]
+    assert recorded.ran == ["serve"]
+
+
+def test_serve_reads_the_level_from_the_config_file(recorded: Recorded) -> None:
+    assert cli.main(["--config", str(ROOT / "configs" / "test.toml"), "serve"]) == 0
+    assert recorded.levels == [logging.WARNING]  # test.toml says "warning"
+
+
+def test_other_commands_log_at_info_whatever_the_server_level(
+    recorded: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAP__SERVER__LOG_LEVEL", '"error"')
+    assert cli.main(["check"]) == 0
+    assert cli.main(["migrate"]) == 0
+    assert recorded.levels == [logging.INFO, logging.INFO]
+
+
+def test_serve_with_a_bad_level_is_a_configuration_error(
+    recorded: Recorded, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TAP__SERVER__LOG_LEVEL", '"loud"')
+    assert cli.main(["serve"]) == 2
+    assert recorded.ran == []
+    assert "server.log_level" in capsys.readouterr().err
