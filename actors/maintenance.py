@@ -175,7 +175,19 @@ async def run_backups(
     last = await trio.to_thread.run_sync(backup.newest_backup_ms, cfg)
 
     async def one(now: int) -> None:
-        path = await trio.to_thread.run_sync(job, cfg, now)
+        # Several processes may serve one database: a backup another one made within the
+        # interval counts, and one being written right now (its lock held) is not an error.
+        newest = await trio.to_thread.run_sync(backup.newest_backup_ms, cfg)
+        if newest is not None and now - newest < interval_ms:
+            log.info(
+                "backup: one from %d ms ago is recent enough; skipping this slot", now - newest
+            )
+            return
+        try:
+            path = await trio.to_thread.run_sync(job, cfg, now)
+        except backup.LockHeld:
+            log.info("backup: another process is writing one now; skipping this slot")
+            return
         log.info("backup written: %s", path)
 
     task_status.started()

@@ -260,3 +260,34 @@ def test_next_due_stays_on_the_grid_and_skips_missed_slots() -> None:
     retry = maintenance.FAILURE_RETRY_MS
     assert maintenance.next_due(0, 10 * retry, 5, failed=True) == 5 + retry
     assert maintenance.next_due(0, 100, 5, failed=True) == 100
+
+
+async def test_a_backup_another_process_made_or_is_making_counts_for_this_slot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two processes serving one database: neither fails, and there is one backup a slot."""
+    cfg = make_cfg(tmp_path)
+    make_db(cfg)
+    first = True
+
+    def busy_then_real(cfg: Config, now: int) -> object:
+        nonlocal first
+        if first:
+            first = False
+            raise backup.LockHeld(Path(cfg.archive.backup_dir), None)  # the other one writes
+        return backup.backup_now(cfg, None, now_ms=now)
+
+    runs = Runs()
+    async with trio.open_nursery() as nursery:
+        clock = Clock(epoch_ms=NOW)
+        job = runs.wrap(busy_then_real)
+        await nursery.start(partial(maintenance.run_backups, cfg, clock, job=job))
+        assert await runs.times(1) == [NOW]  # lock held: skipped, not a failure
+        # The other process finishes its backup half an hour in, so our NOW+1h slot is skipped
+        # without calling the job, and the next one (NOW+2h) is ours.
+        await clock.sleep_until_ms(NOW + 30 * 60_000)
+        # Synchronously, on purpose: in a worker thread the mock clock could jump to our next
+        # slot meanwhile and the two backups would meet at the lock.
+        backup.backup_now(cfg, None, now_ms=NOW + 30 * 60_000)
+        assert await runs.times(1) == [NOW + 2 * HOUR]
+        nursery.cancel_scope.cancel()
