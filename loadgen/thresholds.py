@@ -49,10 +49,14 @@ def evaluate(thresholds: Thresholds, summary: dict[str, Any]) -> list[Verdict]:
                 actual = float(source[metric])
                 verdicts.append(Verdict(route, metric, float(limit), actual, actual <= limit))
     bets = summary.get("bets")
-    if thresholds.max_unanswered is not None and bets is not None:
-        actual = float(bets["unanswered"])
+    if thresholds.max_unanswered is not None:
         limit = float(thresholds.max_unanswered)
-        verdicts.append(Verdict("bets", "unanswered", limit, actual, actual <= limit))
+        if bets is None or not bets.get("accepted"):
+            # No bet figures, or no bet accepted: "nothing unanswered" would be a vacuous pass.
+            verdicts.append(Verdict("bets", "unanswered", limit, None, False))
+        else:
+            actual = float(bets["unanswered"])
+            verdicts.append(Verdict("bets", "unanswered", limit, actual, actual <= limit))
     if thresholds.confirm_p99_ms is not None:
         if bets is None or bets["confirmation_latency"]["count"] == 0:
             verdicts.append(

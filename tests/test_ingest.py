@@ -418,7 +418,7 @@ BINANCE_MICROS = BINANCE_LAST.replace('"T":1732287609000', '"T":1732287609000000
 async def test_an_exchange_tick_stamped_far_in_the_future_is_refused_and_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    lines = sample("binance.jsonl") + [BINANCE_MICROS, BINANCE_LAST]
+    lines = [*sample("binance.jsonl"), BINANCE_MICROS, BINANCE_LAST]
     ticks, _, status = await exchange_session("binance", lines, 6)
     # Had the µs tick gone through, it would be among the six and the real last trade after it
     # would have been dropped as out of order.

@@ -37,7 +37,9 @@ STAKE = 1_000
 FUNDS = 10_000
 
 
-def bet(nonce: str = "n1", *, accepted_at: int = NOW, cell_id: str = CELL, **changes: object) -> Bet:
+def bet(
+    nonce: str = "n1", *, accepted_at: int = NOW, cell_id: str = CELL, **changes: object
+) -> Bet:
     fields: dict[str, object] = {
         "bet_id": f"bet-{nonce}",
         "address": ALICE,
@@ -271,9 +273,11 @@ async def test_a_lagging_subscriber_rebuilds_from_the_ledger_and_resubscribes(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(ledger_sync.run, fanout, hot, PendingBets(), rebuild)
-        # Five events at once overflow a 4-deep subscription: it is dropped.
-        fanout.publish([deposit_posted(f"d{i}", 1) for i in range(5)])
-        await rebuilt.wait()
+        # Ten events at once overflow a 4-deep subscription (one more goes straight to the
+        # waiting actor): it is dropped.
+        fanout.publish([deposit_posted(f"d{i}", 1) for i in range(10)])
+        with trio.fail_after(5):
+            await rebuilt.wait()
         fanout.publish([deposit_posted("after", 30)])  # reaches the new subscription
         fanout.close()
     assert hot.rebuilt == [{ALICE: 5_000}]

@@ -248,7 +248,7 @@ def summary_with(p99_ms: float, errors: int, unanswered: int) -> dict[str, objec
     }
     return {
         "routes": {"POST /api/bets": route, "WS place_bet": dict(route)},
-        "bets": {"unanswered": unanswered, "confirmation_latency": {"count": 0}},
+        "bets": {"accepted": 100, "unanswered": unanswered, "confirmation_latency": {"count": 0}},
         "generator": {"shortfall": {}},
     }
 
@@ -294,6 +294,24 @@ def test_a_threshold_on_a_route_that_saw_nothing_fails() -> None:
     t = msgspec.convert({"routes": {"GET /nowhere": {"p99_ms": 1}}}, Thresholds)
     [verdict] = [v for v in evaluate(t, summary_with(1, 0, 0)) if v.subject == "GET /nowhere"]
     assert verdict.actual is None and not verdict.ok
+
+
+@pytest.mark.parametrize(
+    "bets",
+    [None, {"accepted": 0, "unanswered": 0, "confirmation_latency": {"count": 0}}],
+    ids=["no bet figures", "no bet accepted"],
+)
+def test_an_unanswered_threshold_with_no_bets_to_judge_fails(bets: object) -> None:
+    t = msgspec.convert({"max_unanswered": 0}, Thresholds)
+    summary = summary_with(1, 0, 0)
+    if bets is None:
+        del summary["bets"]
+    else:
+        summary["bets"] = bets
+    [verdict] = evaluate(t, summary)
+    assert (verdict.subject, verdict.metric) == ("bets", "unanswered")
+    assert verdict.actual is None and not verdict.ok
+    assert not passed([verdict])
 
 
 # ── capacity search ──────────────────────────────────────────────────────────────────────────
