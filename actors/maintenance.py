@@ -184,11 +184,9 @@ async def run_backups(
             )
             return
         try:
-            path = await trio.to_thread.run_sync(job, cfg, now)
+            await trio.to_thread.run_sync(job, cfg, now)  # `backup_now` logs the file it wrote
         except backup.LockHeld:
             log.info("backup: another process is writing one now; skipping this slot")
-            return
-        log.info("backup written: %s", path)
 
     task_status.started()
     await _every("backup", clock, interval_ms, _first_due(last, interval_ms, clock.now_ms()), one)
