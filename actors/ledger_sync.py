@@ -11,6 +11,8 @@ direction only:
   retry the same nonce);
 - a bet won or void → its payout or refund becomes spendable;
 - a deposit or positive credit → spendable; a negative credit lowers it.
+Every credit carries the entry_id of its ledger row: a balance the hot state seeded from a ledger
+read made after that commit (another admission got there first) already holds it, and skips it.
 When the hot state is unreachable an update is skipped: every skipped update leaves the hot
 balance *lower* than the ledger's, never higher, and the balance cache is rebuilt from the ledger
 when the store comes back.
@@ -59,12 +61,12 @@ async def apply(hot: HotState, pending: PendingBets, event: Committed) -> None:
             pending.pop(bet.bet_id)
             nonce = bet.nonce if reason in UNSTORED_REFUSALS else None
             await hot.release(bet.address, bet.amount, cell_id=bet.cell_id, nonce=nonce)
-        case BetResolved(bet=bet):
+        case BetResolved(bet=bet, entry_id=entry_id):
             if bet.status in ("won", "void") and bet.payout:
-                await hot.credit(bet.address, bet.payout)
+                await hot.credit(bet.address, bet.payout, entry_id=entry_id)
         case EntryPosted(entry=entry) if entry is not None:
             if entry.kind in ("deposit", "adjustment") and entry.amount:
-                await hot.credit(entry.address, entry.amount)
+                await hot.credit(entry.address, entry.amount, entry_id=entry.entry_id)
         case _:
             pass
 

@@ -9,6 +9,8 @@ every round:
   - double spend: the admitted reservations never exceed what the address was funded with, and
     the hot balance is exactly funded − reserved (no unit created or lost);
   - no false refusal: a round of one operation refused `insufficient_funds` really lacked funds.
+Credits carry rising ledger entry ids, as ledger-sync sends them; no balance here is seeded from a
+ledger read, so every one must be applied, whatever order a round delivers them in.
 Each example is one `trio.run` (pytest-trio's Hypothesis support), with its own key prefix on
 Redis. One round costs one pipeline round trip, plus one to read the balances back.
 """
@@ -155,9 +157,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 async def run_program(hot: HotState, funding: tuple[int, int], program: list[list[Op]]) -> None:
     model = Model(funded=list(funding))
+    entry_ids = itertools.count(1)  # each credit's ledger row, in commit order
     for who, amount in enumerate(funding):
         if amount:
-            await hot.credit(ADDRESSES[who], amount)
+            await hot.credit(ADDRESSES[who], amount, entry_id=next(entry_ids))
     await check_balances(hot, model)
     for round_ops in program:
         outstanding = list(model.reservations)
@@ -170,7 +173,7 @@ async def run_program(hot: HotState, funding: tuple[int, int], program: list[lis
                     if not outstanding or op.pick % len(outstanding) in releases:
                         continue
                     releases[op.pick % len(outstanding)] = op
-                nursery.start_soon(perform, hot, op, outstanding, answers)
+                nursery.start_soon(perform, hot, op, outstanding, answers, next(entry_ids))
 
         spendable_before = [model.funded[w] - model.reserved(w) for w in range(len(ADDRESSES))]
         for index, release in releases.items():
@@ -193,7 +196,11 @@ async def run_program(hot: HotState, funding: tuple[int, int], program: list[lis
 
 
 async def perform(
-    hot: HotState, op: Op, outstanding: list[Reservation], answers: list[tuple[Op, Admit | None]]
+    hot: HotState,
+    op: Op,
+    outstanding: list[Reservation],
+    answers: list[tuple[Op, Admit | None]],
+    entry_id: int,
 ) -> None:
     answer: Admit | None = None
     if isinstance(op, Bet):
@@ -203,7 +210,7 @@ async def perform(
     elif isinstance(op, Withdraw):
         answer = await hot.admit_withdrawal(ADDRESSES[op.who], nonce(op.nonce), op.amount, T0)
     elif isinstance(op, Credit):
-        await hot.credit(ADDRESSES[op.who], op.amount)
+        await hot.credit(ADDRESSES[op.who], op.amount, entry_id=entry_id)
     else:
         r = outstanding[op.pick % len(outstanding)]
         await hot.release(

@@ -10,7 +10,8 @@ what the ledger would allow, because the writer's conditional update is the fina
 Balance bookkeeping, in `delta`s of *spendable* units:
 - `admit_bet` / `admit_withdrawal` reserve (−amount) before the writer sees the request;
 - the writer refusing it → `release` (+amount, and the cell marker is cleared);
-- a commit that adds money (deposit, win payout, void refund, credit) → `credit` (+amount);
+- a commit that adds money (deposit, win payout, void refund, credit) → `credit` (+amount, with
+  the ledger entry's id, so a balance seeded from a ledger read that already held it skips it);
 - at startup → `rebuild` from the ledger's `available`.
 
 Time is an argument (`now_ms`); nothing here reads a clock.
@@ -64,8 +65,13 @@ class HotState(Protocol):
         is forgotten too (the request never happened: the client may retry it, e.g. after 503)."""
         ...
 
-    async def credit(self, address: str, amount: int) -> None:
-        """Money arrived after a commit (deposit, payout, refund, positive credit)."""
+    async def credit(self, address: str, amount: int, *, entry_id: int | None = None) -> None:
+        """Money moved by a commit (deposit, payout, refund, adjustment of either sign).
+
+        `entry_id` is the ledger row that made the move. The credit is sent after the commit, so
+        a balance built from a ledger read in between (a lazily seeded one) already holds it; a
+        store that builds balances that way skips a credit its read held, by this id (the
+        Redis module text, "Ledger positions"). Without one the credit is always applied."""
         ...
 
     async def rebuild(self, balances: Mapping[str, int]) -> None:
@@ -152,9 +158,11 @@ class InMemoryHotState:
         if nonce is not None:
             self._nonces.forget(address, nonce)
 
-    async def credit(self, address: str, amount: int) -> None:
+    async def credit(self, address: str, amount: int, *, entry_id: int | None = None) -> None:
         """Also takes a negative amount (a committed negative adjustment), so the hot balance
-        follows the ledger down as well: staying above it would be stale in the unsafe direction."""
+        follows the ledger down as well: staying above it would be stale in the unsafe direction.
+        `entry_id` is ignored: this state is never seeded lazily from the ledger, so a credit
+        normally meets a balance that lacks it."""
         self._spendable[address] = self._spendable.get(address, 0) + amount
 
     async def rebuild(self, balances: Mapping[str, int]) -> None:

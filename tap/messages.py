@@ -210,6 +210,9 @@ class BetRejected(Frozen, frozen=True):
 
 class BetResolved(Frozen, frozen=True):
     bet: Bet
+    # The resolution's ledger row (payout, or refund): the hot state's credit carries it, so a
+    # balance seeded from a ledger read that already held it is not paid twice.
+    entry_id: int | None = None
 
 
 class BalanceChanged(Frozen, frozen=True):

@@ -174,6 +174,19 @@ async def test_credit_adds_and_a_negative_credit_subtracts(hot: HotState) -> Non
     assert await spendable(hot, A) == 650
 
 
+async def test_credits_with_their_entry_ids_apply_in_any_order_after_a_rebuild(
+    hot: HotState,
+) -> None:
+    # `rebuild` carries no ledger positions: nothing it wrote can hold these entries.
+    await hot.rebuild({A: 100})
+    await hot.credit(A, 500, entry_id=8)
+    await hot.credit(A, 250, entry_id=7)  # another edge's commit, arriving second
+    await hot.credit(A, -100, entry_id=9)
+    await hot.credit(B, 40, entry_id=1)
+    assert await spendable(hot, A) == 750
+    assert await spendable(hot, B) == 40
+
+
 async def test_withdrawal_reserves_and_shares_the_bet_nonces(hot: HotState) -> None:
     await hot.credit(A, 1_000)
     assert await hot.admit_withdrawal(A, nonce(1), 600, T0) == ADMITTED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -186,6 +187,30 @@ async def test_a_resolution_credits_its_payout_or_refund(
     assert desk.spendable == FUNDS - STAKE + credited
 
 
+class CreditLog(InMemoryHotState):
+    """Remembers every credit as ledger-sync sent it."""
+
+    def __init__(self) -> None:
+        super().__init__(30_000, 1_000.0, 1_000)
+        self.credits: list[tuple[str, int, int | None]] = []
+
+    async def credit(self, address: str, amount: int, *, entry_id: int | None = None) -> None:
+        self.credits.append((address, amount, entry_id))
+        await super().credit(address, amount, entry_id=entry_id)
+
+
+async def test_every_credit_carries_the_entry_id_of_its_ledger_row() -> None:
+    # A Redis balance seeded from a ledger read that already held the row skips it by this id.
+    hot = CreditLog()
+    won = bet(status="won", payout=2_500, resolved_at=NOW + 10_000)
+    await ledger_sync.apply(hot, PendingBets(), BetResolved(bet=won, entry_id=41))
+    deposit = msgspec.structs.replace(entry("deposit", 700), entry_id=42)
+    await ledger_sync.apply(hot, PendingBets(), EntryPosted(ref="r1", entry=deposit))
+    adjustment = msgspec.structs.replace(entry("adjustment", -400), entry_id=43)
+    await ledger_sync.apply(hot, PendingBets(), EntryPosted(ref="r1", entry=adjustment))
+    assert hot.credits == [(ALICE, 2_500, 41), (ALICE, 700, 42), (ALICE, -400, 43)]
+
+
 # ── deposits, credits, withdrawals ───────────────────────────────────────────────────────────
 
 
@@ -222,11 +247,11 @@ class FlakyHotState(InMemoryHotState):
         self.failures = failures
         self.rebuilt: list[dict[str, int]] = []
 
-    async def credit(self, address: str, amount: int) -> None:
+    async def credit(self, address: str, amount: int, *, entry_id: int | None = None) -> None:
         if self.failures:
             self.failures -= 1
             raise HotStateUnavailable("no answer")
-        await super().credit(address, amount)
+        await super().credit(address, amount, entry_id=entry_id)
 
     async def rebuild(self, balances: Mapping[str, int]) -> None:
         self.rebuilt.append(dict(balances))

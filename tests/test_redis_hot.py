@@ -5,19 +5,35 @@ pub/sub, and requests abandoned by their callers never reaching Redis.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
+import pytest
 import redis
 import trio
 from redis.crc import key_slot
 from trio.testing import wait_all_tasks_blocked
 
-from actors import breaker_override
+from actors import breaker_override, ledger_sync
 from actors.redis_gateway import RedisCommand
 from tap.config import Config
+from tap.edge.desk import PendingBets
 from tap.hotstate import ADMITTED, Admit
-from tap.messages import BreakerMode
+from tap.messages import (
+    BetConfirmed,
+    BetResolved,
+    BreakerMode,
+    Committed,
+    Deposit,
+    EntryPosted,
+    Outcome,
+    Settle,
+    WriterRequest,
+)
+from tap.store import db
 from tap.store.redis_hot import RedisHotState, open_redis_hot_state
+from tests.builders import placed_bet
 from tests.redis_fixtures import (
     ThrowawayRedis,
     hot_config,
@@ -74,9 +90,9 @@ async def test_unknown_balance_is_seeded_once_and_takes_one_rate_token(
     cfg = hot_config(redis_url, redis_prefix, burst=1)  # a second token taken would refuse
     reads: list[str] = []
 
-    async def ledger_available(address: str) -> int:
+    async def ledger_available(address: str) -> tuple[int, int]:
         reads.append(address)
-        return 500
+        return 500, 7
 
     async with open_redis_hot_state(cfg, balance_source=ledger_available) as hot:
         await hot.credit(A, 1_000)  # unknown: the ledger read that seeds it counts this money
@@ -90,9 +106,10 @@ async def test_unknown_balance_is_seeded_once_and_takes_one_rate_token(
 
 async def test_seed_never_overwrites_a_balance_that_is_there(redis_config: Config) -> None:
     async with open_redis_hot_state(redis_config) as hot:
-        assert await hot.seed_if_absent(A, 100)
-        assert not await hot.seed_if_absent(A, 999)
+        assert await hot.seed_if_absent(A, 100, through=3)
+        assert not await hot.seed_if_absent(A, 999, through=9)
         assert await hot.spendable(A) == 100
+        assert await hot.position(A) == 3
 
 
 # ── the two-phase rebuild ───────────────────────────────────────────────────────────────────
@@ -106,13 +123,13 @@ async def test_rebuild_keeps_reservations_made_while_the_ledger_is_read(
         assert (await hot.admit_bet(A, nonce(1), cell(1), 100, T0)).ok  # committed before read
         assert (await hot.admit_bet(A, nonce(2), cell(2), 70, T0)).ok  # refused during read
 
-        async def read_ledger() -> Mapping[str, int]:
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
             # Another edge keeps working while this one reads the ledger:
             assert (await hot.admit_bet(A, nonce(3), cell(3), 200, T0)).ok  # pending at apply
             assert (await hot.admit_bet(A, nonce(4), cell(4), 50, T0)).ok
             await hot.release(A, 50, cell_id=cell(4))  # refused by the writer
             await hot.release(A, 70, cell_id=cell(2))  # the pre-mark one, refused
-            return {A: 900}  # the ledger: 1000 deposited, bet 1 committed
+            return {A: (900, 0)}  # the ledger: 1000 deposited, bet 1 committed
 
         counts = await hot.rebuild_from(read_ledger)
         assert counts["marked"] == 1 and counts["applied"] == 1
@@ -123,9 +140,9 @@ async def test_credit_during_a_rebuild_is_never_counted_twice(redis_config: Conf
     async with open_redis_hot_state(redis_config) as hot:
         await hot.credit(A, 1_000)
 
-        async def read_ledger() -> Mapping[str, int]:
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
             await hot.credit(A, 300)  # a deposit whose commit the read already holds
-            return {A: 1_300}
+            return {A: (1_300, 0)}
 
         await hot.rebuild_from(read_ledger)
         assert await hot.spendable(A) == 1_300
@@ -135,9 +152,9 @@ async def test_negative_credit_during_a_rebuild_is_kept(redis_config: Config) ->
     async with open_redis_hot_state(redis_config) as hot:
         await hot.credit(A, 1_000)
 
-        async def read_ledger() -> Mapping[str, int]:
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
             await hot.credit(A, -400)  # committed after the read: the read still says 1000
-            return {A: 1_000}
+            return {A: (1_000, 0)}
 
         await hot.rebuild_from(read_ledger)
         assert await hot.spendable(A) == 600
@@ -148,13 +165,13 @@ async def test_concurrent_rebuilds_settle_on_the_last_one_marked(redis_config: C
         await hot.credit(A, 1_000)
         await hot.credit(B, 1_000)
 
-        async def inner_read() -> Mapping[str, int]:
-            return {A: 2_000, B: 2_000}
+        async def inner_read() -> Mapping[str, tuple[int, int]]:
+            return {A: (2_000, 0), B: (2_000, 0)}
 
-        async def outer_read() -> Mapping[str, int]:
+        async def outer_read() -> Mapping[str, tuple[int, int]]:
             await hot.rebuild_from(inner_read)  # marks, reads and applies inside our window
             assert (await hot.admit_bet(A, nonce(1), cell(1), 10, T0)).ok
-            return {A: 5, B: 5}
+            return {A: (5, 0), B: (5, 0)}
 
         counts = await hot.rebuild_from(outer_read)
         assert counts["skipped"] == 2
@@ -165,12 +182,141 @@ async def test_concurrent_rebuilds_settle_on_the_last_one_marked(redis_config: C
 async def test_rebuild_seeds_ledger_accounts_redis_does_not_have(redis_config: Config) -> None:
     async with open_redis_hot_state(redis_config) as hot:
 
-        async def read_ledger() -> Mapping[str, int]:
-            return {A: 42}
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
+            return {A: (42, 6)}
 
         counts = await hot.rebuild_from(read_ledger)
         assert counts["seeded"] == 1
         assert await hot.spendable(A) == 42
+        assert await hot.position(A) == 6
+
+
+# ── ledger positions: a credit the balance's ledger read already held is not counted again ──
+
+DEPOSIT = 3_000_000
+STAKE = 1_000_000
+
+
+@pytest.fixture
+def ledger_file(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection]]:
+    """The ledger: a writer connection (commits as the batcher does) and a read-only one."""
+    path = tmp_path / "tap.db"
+    writer = db.open_writer(path)
+    reader = db.open_connection(path, read_only=True)
+    yield writer, reader
+    reader.close()
+    writer.close()
+
+
+def commit(writer: sqlite3.Connection, *requests: WriterRequest) -> list[Committed]:
+    return list(db.apply_batch(writer, list(requests), T0))
+
+
+def late_credit_event(writer: sqlite3.Connection, kind: str) -> Committed:
+    """Commit money arriving for A; return the event whose credit ledger-sync has yet to send."""
+    [posted, *_] = commit(writer, Deposit(address=A, amount=DEPOSIT, ref="d1", at=T0))
+    assert isinstance(posted, EntryPosted) and posted.entry is not None
+    if kind == "deposit":
+        return posted
+    commit(writer, placed_bet(1, A, STAKE))
+    won = Outcome(
+        bet_id="bet-1",
+        address=A,
+        status="won",
+        amount=STAKE,
+        payout=0,
+        decided_by=None,
+        reason="touch",
+        at=T0,
+    )
+    [resolved, *_] = commit(writer, Settle(outcomes=(won,)))
+    assert isinstance(resolved, BetResolved) and (resolved.bet.payout or 0) > STAKE
+    return resolved
+
+
+@pytest.mark.parametrize("kind", ["deposit", "payout"])
+async def test_a_credit_sent_after_a_seed_that_already_read_it_is_not_counted_twice(
+    redis_url: str,
+    redis_prefix: str,
+    ledger_file: tuple[sqlite3.Connection, sqlite3.Connection],
+    kind: str,
+) -> None:
+    # The race: money committed; before ledger-sync sends its credit, an admission (this edge's
+    # or another's) finds no hot balance and seeds it from the ledger, which already holds that
+    # money; then the credit arrives. Counted twice, the hot balance would read high.
+    writer, reader = ledger_file
+    late = late_credit_event(writer, kind)
+
+    async def ledger_available(address: str) -> tuple[int, int]:
+        return db.available_through(reader, address)
+
+    cfg = hot_config(redis_url, redis_prefix)
+    pending = PendingBets()
+    async with open_redis_hot_state(cfg, balance_source=ledger_available) as hot:
+        assert await hot.admit_bet(A, "nonce-000000000002", cell(2), STAKE, T0) == ADMITTED
+        await ledger_sync.apply(hot, pending, late)  # the credit, a moment late
+        [confirmed, *_] = commit(writer, placed_bet(2, A, STAKE))
+        assert isinstance(confirmed, BetConfirmed)
+        await ledger_sync.apply(hot, pending, confirmed)
+        assert await hot.spendable(A) == db.get_balance(reader, A).available
+
+
+async def test_a_credit_past_the_seeded_position_is_applied_in_whatever_order_it_comes(
+    redis_config: Config,
+) -> None:
+    async with open_redis_hot_state(redis_config) as hot:
+        assert await hot.seed_if_absent(A, 1_000, through=10)  # the read held A's entries ≤ 10
+        # Two edges commit into one ledger: entry 12's credit may reach Redis before 11's.
+        await hot.credit(A, 5, entry_id=12)
+        await hot.credit(A, 7, entry_id=11)
+        assert await hot.spendable(A) == 1_012
+        await hot.credit(A, 3, entry_id=10)  # held by the read
+        await hot.credit(A, -4, entry_id=9)  # held by the read: not taken off twice either
+        assert await hot.spendable(A) == 1_012
+        await hot.credit(A, -4, entry_id=13)
+        await hot.credit(A, 1)  # no entry_id (the protocol's older form): always applied
+        assert await hot.spendable(A) == 1_009
+        assert await hot.position(A) == 10  # credits never move it
+
+
+async def test_a_rebuild_sets_the_position_of_its_own_read(redis_config: Config) -> None:
+    async with open_redis_hot_state(redis_config) as hot:
+        await hot.seed_if_absent(A, 1_000, through=20)
+
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
+            return {A: (900, 15)}  # read before entries 16..20 committed
+
+        await hot.rebuild_from(read_ledger)
+        assert await hot.position(A) == 15
+        await hot.credit(A, 40, entry_id=16)  # not in the read the balance now comes from
+        await hot.credit(A, 2, entry_id=15)
+        assert await hot.spendable(A) == 940
+        await hot.rebuild({A: 50})  # no positions: every later credit applies
+        assert await hot.position(A) == 0
+
+
+async def test_a_negative_credit_the_seed_held_is_still_kept_by_an_older_rebuild_read(
+    redis_config: Config,
+) -> None:
+    cfg = redis_config
+
+    async def ledger_available(address: str) -> tuple[int, int]:
+        return 600, 12  # 1000 deposited (entry 11), −400 adjusted (entry 12)
+
+    async with open_redis_hot_state(cfg, balance_source=ledger_available) as hot:
+
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
+            # After the mark, before this read is applied: an admission seeds A from a newer
+            # read, then the adjustment's credit arrives, already held by that seed.
+            assert (await hot.admit_bet(A, nonce(1), cell(1), 100, T0)).ok
+            await hot.credit(A, -400, entry_id=12)
+            assert await hot.spendable(A) == 500
+            return {A: (1_000, 11)}  # read before the adjustment committed
+
+        await hot.rebuild_from(read_ledger)
+        # 1000 − 400 − the pending stake: the adjustment is in the journal, though not applied
+        # twice to the seeded balance (without it the rebuild would read 900: high).
+        assert await hot.spendable(A) == 500
 
 
 # ── key layout ──────────────────────────────────────────────────────────────────────────────

@@ -55,8 +55,8 @@ class Owner:
     reasons: list[str] = field(default_factory=list)
     rebuilt: trio.Event = field(default_factory=trio.Event)
 
-    async def read_ledger(self) -> Mapping[str, int]:
-        return dict(self.ledger)
+    async def read_ledger(self) -> Mapping[str, tuple[int, int]]:
+        return {address: (available, 0) for address, available in self.ledger.items()}
 
     async def wait_rebuilt(self) -> None:
         await self.rebuilt.wait()

@@ -244,6 +244,7 @@ def test_settlement_writes_one_resolution_row(
     assert balance == BalanceChanged(address="0xaa", available=available, locked=0, at=NOW)
     newest = db.ledger_page(conn, "0xaa", limit=1).items[0]
     assert (newest.kind, newest.amount, newest.locked_delta) == (kind, payout, -1_000)
+    assert resolved.entry_id == newest.entry_id  # what the hot state's credit carries
     stored = db.get_bet(conn, "bet-1")
     assert stored == resolved.bet
     assert integrity_check(conn) == []
@@ -465,6 +466,23 @@ def test_open_bets_and_balances_rebuild_hot_state(conn: sqlite3.Connection) -> N
     assert db.all_balances(conn) == {"0xaa": 4_000, "0xbb": 700}
 
 
+def test_balances_are_read_with_the_ledger_position_they_include(
+    conn: sqlite3.Connection,
+) -> None:
+    assert db.available_through(conn, "0xaa") == (0, 0)  # no account: nothing, at no position
+    write(conn, deposit("0xaa", 5_000, "d1"), deposit("0xbb", 700, "d2"))
+    write(conn, bet(1), deposit("0xbb", 5, "d3"))
+    [stake] = db.ledger_page(conn, "0xaa", limit=1).items
+    [d3] = db.ledger_page(conn, "0xbb", limit=1).items
+    assert (stake.kind, d3.ref) == ("stake", "d3")
+    assert db.available_through(conn, "0xaa") == (4_000, stake.entry_id)
+    assert db.available_through(conn, "0xbb") == (705, d3.entry_id)
+    assert db.all_available_through(conn) == {
+        "0xaa": (4_000, stake.entry_id),
+        "0xbb": (705, d3.entry_id),
+    }
+
+
 # ── the balance ceiling (money never becomes a REAL) ──────────────────────────────────────────
 
 TOP = db.MAX_BALANCE  # 2**53 - 1
@@ -549,3 +567,32 @@ def test_a_settlement_past_the_ceiling_leaves_the_bet_open_and_logs(
     assert isinstance(resolved, BetResolved) and resolved.bet.status == "lost"
     assert db.get_balance(conn, "0xaa") == ledger.Account(TOP - 500, 0)
     assert integrity_check(conn) == []
+
+
+def test_many_processes_opening_a_fresh_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two tap processes may start on one new database together: switching it to WAL and
+    migrating meet each other's locks, and must wait them out rather than fail."""
+    import threading
+
+    path = tmp_path / "fresh.db"
+    errors: list[str] = []
+
+    def open_it() -> None:
+        try:
+            db.open_writer(path, busy_timeout_ms=1).close()
+        except Exception as e:  # collected, asserted below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = db.open_connection(path, read_only=True)
+    try:
+        from tap.store.schema import LATEST, schema_version
+
+        assert schema_version(conn) == LATEST
+    finally:
+        conn.close()

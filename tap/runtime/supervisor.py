@@ -242,11 +242,11 @@ async def _serve(
     # Redis recoveries ("reconnected" | "data_lost"): one pending is enough, a rebuild covers all.
     recovered_tx, recovered_rx = trio.open_memory_channel[str](1)
 
-    async def read_balances() -> dict[str, int]:
-        return await reader.run(db.all_balances)
+    async def read_balances() -> dict[str, tuple[int, int]]:
+        return await reader.run(db.all_available_through)
 
-    async def read_one_balance(address: str) -> int:
-        return (await reader.run(lambda c: db.get_balance(c, address))).available
+    async def read_one_balance(address: str) -> tuple[int, int]:
+        return await reader.run(lambda c: db.available_through(c, address))
 
     async def recent_nonces() -> list[tuple[str, str, int]]:
         since = clock.now_ms() - nonce_memory_ms

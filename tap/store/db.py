@@ -22,7 +22,8 @@ import base64
 import binascii
 import logging
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -87,7 +88,9 @@ def open_connection(
     if read_only:
         conn.execute("PRAGMA query_only = ON")
     else:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # Switching a fresh file to WAL needs a moment of exclusive access: another process
+        # opening the same new file at the same instant makes it busy, so retry briefly.
+        mode = _while_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             conn.close()
             raise sqlite3.OperationalError(f"{path}: could not switch to WAL (got {mode})")
@@ -106,11 +109,23 @@ def open_writer(
     # touch pages all over a large file; keeping them in memory keeps each batch CPU-bound.
     conn.execute("PRAGMA cache_size = -65536")
     try:
-        migrate(conn)
+        _while_busy(lambda: migrate(conn))  # two processes may start on one file at once
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _while_busy(fn: Callable[[], T], within_s: float = 10.0) -> T:
+    """Run a one-off statement that may meet another process's lock (startup only)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if not is_busy(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def migrate_path(path: str | Path) -> int:
@@ -455,7 +470,7 @@ class _BatchWriter:
                 bet.bet_id,
             ),
         )
-        self.post(bet.address, m, balance[0], bet.bet_id)
+        entry = self.post(bet.address, m, balance[0], bet.bet_id)
         resolved = msgspec.structs.replace(
             bet,
             status=outcome.status,
@@ -464,7 +479,7 @@ class _BatchWriter:
             decided_by=decided,
             reason=outcome.reason,
         )
-        self.events.append(BetResolved(bet=resolved))
+        self.events.append(BetResolved(bet=resolved, entry_id=entry.entry_id))
 
     # deposits, withdrawals, credits
 
@@ -837,6 +852,28 @@ def open_bets(conn: sqlite3.Connection, *, symbol: str | None = None) -> list[Pl
 def all_balances(conn: sqlite3.Connection) -> dict[str, int]:
     """address → available, for `HotState.rebuild` at startup."""
     return {a: int(v) for a, v in conn.execute("SELECT address, available FROM accounts")}
+
+
+# An account's ledger position: its highest entry_id (the index on (address, entry_id) finds it
+# in one seek per account, instead of the whole ledger a join and GROUP BY would scan).
+_POSITION = "COALESCE((SELECT max(entry_id) FROM ledger WHERE address = a.address), 0)"
+
+
+def available_through(conn: sqlite3.Connection, address: str) -> tuple[int, int]:
+    """(available, the highest entry_id of the address) from one statement, so one snapshot:
+    the available holds exactly the address's entries up to that id. (0, 0) without an account.
+    What a hot state seeds a balance from (`tap/store/redis_hot.py`, "Ledger positions")."""
+    row = conn.execute(
+        f"SELECT a.available, {_POSITION} FROM accounts a WHERE a.address = ?", (address,)
+    ).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def all_available_through(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """`available_through` for every account, from one statement (one snapshot): what a hot
+    state rebuilds every balance from."""
+    rows = conn.execute(f"SELECT a.address, a.available, {_POSITION} FROM accounts a")
+    return {str(a): (int(v), int(t)) for a, v, t in rows}
 
 
 def recent_nonces(conn: sqlite3.Connection, since_ms: int) -> list[tuple[str, str, int]]:

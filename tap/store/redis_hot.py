@@ -9,7 +9,8 @@ within `redis.request_timeout_ms`, every call raises `HotStateUnavailable` inste
 
 Keys (`p` = `redis.prefix`). Everything one admission touches carries the address as its hash tag,
 so each script works inside one slot (Redis Cluster-safe):
-    p:{addr}:bal             hash  v = spendable units, mk = rebuild mark, j = journal (below)
+    p:{addr}:bal             hash  v = spendable units, t = ledger position (below),
+                                   mk = rebuild mark, j = journal (below)
     p:{addr}:rl              hash  rate bucket: g = level in grains, t = last now_ms
     p:{addr}:n:<nonce>       str   the nonce, remembered 2 × max_skew_ms (value: mark at admission)
     p:{addr}:c:<cell_id>     str   one bet per cell, remembered marker_ttl_ms (value: mark)
@@ -30,6 +31,30 @@ concurrent seed or move wins) and asks again. Credits and releases to an unknown
 dropped, because the ledger read that will seed it already counts that money. This makes a flushed
 or restarted Redis heal address by address, without waiting for a full rebuild.
 
+Ledger positions. A credit is sent by ledger-sync *after* its commit, so a ledger read can land
+in between: a balance seeded (or rebuilt) from that read already holds the money, and the late
+credit would count it again — the hot balance would read high. So every balance carries `t`, the
+ledger position of the read it was built from: the highest `entry_id` of the address that read
+included (`balance_source` and the rebuild's reader return it with the available, from one SQL
+statement, i.e. one snapshot). Entry ids grow with commit order (SQLite has one writer at a time,
+and `AUTOINCREMENT` never reuses one), so the entries of the address that read held are exactly
+those with `entry_id <= t`. A credit carries the `entry_id` of the ledger row that made the money
+available and is applied only when it is past `t`: exactly once either way.
+  - Credits do not move `t`: it says which entries the *read* held, and a credit applied on top
+    says nothing about the entries below it. Two edges commit into one ledger, so their credits
+    for one address reach Redis in any order; each is applied iff the read did not hold it.
+    (Were `t` raised to each applied credit, one arriving after a later one from the other edge
+    would be skipped: a payout missing from the hot balance until the next rebuild. That is the
+    safe direction, but it would only guard against one entry credited twice, and ledger-sync
+    sends each commit's credit once.)
+  - A credit without an `entry_id` is applied whatever `t` says (the protocol's older form:
+    tests, loadgen). `rebuild(balances)` knows no positions: it sets every `t` to 0.
+  - A negative credit at or below `t` is not applied, but it is journalled (below) all the same:
+    the journal is measured against the next rebuild's read, which may be older than the seed's.
+  - Should a credit ever be wrongly judged "already held", it is missing: the balance reads low
+    (the safe direction, DESIGN rule 6), never high — a negative one too, by the journal rule
+    just above and because a rebuild sets `t` to exactly its own read's position.
+
 Rebuild while other edges run (`rebuild_from`). A plain overwrite would lose every reservation
 other edges make between the ledger read and the write (the hot balance would then sit above
 what the ledger allows). Instead, per address, in two phases around the ledger read:
@@ -37,15 +62,18 @@ what the ledger allows). Instead, per address, in two phases around the ledger r
      each reservation and each negative credit adds its (negative) amount to `j`; a release adds
      its amount back only when its reservation was made under the same mark (the mark is stored
      with the nonce and the cell marker), so a reservation from before the mark is in neither.
-  2. read the ledger (the caller's reader), then apply: `v := available + j` for every balance
-     still carrying this mark (or created since: "new"); one stamped by a later rebuild is left
-     to it, so concurrent rebuilds by several edges settle per address on the last one marked.
+  2. read the ledger (the caller's reader), then apply: `v := available + j` and `t := the read's
+     position` for every balance still carrying this mark (or created since: "new"); one stamped
+     by a later rebuild is left to it, so concurrent rebuilds by several edges settle per address
+     on the last one marked.
 Each phase is one script per address, so no move is lost or counted twice inside Redis. The
 guarantees, against the ledger read at time T:
   - a reservation made after the mark and not committed by T: counted once (by `j`), exactly;
   - one made after the mark and committed by T: counted twice until the next rebuild (low: safe);
   - a positive credit after the mark is not journalled: if its commit came after T it is missing
     until the next rebuild (low: safe); it is never counted twice (high: unsafe);
+  - a credit arriving after the apply is skipped when the read at T already held its entry (its
+    entry_id is at or below the applied position) and applied otherwise: exactly;
   - a reservation made before the mark and committed after T is the one case that reads high,
     by that stake, until the next rebuild; keep the mark→read window short (it is: the mark is
     pipelined, and the read follows at once). The writer's conditional deduction is the final
@@ -87,8 +115,10 @@ SCRIPTS: Final[Mapping[str, str]] = {
     n: (_HERE / f"{n}.lua").read_text(encoding="utf-8") for n in SCRIPT_NAMES
 }
 
-BalanceSource = Callable[[str], Awaitable[int]]  # address → the ledger's available (units)
-BalanceReader = Callable[[], Awaitable[Mapping[str, int]]]  # every address → available
+# address → (the ledger's available, its ledger position: the highest entry_id of the address
+# that read included, 0 if none), both from one snapshot (module text: "Ledger positions").
+BalanceSource = Callable[[str], Awaitable[tuple[int, int]]]
+BalanceReader = Callable[[], Awaitable[Mapping[str, tuple[int, int]]]]  # every address → as above
 _REASONS: Final[frozenset[str]] = frozenset(
     ("replayed_nonce", "rate_limited", "duplicate_cell_bet", "insufficient_funds")
 )
@@ -211,21 +241,30 @@ class RedisHotState:
     ) -> None:
         await self.gateway.call(self._release_command(address, amount, cell_id, nonce))
 
-    async def credit(self, address: str, amount: int) -> None:
-        """Also takes a negative amount (a committed negative adjustment), as in memory."""
+    async def credit(self, address: str, amount: int, *, entry_id: int | None = None) -> None:
+        """Also takes a negative amount (a committed negative adjustment), as in memory. With
+        `entry_id`, skipped when the balance's ledger read already held that entry (module
+        text: "Ledger positions")."""
         await self.gateway.call(
             RedisCommand(
-                (self.balance_key(address), str(amount), self._unknown),
+                (
+                    self.balance_key(address),
+                    str(amount),
+                    self._unknown,
+                    "" if entry_id is None else str(entry_id),
+                ),
                 script="credit",
                 numkeys=1,
             )
         )
 
     async def rebuild(self, balances: Mapping[str, int]) -> None:
-        """The ledger was read before this call: mark and apply at once (module text)."""
+        """The ledger was read before this call: mark and apply at once (module text). The read
+        has no positions, so every balance gets position 0: use it when no commit is in flight
+        (a cold start), and `rebuild_from` otherwise."""
 
-        async def already_read() -> Mapping[str, int]:
-            return balances
+        async def already_read() -> Mapping[str, tuple[int, int]]:
+            return {address: (available, 0) for address, available in balances.items()}
 
         await self.rebuild_from(already_read)
 
@@ -270,32 +309,38 @@ class RedisHotState:
         addresses = list(
             dict.fromkeys([*balances, *(a for a, r in zip(marked, replies, strict=True) if r)])
         )
-        applied = await self._each(
-            [
-                RedisCommand(
-                    (
-                        self.balance_key(a),
-                        mark,
-                        str(balances.get(a, 0)),
-                        "1" if a in balances else "0",
-                    ),
-                    script="rebuild_apply",
-                    numkeys=1,
-                )
-                for a in addresses
-            ]
-        )
+
+        def apply(address: str) -> RedisCommand:
+            available, through = balances.get(address, (0, 0))
+            known = "1" if address in balances else "0"
+            return RedisCommand(
+                (self.balance_key(address), mark, str(available), known, str(through)),
+                script="rebuild_apply",
+                numkeys=1,
+            )
+
+        applied = await self._each([apply(a) for a in addresses])
         counts = {"marked": sum(1 for r in replies if r)}
         for outcome in ("applied", "seeded", "skipped", "absent"):
             counts[outcome] = sum(1 for r in applied if r == outcome)
         return counts
 
-    async def seed_if_absent(self, address: str, available: int) -> bool:
-        """Set a missing balance from a ledger read; False when it was already there."""
+    async def seed_if_absent(self, address: str, available: int, *, through: int) -> bool:
+        """Set a missing balance from a ledger read that held the address's entries up to
+        `through` (its ledger position); False when the balance was already there."""
         reply = await self.gateway.call(
-            RedisCommand((self.balance_key(address), str(available)), "seed_balance", 1)
+            RedisCommand(
+                (self.balance_key(address), str(available), str(through)), "seed_balance", 1
+            )
         )
         return bool(reply)
+
+    async def position(self, address: str) -> int | None:
+        """The balance's ledger position, or None when Redis has none for this address (tests)."""
+        spendable, position = await self.gateway.call(
+            RedisCommand(("HMGET", self.balance_key(address), "v", "t"))
+        )
+        return None if spendable is None else int(position or 0)
 
     async def spendable(self, address: str) -> int | None:
         """The hot balance, or None when Redis has none for this address (tests, `/healthz`)."""
@@ -318,7 +363,8 @@ class RedisHotState:
                 return Admit(False, reason, int(retry_after_ms))
             if code != "unknown" or self._source is None:
                 raise RuntimeError(f"admission script answered {code!r}")
-            await self.seed_if_absent(address, await self._source(address))
+            available, through = await self._source(address)
+            await self.seed_if_absent(address, available, through=through)
         raise HotStateUnavailable(f"the balance of {address} vanished while being seeded")
 
     def _release_command(
