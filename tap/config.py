@@ -69,6 +69,10 @@ class AuthConfig(Base, frozen=True):
 class LimitsConfig(Base, frozen=True):
     rate_per_s: float = 10.0  # bets per address per second (token bucket)
     burst: int = 20
+    # Login challenges per client address. Unclaimed challenges live challenge_ttl_ms (5 min)
+    # under a 100k cap: at 100/s one client holds at most ~30k, so it cannot evict the rest.
+    challenge_rate_per_s: float = 100.0
+    challenge_burst: int = 1000
     max_body_bytes: int = 16_384
 
 
@@ -259,6 +263,18 @@ def _validate(cfg: Config) -> None:
     need(cfg.auth.max_skew_ms > 0, "auth.max_skew_ms", cfg.auth.max_skew_ms, "a positive integer")
     need(cfg.limits.rate_per_s > 0, "limits.rate_per_s", cfg.limits.rate_per_s, "> 0")
     need(cfg.limits.burst >= 1, "limits.burst", cfg.limits.burst, ">= 1")
+    need(
+        cfg.limits.challenge_rate_per_s > 0,
+        "limits.challenge_rate_per_s",
+        cfg.limits.challenge_rate_per_s,
+        "> 0",
+    )
+    need(
+        cfg.limits.challenge_burst >= 1,
+        "limits.challenge_burst",
+        cfg.limits.challenge_burst,
+        ">= 1",
+    )
     need(cfg.batcher.max_batch >= 1, "batcher.max_batch", cfg.batcher.max_batch, ">= 1")
     need(cfg.batcher.queue_size >= 1, "batcher.queue_size", cfg.batcher.queue_size, ">= 1")
     need(cfg.feed.max_gap_ms > 0, "feed.max_gap_ms", cfg.feed.max_gap_ms, "a positive integer")

@@ -91,7 +91,8 @@ async def test_a_websocket_session_ends_when_its_token_expires(tmp_path: Path) -
 
 
 async def test_challenges_are_rate_limited_per_client(tmp_path: Path) -> None:
-    async with serving(tmp_path) as server, server.http() as http:
+    limits = {"limits__challenge_rate_per_s": 10.0, "limits__challenge_burst": 20}
+    async with serving(tmp_path, **limits) as server, server.http() as http:
         address = "0x" + "cd" * 20
         statuses = [
             (await http.post("/api/auth/challenge", json={"address": address})).status_code

@@ -184,7 +184,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     cors_origins = set(cfg.server.cors_origins)
-    challenge_limiter = KeyedLimiter(10.0, 20)  # per client address: 10/s, bursts of 20
+    challenge_limiter = KeyedLimiter(cfg.limits.challenge_rate_per_s, cfg.limits.challenge_burst)
 
     async def body() -> bytes:
         data = await request.get_data(cache=False, as_text=False)
@@ -309,7 +309,10 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         wait_ms = challenge_limiter.take(request.remote_addr or "?", svc.clock.now_ms())
         if wait_ms:
             raise ApiError(
-                "rate_limited", "too many challenges", retry_after_s=-(-wait_ms // 1000), limit=20
+                "rate_limited",
+                "too many challenges",
+                retry_after_s=-(-wait_ms // 1000),
+                limit=cfg.limits.challenge_burst,
             )
         req = decode_body(ChallengeRequest, await body())
         address = req.address
