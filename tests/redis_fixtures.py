@@ -11,6 +11,7 @@ test sleeps on real time.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import selectors
@@ -72,10 +73,25 @@ def redis_url() -> str:
     return url
 
 
+# Every prefix this run used: swept once more at exit, because a gateway's worker thread that a
+# test abandoned may still finish one last round trip (its sentinel SET) after the teardown.
+_USED_PREFIXES: set[tuple[str, str]] = set()
+
+
+@atexit.register
+def _sweep_used_prefixes() -> None:
+    for url, prefix in _USED_PREFIXES:
+        try:
+            delete_prefix(url, prefix)
+        except Exception:
+            pass
+
+
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test (or process, or run) uses; its keys are deleted afterwards."""
     prefix = f"taptest-{uuid.uuid4().hex[:12]}"
+    _USED_PREFIXES.add((redis_url, prefix))
     yield prefix
     delete_prefix(redis_url, prefix)
 
