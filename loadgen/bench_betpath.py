@@ -32,6 +32,7 @@ from tap.edge.desk import BetDesk, PendingBets
 from tap.hotstate import InMemoryHotState
 from tap.messages import (
     BalanceChanged,
+    Bet,
     BetConfirmed,
     BetRequest,
     Deposit,
@@ -132,8 +133,6 @@ async def _after_commit(placed: list[PlaceBet]) -> float:
             subs[bet.address] = sub
     events = []
     for bet in placed:
-        from tap.messages import Bet
-
         confirmed = Bet(
             bet_id=bet.bet_id,
             address=bet.address,

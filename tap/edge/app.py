@@ -562,6 +562,3 @@ def _prefer_wait(header: str | None) -> int:
         return 0
     m = _PREFER_WAIT.search(header)
     return min(10, int(m.group(1))) if m else 0
-
-
-Handler = Callable[[], Awaitable[Response]]

@@ -20,7 +20,7 @@ from actors.batcher import CommittedFanout
 from tap import siwe
 from tap.admission import verify_withdrawal
 from tap.config import Config
-from tap.edge.desk import BetDesk, PendingBets, WriterSender, signed_request_error
+from tap.edge.desk import BetDesk, PendingBets, WriterSender, bet_id_for, signed_request_error
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import (
@@ -158,8 +158,6 @@ class EdgeServices:
         return await self._read(self.reader.bet(bet_id))
 
     async def bet_by_nonce(self, address: str, nonce: str) -> Bet | None:
-        from tap.edge.desk import bet_id_for
-
         pending = self.pending.get(bet_id_for(address, nonce))
         if pending is not None:
             return pending
