@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from tap.messages import MAX_MULTIPLIER_BPS, MAX_SAFE_INT
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")  # server.log_level, in any letter case
 
@@ -257,6 +259,13 @@ def _validate(cfg: Config) -> None:
             m.min_multiplier_bps,
             "10000 <= min <= max_multiplier_bps",
         )
+        need(
+            m.max_multiplier_bps <= MAX_MULTIPLIER_BPS,
+            f"{k}.max_multiplier_bps",
+            m.max_multiplier_bps,
+            f"at most {MAX_MULTIPLIER_BPS} (the wire bound of min_multiplier_bps)",
+        )
+        need(m.max_stake <= MAX_SAFE_INT, f"{k}.max_stake", m.max_stake, f"<= {MAX_SAFE_INT}")
     p = cfg.pricing
     need(0 < p.vol_floor <= p.vol_cap, "pricing.vol_floor", p.vol_floor, "0 < floor <= vol_cap")
     need(p.refresh_ms > 0, "pricing.refresh_ms", p.refresh_ms, "a positive integer")

@@ -10,9 +10,10 @@ Pure data: no behaviour beyond small derived views.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 # Money: int units (1e-6 currency). Prices: int increments. Times: int ms since the epoch (UTC).
 
@@ -234,6 +235,35 @@ Committed = BetConfirmed | BetRejected | BetResolved | BalanceChanged | EntryPos
 
 
 # ── HTTP request bodies (client → edge) ───────────────────────────────────────────────────────
+# Every field of a body or frame a client sends is bounded here, at decoding (API.md "Bounds"):
+# a value outside its range is `400 invalid_request` (HTTP) or an `error` frame (WS) naming the
+# field, before any handler runs. Nothing unbounded reaches the hot state or the writer, where an
+# integer past ±2⁶³ would not even bind to SQLite (DESIGN, "More pitfalls").
+
+MAX_SAFE_INT = 2**53 - 1  # the largest integer every JSON client reads exactly
+# The ceiling of any multiplier a market may be configured with (config.py checks
+# `max_multiplier_bps` against it); the desk refuses `min_multiplier_bps` above the market's own.
+MAX_MULTIPLIER_BPS = 1_000_000_000
+
+Amount = Annotated[int, Meta(ge=1, le=MAX_SAFE_INT)]  # units
+SignedAmount = Annotated[int, Meta(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]  # units, an adjustment
+MultiplierFloor = Annotated[int, Meta(ge=0, le=MAX_MULTIPLIER_BPS)]  # bps, 0 = no slippage guard
+TimestampMs = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]
+ChainId = Annotated[int, Meta(ge=1, le=MAX_SAFE_INT)]
+Nonce = Annotated[str, Meta(min_length=16, max_length=64, pattern="^[A-Za-z0-9_-]+$")]
+# Format checks with a precise answer (bad_signature, unknown address…) stay with the handlers;
+# these lengths only keep what they are handed small.
+AddressText = Annotated[str, Meta(max_length=64)]  # "0x" + 40 hex
+SignatureText = Annotated[str, Meta(max_length=256)]  # 128 hex (Ed25519), "0x" + 130 hex (EIP-191)
+CellIdText = Annotated[str, Meta(max_length=128)]  # "{symbol}:{col}:{row}"
+SiweMessage = Annotated[str, Meta(max_length=4096)]  # an EIP-4361 message is ~600 characters
+TokenText = Annotated[str, Meta(max_length=256)]  # a session token is 43 characters
+ReasonText = Annotated[str, Meta(max_length=256)]  # an operator's note
+ReqId = Annotated[str, Meta(max_length=64)]  # echoed back: never more than this
+ChannelName = Annotated[str, Meta(max_length=64)]  # "prices:BTC-USD", "grid:…", "account"
+# Duplicates count once and at most 16 distinct channels are served (API.md); the list itself may
+# repeat a few, but a frame never carries more than this many names to look at.
+Channels = Annotated[list[ChannelName], Meta(max_length=64)]
 
 
 class Wire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -241,34 +271,34 @@ class Wire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ChallengeRequest(Wire):
-    address: str
+    address: AddressText
 
 
 class LoginRequest(Wire):
-    message: str
-    signature: str
+    message: SiweMessage
+    signature: SignatureText
 
 
 class BetRequest(Wire):
-    cell_id: str
-    amount: int
-    nonce: str
-    timestamp: int
-    chain_id: int
-    signature: str
-    min_multiplier_bps: int = 0
+    cell_id: CellIdText
+    amount: Amount
+    nonce: Nonce
+    timestamp: TimestampMs
+    chain_id: ChainId
+    signature: SignatureText
+    min_multiplier_bps: MultiplierFloor = 0
 
 
 class DepositRequest(Wire):
-    amount: int
+    amount: Amount
 
 
 class WithdrawalRequest(Wire):
-    amount: int
-    nonce: str
-    timestamp: int
-    chain_id: int
-    signature: str
+    amount: Amount
+    nonce: Nonce
+    timestamp: TimestampMs
+    chain_id: ChainId
+    signature: SignatureText
 
 
 class BreakerRequest(Wire):
@@ -276,9 +306,9 @@ class BreakerRequest(Wire):
 
 
 class CreditRequest(Wire):
-    address: str
-    amount: int
-    reason: str
+    address: AddressText
+    amount: SignedAmount
+    reason: ReasonText
 
 
 # ── WebSocket, client → server ────────────────────────────────────────────────────────────────
@@ -289,30 +319,30 @@ class WsIn(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only
 
 
 class WsAuth(WsIn, tag="auth"):
-    token: str
+    token: TokenText
 
 
 class WsSubscribe(WsIn, tag="subscribe"):
-    channels: list[str]
+    channels: Channels
 
 
 class WsUnsubscribe(WsIn, tag="unsubscribe"):
-    channels: list[str]
+    channels: Channels
 
 
 class WsPlaceBet(WsIn, tag="place_bet"):
-    req_id: str
-    cell_id: str
-    amount: int
-    nonce: str
-    timestamp: int
-    chain_id: int
-    signature: str
-    min_multiplier_bps: int = 0
+    req_id: ReqId
+    cell_id: CellIdText
+    amount: Amount
+    nonce: Nonce
+    timestamp: TimestampMs
+    chain_id: ChainId
+    signature: SignatureText
+    min_multiplier_bps: MultiplierFloor = 0
 
 
 class WsPing(WsIn, tag="ping"):
-    req_id: str | None = None
+    req_id: ReqId | None = None
 
 
 ClientFrame = WsAuth | WsSubscribe | WsUnsubscribe | WsPlaceBet | WsPing

@@ -112,6 +112,12 @@ class BetDesk:
         market = self._markets.get(symbol)
         if market is None:
             raise ApiError("cell_not_placeable", f"unknown market {symbol!r}")
+        if req.min_multiplier_bps > market.max_multiplier_bps:
+            # API.md bounds: 0…max_multiplier_bps (the decoder only knows the global ceiling).
+            raise ApiError(
+                "invalid_request",
+                f"min_multiplier_bps: must be within 0..{market.max_multiplier_bps}",
+            )
         if self.breaker_open(symbol):
             raise ApiError("breaker_open", "price feed is not trusted right now", retry_after_s=5)
         quoted = self.market.quote_cell(req.cell_id, now)

@@ -656,14 +656,24 @@ def encode_cursor(position: int) -> str:
     return base64.urlsafe_b64encode(f"c{position}".encode()).rstrip(b"=").decode()
 
 
+MAX_CURSOR_CHARS = 128  # API.md bounds: cursors are opaque strings of at most 128 characters
+
+
 def decode_cursor(cursor: str) -> int:
+    """The position a cursor of ours names; `InvalidCursor` for anything else, including one
+    whose number SQLite could not bind (beyond 2⁶³ − 1)."""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidCursor(f"cursor: at most {MAX_CURSOR_CHARS} characters")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as e:
         raise InvalidCursor(f"cursor {cursor!r} is not one of ours") from e
-    if not raw.startswith("c") or not raw[1:].isdigit():
+    if not raw.startswith("c") or not raw[1:].isascii() or not raw[1:].isdigit():
         raise InvalidCursor(f"cursor {cursor!r} is not one of ours")
-    return int(raw[1:])
+    position = int(raw[1:])
+    if position > 2**63 - 1:
+        raise InvalidCursor(f"cursor {cursor!r} is not one of ours")
+    return position
 
 
 def _page_size(limit: int) -> int:
