@@ -249,9 +249,8 @@ async def run(
                 ticked = indexes.get(tick.symbol)
                 if ticked is None:
                     continue
-                newest = ticked.last_tick_ts
+                accepted = ticked.accepts(tick.ts)
                 outcomes = ticked.on_tick(tick.ts, tick.price)
-                accepted = ticked.last_tick_ts != newest
                 to_writer.put(tick if accepted else None, outcomes)
                 await to_writer.wait_for_room()
             # The feed ended: take no more bets, then let the deliverer empty the queues.

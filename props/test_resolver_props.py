@@ -11,8 +11,8 @@ sequence for one bet at a time, straight from API.md:
 - else **undecided**: no outcome may exist yet.
 
 Bets are added at random points of the tick stream, before, during or after their windows, so the
-late-bet path is compared too; ticks repeat and go backwards (both ignored), jump over gaps and
-land exactly on row lines.
+late-bet path is compared too; ticks go backwards (ignored), repeat their millisecond (applied:
+several trades per ms, issue 9 defect 5), jump over gaps and land exactly on row lines.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         st.integers(max_gap_ms + 1, max_gap_ms + 3 * column_ms),  # a feed gap
         st.just("column"),  # exactly the next column's first millisecond
         st.just("column after gap"),  # the same, after more than max_gap_ms of silence
-        st.integers(-max_gap_ms, 0),  # a repeat or an older tick: ignored
+        st.just(0),  # another trade in the same millisecond: applied like any tick
+        st.integers(-max_gap_ms, -1),  # an older tick: ignored
     )
     prices = st.one_of(
         st.integers(0, ROWS * ROW_HEIGHT),
@@ -100,11 +101,12 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 
 def accepted(prior: int | None, ticks: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The ticks a time-ordered consumer keeps: each strictly after the newest before it."""
+    """The ticks a time-ordered consumer keeps: each not older than the newest before it
+    (equal timestamps are kept, in the order they came)."""
     kept: list[tuple[int, int]] = []
     newest = prior
     for ts, price in ticks:
-        if newest is None or ts > newest:
+        if newest is None or ts >= newest:
             kept.append((ts, price))
             newest = ts
     return kept

@@ -23,11 +23,17 @@ Cost (DESIGN rule 9): open bets are indexed column → row → bets, so a tick d
 closes; a tick ending a gap also marks the open columns the gap overlapped (at most
 min(columns spanned, columns open)). Bets in other cells cost nothing.
 
-Ticks must come in time order; a tick whose `ts` is not after the last one is ignored (it can
-neither touch an open window correctly nor close one). The index remembers `history_ms` of recent
-ticks so a bet confirmed after its window opened (a slow writer) is still judged on every tick of
-its window; `replay` re-resolves stored bets from a stored tick sequence the same way, so startup
-reload, `tap replay` and live resolution agree outcome for outcome.
+Ticks must come in time order; a tick older than the last one is ignored (it can neither touch
+an open window correctly nor close one). A tick *equal* in time to the last one is applied: an
+exchange prints several trades in one millisecond exactly when the price moves fast, and a trade
+touching a band in that millisecond wins the bet like any other. Equal times never make a gap and
+never close anything the first tick of that millisecond did not already close. (The tick log
+keeps a millisecond's trades in price order, not arrival order; `tap replay` accounts for that.)
+
+The index remembers `history_ms` of recent ticks so a bet confirmed after its window opened (a
+slow writer) is still judged on every tick of its window; `replay` re-resolves stored bets from a
+stored tick sequence the same way, so startup reload, `tap replay` and live resolution agree
+outcome for outcome.
 """
 
 from __future__ import annotations
@@ -112,6 +118,11 @@ class ResolverIndex:
     def is_open(self, bet_id: str) -> bool:
         return bet_id in self._open
 
+    def accepts(self, ts: int) -> bool:
+        """Whether `on_tick` would apply a tick at `ts`: not older than the newest one (equal is
+        applied: several trades share a millisecond). The caller stores exactly these ticks."""
+        return self._last_tick_ts is None or ts >= self._last_tick_ts
+
     # ── inputs ──
 
     def add(self, bet: OpenBet) -> list[Outcome]:
@@ -141,9 +152,9 @@ class ResolverIndex:
         """Apply one tick: mark the windows a gap ending here overlapped, settle the touched
         cells of the current column as won, then close every column that ended at or before
         `ts` (void if gapped, else lost). Returns the outcomes in that order."""
-        last = self._last_tick_ts
-        if last is not None and ts <= last:
+        if not self.accepts(ts):
             return []
+        last = self._last_tick_ts
         if last is not None and ts - last > self.max_gap_ms:
             self._mark_gap(last, ts)
         outcomes: list[Outcome] = []

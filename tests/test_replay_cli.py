@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tap.config import Config, load_config
-from tap.messages import Deposit, Outcome, PlaceBet, Settle, StoreTicks, Tick
+from tap.messages import DecidedBy, Deposit, Outcome, PlaceBet, Settle, StoreTicks, Tick
 from tap.resolver import OpenBet, ResolverIndex
 from tap.store import db
 from tap.store.replay import replay_range
@@ -186,3 +186,51 @@ def test_a_bet_off_the_current_grid_is_reported_not_guessed(tmp_path: Path, cfg:
     mismatches, checked = replay_range(wider, FROM, TO)
     assert checked == 5
     assert all("not on the current BTC-USD grid" in m for m in mismatches)
+
+
+def test_trades_sharing_a_millisecond_replay_as_the_live_resolver_decided(tmp_path: Path) -> None:
+    """Issue 9, defect 5: several trades in one ms. The live resolver meets them in arrival order
+    (here the higher price first); the log keeps them per ms in price order. Both touch the band
+    of `win-same-ms` and the first decides it live; the loser's column closes at a crowded ms.
+    Replay must agree: same status, payout and deciding ms, a deciding price the log holds."""
+    cfg = load_config(environ=environment(tmp_path / "same-ms"))
+    Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
+    bets = [place("win-same-ms", C0 + 1, 10_000), place("lose-crowded-close", C0 + 1, 10_005)]
+    t1 = T0 + COL_MS + 1_000
+    arrival = [
+        Tick(symbol="BTC-USD", ts=ts, price=p)
+        for ts, p in [
+            (T0 + COL_MS - 100, 9_999_000),
+            (T0 + COL_MS + 500, 9_999_000),
+            (t1, 9_999_000),  # below the band, then two touches in the same ms
+            (t1, 10_000_900),
+            (t1, 10_000_100),
+            *((T0 + COL_MS + 1_000 + 500 * i, 9_999_000) for i in range(1, 8)),
+            (T0 + 2 * COL_MS, 9_999_500),  # the column closes at a ms with two trades
+            (T0 + 2 * COL_MS, 9_999_100),
+        ]
+    ]
+    index = ResolverIndex("BTC-USD", COL_MS, ROW, cfg.feed.max_gap_ms)
+    for b in bets:
+        index.add(OpenBet(**{f: getattr(b, f) for f in OpenBet.__struct_fields__}))
+    outcomes: list[Outcome] = []
+    for t in arrival:
+        outcomes += index.on_tick(t.ts, t.price)
+    decided = {o.bet_id: (o.status, o.decided_by) for o in outcomes}
+    assert decided == {
+        "win-same-ms": ("won", DecidedBy(ts=t1, price=10_000_900)),
+        "lose-crowded-close": ("lost", DecidedBy(ts=T0 + 2 * COL_MS, price=9_999_500)),
+    }
+    conn = db.open_writer(cfg.server.db_path)
+    try:
+        deposit = Deposit(address="0xaa", amount=1_000_000, ref="d1", at=T0 - COL_MS)
+        db.apply_batch(conn, [deposit, *bets], T0 - COL_MS)
+        db.apply_batch(conn, [StoreTicks(ticks=tuple(arrival))], T0 + 3 * COL_MS)
+        db.apply_batch(conn, [Settle(outcomes=tuple(outcomes))], T0 + 3 * COL_MS)
+    finally:
+        conn.close()
+    assert replay_range(cfg, FROM, TO) == ([], 2)
+    # A deciding price the log does not hold at that ms is still a mismatch.
+    tamper(cfg, "UPDATE bets SET decided_price = 10000500 WHERE bet_id = 'win-same-ms'")
+    mismatches, _ = replay_range(cfg, FROM, TO)
+    assert len(mismatches) == 1 and mismatches[0].startswith("bet win-same-ms: stored won")

@@ -153,14 +153,46 @@ def test_price_exactly_on_a_row_line_touches_both_rows() -> None:
     assert {o.status for o in outcomes} == {"won"}
 
 
-def test_ticks_not_after_the_last_one_are_ignored() -> None:
+def test_ticks_older_than_the_last_one_are_ignored() -> None:
     ix = index(last_tick_ts=9_900)
     ix.add(bet(2, 50))
     ix.on_tick(11_000, 40_000)
-    assert ix.on_tick(11_000, 50_500) == []
-    assert ix.on_tick(10_500, 50_500) == []
+    assert not ix.accepts(10_999)
+    assert ix.on_tick(10_999, 50_500) == []
     assert ix.last_tick_ts == 11_000
     assert ix.open_bets == 1
+
+
+def test_a_touch_in_the_same_millisecond_as_the_last_tick_wins() -> None:
+    """Issue 9, defect 5: two trades in one ms, the second in the band. The old index dropped
+    every tick with `ts <= last`, so the touching trade was ignored and the bet settled lost."""
+    ix = index(last_tick_ts=9_900)
+    ix.add(bet(2, 50))
+    assert ix.on_tick(11_000, 40_000) == []
+    assert ix.accepts(11_000)
+    [won] = ix.on_tick(11_000, 50_500)
+    assert (won.bet_id, won.status, won.reason) == ("b2.50", "won", "touch")
+    assert won.decided_by == DecidedBy(ts=11_000, price=50_500)
+    assert won.at == 11_000
+    assert ix.open_bets == 0
+
+
+def test_equal_timestamps_make_no_gap_and_close_nothing_twice() -> None:
+    ix = index(last_tick_ts=9_900)
+    ix.add(bet(2, 50))
+    ix.add(bet(3, 50))
+    for _ in range(3):  # a millisecond crowded with trades is no silence
+        assert ix.on_tick(11_500, 40_000) == []
+    ix.on_tick(13_000, 40_000)
+    closed = ix.on_tick(15_000, 40_000)  # the first tick at t_end closes column 2
+    assert [(o.bet_id, o.status) for o in closed] == [("b2.50", "lost")]
+    assert ix.on_tick(15_000, 40_100) == []  # a second trade at t_end closes nothing again
+    [won] = ix.on_tick(15_000, 50_000)  # ... but touches column 3, which starts at 15 000
+    assert (won.bet_id, won.status, won.decided_by) == (
+        "b3.50",
+        "won",
+        DecidedBy(ts=15_000, price=50_000),
+    )
 
 
 def test_bet_confirmed_after_its_window_opened_is_judged_on_the_remembered_ticks() -> None:

@@ -214,7 +214,26 @@ async def test_ticks_ignored_by_the_index_are_not_stored() -> None:
             await rig.ticks.send(tick(ts, 40_000))
         await rig.ticks.send(Tick(symbol="ETH-USD", ts=10_002, price=1))  # no such market
         await trio.testing.wait_all_tasks_blocked()
-        assert ticks_in(rig.written()) == [10_000, 10_001]
+        assert ticks_in(rig.written()) == [10_000, 10_000, 10_001]  # equal ts is a tick too
+
+
+async def test_a_touch_in_the_same_millisecond_wins_and_both_ticks_are_stored() -> None:
+    """Issue 9, defect 5 through the actor: the second trade of a millisecond touches the band;
+    the bet is won by it, and the log keeps both trades so replay sees what the resolver saw."""
+    async with running_resolver(last_tick_ts=9_000) as rig:
+        await rig.bets.send(confirmed(2, 50))
+        await trio.testing.wait_all_tasks_blocked()
+        await rig.ticks.send(tick(11_000, 40_000))
+        await rig.ticks.send(tick(11_000, 50_000))
+        await trio.testing.wait_all_tasks_blocked()
+        written = rig.written()
+        [won] = outcomes_in(written)
+        assert (won.bet_id, won.status, won.payout) == ("c2.50", "won", 6_000_000)
+        assert (won.decided_by.ts, won.decided_by.price) == (11_000, 50_000)  # type: ignore[union-attr]
+        assert [(t.ts, t.price) for r in written if isinstance(r, StoreTicks) for t in r.ticks] == [
+            (11_000, 40_000),
+            (11_000, 50_000),
+        ]
 
 
 async def test_feed_end_hands_over_everything_decided_then_returns() -> None:

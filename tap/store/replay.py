@@ -5,6 +5,13 @@ bet whose re-resolution by `tap.resolver.replay` — the same rules the live res
 differs in status, payout or deciding tick (`decided_by`). It leaves the rules themselves to
 `tap.resolver`, and what to do about a mismatch to the operator (the CLI exits non-zero).
 
+Several trades may share a millisecond (issue 9, defect 5). The log keeps them as a set per
+millisecond (its key is `(symbol, ts, price)`), so the order in which they arrived — which one the
+live resolver met first — is not recorded, and replay reads them in price order. Which tick of a
+millisecond decided a bet is therefore checked as: the same millisecond as the replay's, a price the
+log holds at that millisecond, and, for a win, a price in the bet's band. Status, payout and
+deciding millisecond do not depend on the order within a millisecond and must match exactly.
+
 Bets replayed: status won/lost/void and window inside `[from_ms, to_ms]` (`t_start >= from_ms`,
 `t_end <= to_ms`). Ticks used, per symbol: from the earliest such window through the first tick
 after the latest stored decision (or window end), plus the time of the tick just before the
@@ -47,8 +54,11 @@ def _describe(status: str, payout: int | None, ts: int | None, price: int | None
     return f"{status}, payout {payout}, decided by {_decided(ts, price)}"
 
 
-def _compare(stored: dict[str, Any], outcome: Outcome | None) -> str | None:
-    """One line if the stored resolution and the replayed one differ, else None."""
+def _compare(
+    stored: dict[str, Any], outcome: Outcome | None, prices_at: dict[int, set[int]]
+) -> str | None:
+    """One line if the stored resolution and the replayed one differ, else None. `prices_at`:
+    the stored tick prices of each millisecond replayed (see the module text)."""
     bet_id = stored["bet_id"]
     was = _describe(
         stored["status"], stored["payout"], stored["decided_ts"], stored["decided_price"]
@@ -64,6 +74,17 @@ def _compare(stored: dict[str, Any], outcome: Outcome | None) -> str | None:
         now_price,
     ):
         return None
+    if (
+        (stored["status"], stored["payout"], stored["decided_ts"])
+        == (outcome.status, outcome.payout, now_ts)
+        and now_ts is not None
+        and stored["decided_price"] in prices_at.get(now_ts, ())
+        and (
+            outcome.status != "won"
+            or stored["price_lo"] <= stored["decided_price"] <= stored["price_hi"]
+        )
+    ):
+        return None  # another trade of the deciding millisecond: the log cannot order them
     return (
         f"bet {bet_id}: stored {was}; "
         f"replay {_describe(outcome.status, outcome.payout, now_ts, now_price)}"
@@ -110,10 +131,14 @@ def _replay_symbol(
         "SELECT ts, price FROM ticks WHERE symbol = ? AND ts >= ? AND ts <= ? ORDER BY ts, price",
         (symbol, first, horizon),
     ).fetchall()
-    ticks += conn.execute(  # the first tick after the horizon closes what is still open
-        "SELECT ts, price FROM ticks WHERE symbol = ? AND ts > ? ORDER BY ts, price LIMIT 1",
-        (symbol, horizon),
+    ticks += conn.execute(  # the first millisecond after the horizon closes what is still open
+        "SELECT ts, price FROM ticks WHERE symbol = ? AND ts = "
+        "(SELECT min(ts) FROM ticks WHERE symbol = ? AND ts > ?) ORDER BY price",
+        (symbol, symbol, horizon),
     ).fetchall()
+    prices_at: dict[int, set[int]] = defaultdict(set)
+    for ts, price in ticks:
+        prices_at[int(ts)].add(int(price))
     outcomes = replay(
         [
             OpenBet(
@@ -138,7 +163,7 @@ def _replay_symbol(
     )
     by_id = {o.bet_id: o for o in outcomes}
     for b in replayable:
-        line = _compare(b, by_id.get(b["bet_id"]))
+        line = _compare(b, by_id.get(b["bet_id"]), prices_at)
         if line is not None:
             mismatches.append(line)
     return mismatches
