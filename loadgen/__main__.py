@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open-loop load generator and same-run benchmarks for tap.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run a scenario (configs/loadgen/NAME.toml or a path)")
-    run.add_argument("scenario", help="a name in configs/loadgen/ (smoke, steady-3k, …) or a file")
+    run = sub.add_parser("run", help="run a scenario (loadgen/scenarios/NAME.toml or a path)")
+    run.add_argument("scenario", help="a name in loadgen/scenarios/ (smoke, steady-3k…) or a file")
     run.add_argument("--url", help="base URL of a running server (default: the scenario's)")
     run.add_argument(
         "--serve", choices=("tap", "naive"), help="start this server on loopback and run against it"

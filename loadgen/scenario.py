@@ -1,4 +1,4 @@
-"""Load scenarios: what a run asks for, read strictly from TOML (`configs/loadgen/*.toml`).
+"""Load scenarios: what a run asks for, read strictly from TOML (`loadgen/scenarios/*.toml`).
 
 It decides the scenario format: stages in the k6 vocabulary (`ramp`, `steady`, `spike`, `soak`,
 each a duration and a target arrival rate), how the virtual users behave (how many, which
@@ -25,7 +25,7 @@ from typing import Literal
 
 import msgspec
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "configs" / "loadgen"
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"  # package data (pyproject)
 
 StageKind = Literal["ramp", "steady", "spike", "soak"]
 Transport = Literal["http", "ws", "mixed"]
@@ -167,7 +167,7 @@ def decode_scenario(text: str, source: str = "<scenario>") -> Scenario:
 
 
 def resolve_path(name_or_path: str) -> Path:
-    """A path as given, or a bare name looked up in `configs/loadgen/` (`smoke` → smoke.toml)."""
+    """A path as given, or a bare name looked up in `loadgen/scenarios/` (`smoke` → smoke.toml)."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         return p

@@ -1,6 +1,7 @@
 """Configuration: one msgspec Struct per section, decoded strictly from TOML plus environment.
 
-`load_config` reads `configs/default.toml` (embedded defaults), then an optional file, then
+`load_config` reads `tap/configs/default.toml` (the embedded defaults, shipped inside the package
+and read through `importlib.resources`, so a wheel install finds them), then an optional file, then
 `TAP__SECTION__KEY=value` environment overrides (`TAP__MARKETS__0__COLUMN_MS` reaches into the
 list of markets). Every error names the key, the value and what was expected. Secrets (the admin
 token) come only from the environment and are never part of these Structs' printable form.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +23,8 @@ import msgspec
 
 from tap.messages import MAX_MULTIPLIER_BPS, MAX_SAFE_INT
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+# Package data, not a path into the source tree: an installed wheel has no `configs/` beside it.
+DEFAULT_CONFIG: Traversable = files("tap") / "configs" / "default.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")  # server.log_level, in any letter case
 
 
@@ -223,7 +227,7 @@ def _apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
     return tree
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path | Traversable) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -330,10 +334,10 @@ def load_config(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     *,
-    defaults: str | Path = DEFAULT_CONFIG,
+    defaults: str | Path | Traversable = DEFAULT_CONFIG,
 ) -> Config:
     """Embedded defaults ← optional file ← `TAP__…` environment overrides."""
-    tree = _read_toml(Path(defaults))
+    tree = _read_toml(Path(defaults) if isinstance(defaults, str) else defaults)
     if path is not None:
         tree = _merge(tree, _read_toml(Path(path)))
     tree = _apply_env(tree, os.environ if environ is None else environ)

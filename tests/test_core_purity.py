@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 TAP = Path(__file__).resolve().parent.parent / "tap"
-CORE = sorted(p for p in TAP.glob("*.py") if p.name != "__init__.py")
+# `__main__.py` is the `python -m tap` entry point into the runtime, not a core module.
+CORE = sorted(p for p in TAP.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
 FORBIDDEN = {
     "trio",
     "trio_websocket",

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tap.config import Config, ConfigError, load_config
@@ -134,14 +135,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def tap_version() -> str:
+    """The installed distribution's version (pyproject.toml); "unknown" from a bare source tree."""
+    try:
+        return version("tap")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tap",
         description="tap: the server behind a tap-trading game (see README.md).",
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="TOML overlay on configs/default.toml (TAP__… env wins)"
+        "--config",
+        metavar="FILE",
+        help="TOML overlay on the embedded defaults, tap/configs/default.toml (TAP__… env wins)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tap_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
