@@ -18,17 +18,27 @@ from __future__ import annotations
 
 import re
 import secrets
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgspec
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_keys.exceptions import BadSignature
-from eth_utils.address import to_checksum_address
-from eth_utils.exceptions import ValidationError
 
-from tap.admission import SessionKey
+# eth_account imports py_ecc, which raises the recursion limit to 100000 for its own recursive
+# arithmetic (which we never call: signatures are recovered by eth_keys). At 100000 CPython's
+# recursion guard — and msgspec's nesting guard, which is the same counter — stops protecting
+# the C stack: an untyped decode of a 50k-deep JSON array segfaults the process (issue 9).
+# Put the limit back the moment the import is done.
+_RECURSION_LIMIT: Final = sys.getrecursionlimit()
+from eth_account import Account  # noqa: E402
+from eth_account.messages import encode_defunct  # noqa: E402
+from eth_keys.exceptions import BadSignature  # noqa: E402
+from eth_utils.address import to_checksum_address  # noqa: E402
+from eth_utils.exceptions import ValidationError  # noqa: E402
+
+sys.setrecursionlimit(_RECURSION_LIMIT)
+
+from tap.admission import SessionKey  # noqa: E402
 
 WRONG_DOMAIN: Final = "wrong_domain"
 WRONG_CHAIN: Final = "wrong_chain"
