@@ -221,6 +221,8 @@ async def run(
         raise ValueError(f"feed.symbol {feed.symbol!r} is not one of the configured markets")
     if feed.source in _WIRE_FORMAT and urlsplit(feed.url).scheme not in ("ws", "wss"):
         raise ValueError(f"feed.url {feed.url!r} is not a ws:// or wss:// URL")
+    if feed.fallback_url and urlsplit(feed.fallback_url).scheme not in ("ws", "wss"):
+        raise ValueError(f"feed.fallback_url {feed.fallback_url!r} is not a ws:// or wss:// URL")
     if feed.source == "manual" and manual is None:
         manual = ManualFeed(clock, feed.symbol)
     status = FeedStatus(feed.source, feed.symbol, manual if feed.source == "manual" else None)
@@ -289,30 +291,40 @@ async def _run_websocket(
     """Connect, read, and reconnect forever with exponential backoff and full jitter.
 
     The backoff attempt counter resets only after a connection delivered a tick: a server that
-    accepts and hangs up at once keeps backing off instead of being hammered.
+    accepts and hangs up at once keeps backing off instead of being hammered. With a
+    `feed.fallback_url`, each reconnect goes to the other URL: the one that just failed is the
+    least likely to answer, and alternating needs no health state that could itself be wrong.
     """
     feed = cfg.feed
+    urls = [feed.url, *([feed.fallback_url] if feed.fallback_url else [])]
     reconnects = FEED_RECONNECTS.labels(feed.source)
     attempt = 0
+    which = 0
     while True:
-        if await _session(cfg, fan, parser, subscribe):
+        if await _session(cfg, fan, parser, subscribe, urls[which]):
             attempt = 0
+        which = (which + 1) % len(urls)
         wait_ms = backoff_ms(attempt, feed.backoff_initial_ms, feed.backoff_max_ms, rand())
         attempt += 1
-        log.info("ingest: %s feed lost; reconnecting in %d ms", feed.source, wait_ms)
+        log.info(
+            "ingest: %s feed lost; reconnecting to %s in %d ms", feed.source, urls[which], wait_ms
+        )
         await trio.sleep(wait_ms / 1000)
         reconnects.inc()
         fan.status.reconnects += 1
 
 
-async def _session(cfg: Config, fan: _Fanout, parser: Parser, subscribe: bytes | None) -> bool:
-    """One connection, until it closes, fails or goes silent. True if it delivered a tick."""
+async def _session(
+    cfg: Config, fan: _Fanout, parser: Parser, subscribe: bytes | None, url: str
+) -> bool:
+    """One connection to `url`, until it closes, fails or goes silent. True if it delivered a
+    tick."""
     feed = cfg.feed
     dead_after_s = feed.dead_after_ms / 1000
     delivered = False
     try:
         async with trio_websocket.open_websocket_url(
-            feed.url,
+            url,
             connect_timeout=dead_after_s,
             disconnect_timeout=min(DISCONNECT_TIMEOUT_S, dead_after_s),
         ) as ws:

@@ -107,6 +107,9 @@ FeedSource = Literal["sim", "ws-sim", "binance", "coinbase", "manual"]
 class FeedConfig(Base, frozen=True):
     source: FeedSource = "sim"
     url: str = ""  # for ws-sim / binance / coinbase
+    # A second endpoint of the same format: each lost connection tries the other URL next,
+    # so a dead primary costs one `dead_after_ms` and a backoff, not an outage. "" = none.
+    fallback_url: str = ""
     symbol: str = "BTC-USD"
     # The feed's own instrument name ("BTCUSDT" on Binance); empty = derived from `symbol`.
     instrument: str = ""

@@ -288,6 +288,66 @@ async def test_a_refused_connection_is_retried_until_the_feed_appears(
     assert refused >= 3
 
 
+async def test_a_dead_primary_fails_over_to_the_fallback_url_and_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def refuse(ws: trio_websocket.WebSocketConnection, n: int) -> None:
+        await ws.aclose()
+
+    async def two_ticks_then_drop(ws: trio_websocket.WebSocketConnection, n: int) -> None:
+        for i in range(2):
+            await ws.send_message(price_frame(T0 + 100 * n + i, 1000 + 100 * n + i))
+        await ws.aclose()
+
+    async def steady(ws: trio_websocket.WebSocketConnection, n: int) -> None:
+        for i in range(1000):
+            await ws.send_message(price_frame(T0 + 1000 + i, 5000 + i))
+            await trio.sleep(0.1)
+
+    primary = ScriptedFeed(refuse, steady)  # down at first, back for the second connection
+    fallback = ScriptedFeed(two_ticks_then_drop)
+    send, receive = trio.open_memory_channel[Tick](100)
+    async with trio.open_nursery() as nursery:
+        primary_url = await primary.serve(nursery)
+        fallback_url = await fallback.serve(nursery)
+        await nursery.start(
+            partial(ingest.run, rand=lambda: 0.5),
+            config(source="ws-sim", url=primary_url, fallback_url=fallback_url),
+            Clock(T0),
+            [TickOutput("r", send, True)],
+        )
+        ticks = await take(receive, 4)
+        nursery.cancel_scope.cancel()
+    # primary refused → fallback's two ticks → it dropped → primary again, now serving.
+    assert [t.price for t in ticks] == [1000, 1001, 5000, 5001]
+    assert (primary.connections, fallback.connections) == (2, 1)
+
+
+async def test_without_a_fallback_every_reconnect_goes_to_the_one_url(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def refuse(ws: trio_websocket.WebSocketConnection, n: int) -> None:
+        await ws.aclose()
+
+    async def serve_one(ws: trio_websocket.WebSocketConnection, n: int) -> None:
+        await ws.send_message(price_frame(T0 + n, 42))
+        await feed.wait_for_close(ws, n)
+
+    feed = ScriptedFeed(refuse, refuse, serve_one)
+    send, receive = trio.open_memory_channel[Tick](10)
+    async with trio.open_nursery() as nursery:
+        url = await feed.serve(nursery)
+        await nursery.start(
+            partial(ingest.run, rand=lambda: 0.5),
+            config(source="ws-sim", url=url),
+            Clock(T0),
+            [TickOutput("r", send, True)],
+        )
+        assert [t.price for t in await take(receive, 1)] == [42]
+        nursery.cancel_scope.cancel()
+    assert feed.connections == 3
+
+
 async def test_a_bad_feed_url_or_symbol_fails_before_starting() -> None:
     send, _ = trio.open_memory_channel[Tick](1)
     outputs = [TickOutput("r", send, True)]
@@ -295,6 +355,13 @@ async def test_a_bad_feed_url_or_symbol_fails_before_starting() -> None:
         with pytest.raises(ValueError, match=r"feed\.url"):
             await nursery.start(
                 ingest.run, config(source="binance", url="https://x.test/"), Clock(T0), outputs
+            )
+        with pytest.raises(ValueError, match=r"feed\.fallback_url"):
+            await nursery.start(
+                ingest.run,
+                config(source="binance", url="wss://x.test/", fallback_url="http://y.test/"),
+                Clock(T0),
+                outputs,
             )
         with pytest.raises(ValueError, match=r"feed\.symbol"):
             await nursery.start(ingest.run, config(symbol="DOGE-USD"), Clock(T0), outputs)
