@@ -4,14 +4,17 @@
     python -m loadgen run steady-3k --serve tap          # start tap on loopback, then run
     python -m loadgen bench --quick --out report.json    # capacity of tap vs its baselines
     python -m loadgen bench naive | fanout | batcher | resolver | redis | betpath | client
+    python -m loadgen killloop --kills 50 --seed S       # SIGKILL campaign (loadgen/killloop.py)
 
 Exit status: 0 when every threshold held, 1 when one broke (or a bench target failed), 2 when
-the run could not be set up (bad scenario, server not reachable, login refused).
+the run could not be set up (bad scenario, server not reachable, login refused). `killloop`
+exits 1 on any violation and prints its JSON summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -107,6 +110,25 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if report.get("ok", True) else 1
 
 
+async def cmd_killloop(args: argparse.Namespace) -> int:
+    from loadgen import killloop
+
+    opts = killloop.Options(
+        kills=args.kills,
+        seed=args.seed,
+        players=args.players,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        early_kill_share=args.early_kill_share,
+        tap_check_each=not args.tap_check_at_end,
+        progress=None if args.quiet else lambda text: print(text, file=sys.stderr, flush=True),
+    )
+    summary, _ = await killloop.campaign(opts)
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        write_json(summary, Path(args.out))
+    return 0 if summary["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadgen",
@@ -136,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--tap-config", help="TOML overlay for the tap server the bench starts")
     bench.add_argument("--data-dir", help="where started servers keep data and logs")
+
+    kl = sub.add_parser(
+        "killloop", help="SIGKILL a real tap at random moments under mixed load, then audit"
+    )
+    kl.add_argument("--kills", type=int, default=50, help="SIGKILLs before the final check")
+    kl.add_argument("--seed", default="killloop", help="seeds kill moments and the load mix")
+    kl.add_argument("--players", type=int, default=4)
+    kl.add_argument("--early-kill-share", type=float, default=0.1, help="kills during start-up")
+    kl.add_argument("--tap-check-at-end", action="store_true", help="not after every kill")
+    kl.add_argument("--data-dir", help="database and server log (default data/killloop/…)")
+    kl.add_argument("--out", help="write the JSON summary here too")
+    kl.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -156,7 +190,7 @@ def setup_error_in(exc: BaseException) -> BaseException | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = cmd_run if args.command == "run" else cmd_bench
+    command = {"run": cmd_run, "bench": cmd_bench, "killloop": cmd_killloop}[args.command]
     try:
         return trio.run(command, args)
     except KeyboardInterrupt:
