@@ -153,6 +153,7 @@ class ServerConfig(Base, frozen=True):
     send_timeout_ms: int = 5000  # TCP_USER_TIMEOUT on accepted sockets
     ws_queue: int = 64  # per-client outbound queue (account messages beyond it → close 1013)
     ws_max_bad_frames: int = 5
+    ws_hello_timeout_s: float = 10.0  # no auth/subscribe by then → close 1008 (API.md)
     log_level: str = "info"  # `tap serve` only: one of LOG_LEVELS (other commands log INFO)
 
 
@@ -302,6 +303,12 @@ def _validate(cfg: Config) -> None:
         f"a ws:// URL for feed.source = {cfg.feed.source!r}",
     )
     need(0 <= cfg.server.port <= 65535, "server.port", cfg.server.port, "0..65535")
+    need(
+        cfg.server.ws_hello_timeout_s > 0,
+        "server.ws_hello_timeout_s",
+        cfg.server.ws_hello_timeout_s,
+        "a positive number of seconds",
+    )
     need(
         cfg.server.log_level.lower() in LOG_LEVELS,
         "server.log_level",

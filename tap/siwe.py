@@ -28,7 +28,11 @@ import msgspec
 # arithmetic (which we never call: signatures are recovered by eth_keys). At 100000 CPython's
 # recursion guard — and msgspec's nesting guard, which is the same counter — stops protecting
 # the C stack: an untyped decode of a 50k-deep JSON array segfaults the process (issue 9).
-# Put the limit back the moment the import is done.
+# Put the limit back the moment the import is done. If py_ecc already ran (something imported
+# eth_account before tap), the limit we find is its 100000, not the interpreter's: use CPython's
+# default then.
+_PY_ECC_LIMIT: Final = 100000
+_CPYTHON_DEFAULT_LIMIT: Final = 1000
 _RECURSION_LIMIT: Final = sys.getrecursionlimit()
 from eth_account import Account  # noqa: E402
 from eth_account.messages import encode_defunct  # noqa: E402
@@ -36,7 +40,9 @@ from eth_keys.exceptions import BadSignature  # noqa: E402
 from eth_utils.address import to_checksum_address  # noqa: E402
 from eth_utils.exceptions import ValidationError  # noqa: E402
 
-sys.setrecursionlimit(_RECURSION_LIMIT)
+sys.setrecursionlimit(
+    _RECURSION_LIMIT if _RECURSION_LIMIT < _PY_ECC_LIMIT else _CPYTHON_DEFAULT_LIMIT
+)
 
 from tap.admission import SessionKey  # noqa: E402
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from array import array
 from itertools import accumulate
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 import msgspec
 
@@ -80,9 +80,17 @@ def nesting_depth_exceeds(data: bytes, max_depth: int) -> bool:
     return max(accumulate(array("b", steps))) > max_depth
 
 
+@overload
 def decode_untrusted(
     raw: bytes | str, typ: type[T], *, max_bytes: int, max_depth: int = MAX_DEPTH
-) -> T:
+) -> T: ...
+@overload
+def decode_untrusted(
+    raw: bytes | str, typ: Any, *, max_bytes: int, max_depth: int = MAX_DEPTH
+) -> Any: ...  # a union of Structs (`ClientFrame`) is not a `type[T]` to mypy
+def decode_untrusted(
+    raw: bytes | str, typ: Any, *, max_bytes: int, max_depth: int = MAX_DEPTH
+) -> Any:
     """Decode `raw` into `typ` (a msgspec-decodable type, in practice a bounded Struct or a
     tagged union of them), or raise `WireError`.
 

@@ -40,23 +40,29 @@ def test_50k_deep_frame_is_a_wire_error_even_with_a_raised_recursion_limit() -> 
     assert big.value.code == "payload_too_large"  # size is checked first
 
 
-def test_importing_tap_restores_the_recursion_limit_so_a_deep_decode_cannot_crash() -> None:
-    # A fresh interpreter, as `tap serve` starts: the whole edge (which imports eth_account →
-    # py_ecc) must leave the limit as it found it. Then even an *untyped* decode of the deep
-    # frame raises RecursionError instead of overflowing the C stack (old code: SIGSEGV, -11).
+@pytest.mark.parametrize("eth_account_first", [False, True])
+def test_importing_tap_restores_the_recursion_limit_so_a_deep_decode_cannot_crash(
+    eth_account_first: bool,
+) -> None:
+    # A fresh interpreter, as `tap serve` starts (and as a test process does, which may import
+    # eth_account before tap): the whole edge (eth_account → py_ecc) must leave the limit at the
+    # interpreter's. Then even an *untyped* decode of the deep frame raises RecursionError
+    # instead of overflowing the C stack (old code: SIGSEGV, return code -11).
     script = textwrap.dedent(
         f"""
         import sys
         before = sys.getrecursionlimit()
+        if {eth_account_first}:
+            import eth_account  # noqa: F401
         import tap.edge.app, tap.siwe  # noqa: F401
         import py_ecc  # noqa: F401  (proves the raising library really was imported)
         after = sys.getrecursionlimit()
-        assert after == before, (before, after)
         import msgspec
         try:
             msgspec.json.decode({DEEP_FRAME!r})
         except RecursionError:
             print("refused", before, after)
+        assert after == before, (before, after)
         """
     )
     done = subprocess.run(

@@ -315,8 +315,14 @@ class EdgeServices:
         return None
 
     def send_snapshots(self, sub: Any, channels: list[str], session: Session | None) -> None:
-        """Fresh subscribers get the current grid and breaker state at once, not after 1 s."""
+        """Fresh subscribers get the current grid and breaker state at once, not after 1 s.
+
+        `channels` are distinct (the caller dedupes and caps them): one snapshot per channel.
+        Building a grid frame is the expensive part, so nothing is built for a client the hub
+        has already marked for close (e.g. 1013: its queue overflowed)."""
         for ch in channels:
+            if sub.close_code is not None:
+                return
             kind, _, symbol = ch.partition(":")
             if kind == "grid":
                 view = self.market.grid(symbol)

@@ -6,6 +6,13 @@ nobody but itself (DESIGN rule 4). Garbage gets an `error` frame; more than
 `server.ws_max_bad_frames` of it closes the connection with 1003 (binary) or 1007 (bad JSON /
 bad shape). Server shutdown closes every client with 1001.
 
+Hostile input (API.md "Limits", issue 9): a frame is decoded only by `tap.wire` into the typed,
+bounded `ClientFrame` — never untyped, not even to find a `req_id` to echo. Frames over
+`MAX_FRAME_BYTES` close with 1009 (Hypercorn's `websocket_max_message_size` counts characters,
+so a frame of multi-byte characters can get past it and is caught here by its UTF-8 size).
+`subscribe` work is bounded by its distinct channels (≤ 16), and a connection that has neither
+authenticated nor subscribed after `server.ws_hello_timeout_s` is closed with 1008.
+
 Frames are answered strictly in order through the one outbound queue, so a `ping` sent after
 `auth`/`subscribe` is a barrier: its `pong` means both took effect (they have no ack of their own;
 a refused one answers `error`).
@@ -23,6 +30,7 @@ from tap.messages import (
     BetRequest,
     ClientFrame,
     ErrorBody,
+    ReqId,
     WsAuth,
     WsBetAck,
     WsError,
@@ -34,18 +42,29 @@ from tap.messages import (
 )
 from tap.runtime import metrics
 from tap.sessions import Session
+from tap.wire import TOO_LARGE, WireError, decode_untrusted
 
 if TYPE_CHECKING:
     from tap.edge.services import EdgeServices
 
-_decoder = msgspec.json.Decoder(ClientFrame)
 _encoder = msgspec.json.Encoder()
+
+MAX_FRAME_BYTES = 16 * 1024  # API.md: a frame is at most 16 KiB (the supervisor tells Hypercorn)
+MAX_CHANNELS = 16  # API.md: distinct channels one `subscribe` may name
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID = 1007
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
+
+
+class _EchoReqId(msgspec.Struct):
+    """What a refused frame may still tell us: its `req_id`, if it is a short string. Unknown
+    fields are skipped (msgspec skips without recursing), so any JSON object decodes."""
+
+    req_id: ReqId | None = None
 
 
 def _error_frame(req_id: str | None, code: str, message: str) -> str:
@@ -59,6 +78,7 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
     sub = svc.hub.connect()
     session: Session | None = None
     bad_frames = 0
+    greeted = trio.Event()  # set by the first accepted auth or subscribe
     close_code = CLOSE_GOING_AWAY
 
     async def reply(frame: str) -> None:
@@ -78,9 +98,12 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
 
     async def reader() -> None:
         nonlocal session, bad_frames, close_code
-        while True:
+        while sub.close_code is None:  # closed (1013): the writer is closing; stop working
             raw = await websocket.receive()
             if isinstance(raw, bytes):
+                if len(raw) > MAX_FRAME_BYTES:
+                    close_code = CLOSE_TOO_BIG
+                    return
                 bad_frames += 1
                 await reply(_error_frame(None, "invalid_request", "binary frames are not accepted"))
                 if bad_frames > svc.cfg.server.ws_max_bad_frames:
@@ -88,10 +111,13 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                     return
                 continue
             try:
-                frame = _decoder.decode(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                frame: ClientFrame = decode_untrusted(raw, ClientFrame, max_bytes=MAX_FRAME_BYTES)
+            except WireError as e:
+                if e.code == TOO_LARGE:
+                    close_code = CLOSE_TOO_BIG
+                    return
                 bad_frames += 1
-                await reply(_error_frame(_req_id_of(raw), "invalid_request", str(e)))
+                await reply(_error_frame(_req_id_of(raw), "invalid_request", e.message))
                 if bad_frames > svc.cfg.server.ws_max_bad_frames:
                     close_code = CLOSE_INVALID
                     return
@@ -106,13 +132,27 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                         continue
                     session = found
                     sub.set_address(found.address)
-                case WsSubscribe(channels=channels):
+                    greeted.set()
+                case WsSubscribe(channels=named):
+                    channels = list(dict.fromkeys(named))  # duplicates count once (API.md)
+                    if len(channels) > MAX_CHANNELS:
+                        await reply(
+                            _error_frame(
+                                None,
+                                "invalid_request",
+                                f"subscribe names {len(channels)} distinct channels; "
+                                f"at most {MAX_CHANNELS}",
+                            )
+                        )
+                        continue
                     refused = svc.check_channels(channels, authed=session is not None)
                     if refused:
                         await reply(_error_frame(None, refused[0], refused[1]))
                         continue
-                    sub.subscribe(channels)
-                    svc.send_snapshots(sub, channels, session)
+                    fresh = [ch for ch in channels if ch not in sub.channels]
+                    sub.subscribe(fresh)
+                    svc.send_snapshots(sub, fresh, session)
+                    greeted.set()
                 case WsUnsubscribe(channels=channels):
                     sub.unsubscribe(channels)
                 case WsPlaceBet() as bet:
@@ -164,9 +204,20 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                 close_code = CLOSE_GOING_AWAY
                 nursery.cancel_scope.cancel()
 
+            async def close_if_silent() -> None:
+                # A socket that neither authenticates nor subscribes only holds a descriptor
+                # and a connection task: API.md lets it go after 10 s (1008).
+                nonlocal close_code
+                with trio.move_on_after(svc.cfg.server.ws_hello_timeout_s):
+                    await greeted.wait()
+                    return
+                close_code = CLOSE_POLICY
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(run_reader)
             nursery.start_soon(run_writer)
             nursery.start_soon(watch_shutdown)
+            nursery.start_soon(close_if_silent)
     finally:
         svc.hub.disconnect(sub)
     with trio.move_on_after(1) as scope:
@@ -178,12 +229,10 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
 
 
 def _req_id_of(raw: str) -> str | None:
-    """Best effort: echo req_id from a frame that failed validation."""
+    """The `req_id` of a refused frame, to echo in its `error` — only if it is a string of at
+    most 64 characters (API.md), read by a typed decode of a frame `tap.wire` already sized and
+    depth-checked (anything else: None)."""
     try:
-        value = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+        return decode_untrusted(raw, _EchoReqId, max_bytes=MAX_FRAME_BYTES).req_id
+    except WireError:
         return None
-    if isinstance(value, dict):
-        rid = value.get("req_id")
-        return rid if isinstance(rid, str) else None
-    return None

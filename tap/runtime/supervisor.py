@@ -55,6 +55,7 @@ from tap.config import Config, describe
 from tap.edge.app import create_app
 from tap.edge.desk import BetDesk, PendingBets
 from tap.edge.services import EdgeServices
+from tap.edge.ws import MAX_FRAME_BYTES
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable, InMemoryHotState
 from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, WriterRequest
@@ -147,6 +148,9 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.include_server_header = False
     hc.websocket_ping_interval = None  # TCP keepalive instead (see _TimeoutSockets)
+    # API.md: a WS frame is at most 16 KiB, larger closes 1009 — before it is buffered whole
+    # (Hypercorn's default is 16 MiB per message).
+    hc.websocket_max_message_size = MAX_FRAME_BYTES
     if cfg.server.tls_cert:
         hc.certfile = cfg.server.tls_cert
         hc.keyfile = cfg.server.tls_key
