@@ -288,6 +288,7 @@ class _Writer:
                 )
             except sqlite3.OperationalError as e:
                 if not db.is_busy(e):
+                    self.fatal(batch, e)
                     raise
                 if attempt >= self.cfg.busy_retries:
                     return self.give_up(batch)
@@ -295,9 +296,25 @@ class _Writer:
                 metrics.BATCH_RETRIES.inc()
                 await trio.sleep(self.backoff_s(attempt))
                 continue
+            except BaseException as e:
+                if isinstance(e, Exception):
+                    self.fatal(batch, e)
+                raise
             _count(events)
             self.committed(events)
             return []
+
+    def fatal(self, batch: list[WriterRequest], error: Exception) -> None:
+        """The database cannot be written (`db.is_fatal`: a broken file or disk, or a ledger
+        that contradicts its rules): say so as loudly as we can before the writer stops. The
+        batch was rolled back; nothing in it was confirmed, so no money moved."""
+        log.critical(
+            "WRITER STOPPED: %s: %s; %d requests in the failing batch were not written "
+            "(nothing confirmed); run `tap check` before restarting",
+            type(error).__name__,
+            error,
+            len(batch),
+        )
 
     def give_up(self, batch: list[WriterRequest]) -> list[WriterRequest]:
         """The lock stayed busy through every retry: refuse what someone is waiting on (nothing

@@ -5,7 +5,9 @@ transaction with an outcome per item, and returns the `Committed` events to anno
 once `COMMIT` has returned. One bad item never fails the batch: a unique violation leaves the
 transaction open (SQLite undoes only the failing statement), so conflicts are classified after
 the fact instead of guarded by a SAVEPOINT per item, and a shortfall is a conditional UPDATE that
-matches no row. The money rules themselves (which row each event writes) come from `tap.ledger`.
+matches no row; anything else an item raises sends the batch through a second, careful pass
+with a SAVEPOINT per item, where that item alone is refused. The money rules themselves (which
+row each event writes) come from `tap.ledger`.
 Everything here is synchronous: the batcher runs it in its worker thread; tests call it directly.
 
 Read layer: plain functions over any connection (the edge and the resolver open their own,
@@ -24,13 +26,16 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from tap import ledger
+from tap.admission import valid_nonce
 from tap.messages import (
+    MAX_MULTIPLIER_BPS,
     AdminCredit,
     BalanceChanged,
     Bet,
@@ -152,7 +157,9 @@ def is_busy(exc: BaseException) -> bool:
 
 # Reasons the writer gives besides admission's, as API.md codes so the edge can answer them as is.
 STORE_BUSY = "overloaded"  # the write lock stayed busy; nothing was stored: retry, same nonce
-DUPLICATE_BET_ID = "internal_error"  # an edge reused a bet_id for another nonce (an edge bug)
+INTERNAL_ERROR = "internal_error"  # the item raised in the writer (a bug upstream); refused alone
+DUPLICATE_BET_ID = INTERNAL_ERROR  # an edge reused a bet_id for another nonce (an edge bug)
+INVALID_REQUEST = "invalid_request"  # a bet outside the bounds the edge enforces (`bet_problem`)
 
 _BET_COLUMNS = (
     "bet_id, address, cell_id, amount, multiplier_bps, nonce, status, accepted_at, "
@@ -189,10 +196,188 @@ _CREDIT = (
     "WHERE available <= ? "
     "RETURNING available, locked"
 )
+_INSERT_TICK = "INSERT OR IGNORE INTO ticks (symbol, ts, price) VALUES (?, ?, ?)"
 _INSERT_ENTRY = (
     "INSERT INTO ledger (address, kind, amount, locked_delta, balance_after, ref, at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+# ── what the writer refuses to write, and what stops it ─────────────────────────────────────
+
+# The bounds the edge enforces at decoding (API.md "Bounds", `tap.messages`), checked again here
+# because the writer is the last line: a bet that reaches it by another road (a second edge, a
+# bug, a redelivery from an older version) is refused alone, never written, never fatal.
+_MAX_TEXT = {
+    "bet_id": 64,
+    "address": 64,
+    "cell_id": 128,
+    "symbol": 32,
+    "nonce": 64,
+    "signature": 256,
+}
+_NON_NEGATIVE_INTS = (
+    "col", "t_start", "t_end", "multiplier_bps", "accepted_at", "timestamp", "min_multiplier_bps",
+)  # fmt: skip
+
+
+def bet_problem(req: PlaceBet) -> str | None:
+    """Why the writer will not store `req` as placed (answered `invalid_request`), or None
+    (see `_bet_problem`). The writer's hot path: the common case, a sound bet, is decided by
+    one expression (~3 µs); only a suspect bet pays for the field-by-field reading."""
+    m = MAX_BALANCE
+    try:
+        sound = (
+            -m <= req.row <= m
+            and -m <= req.price_lo <= m
+            and -m <= req.price_hi <= m
+            and 0 <= req.col <= m
+            and 0 <= req.t_start <= m
+            and 0 <= req.t_end <= m
+            and 0 <= req.accepted_at <= m
+            and 0 <= req.timestamp <= m
+            and 0 <= req.multiplier_bps <= MAX_MULTIPLIER_BPS
+            and 0 <= req.min_multiplier_bps <= MAX_MULTIPLIER_BPS
+            and 1 <= req.chain_id <= m
+            and 0 < len(req.bet_id) <= 64
+            and 0 < len(req.address) <= 64
+            and 0 < len(req.cell_id) <= 128
+            and 0 < len(req.symbol) <= 32
+            and 0 < len(req.signature) <= 256
+            # Exact types: no float, no bool, no str subclass.
+            and type(req.row) is int
+            and type(req.price_lo) is int
+            and type(req.price_hi) is int
+            and type(req.col) is int
+            and type(req.t_start) is int
+            and type(req.t_end) is int
+            and type(req.accepted_at) is int
+            and type(req.timestamp) is int
+            and type(req.multiplier_bps) is int
+            and type(req.min_multiplier_bps) is int
+            and type(req.chain_id) is int
+            and type(req.amount) is int
+            and type(req.bet_id) is str
+            and type(req.address) is str
+            and type(req.cell_id) is str
+            and type(req.symbol) is str
+            and type(req.signature) is str
+            and type(req.nonce) is str
+            and (req.bet_id + req.address + req.cell_id + req.symbol + req.signature).isprintable()
+            and valid_nonce(req.nonce)
+        )
+    except Exception:  # a field of the wrong type: read it field by field below
+        sound = False
+    return None if sound else _bet_problem(req)
+
+
+def _bet_problem(req: PlaceBet) -> str | None:
+    """Why the writer will not store `req` as placed, field by field, or None.
+
+    Text fields are non-empty, bounded, printable (so valid UTF-8: no lone surrogates), the nonce
+    as API.md spells it; every other field an integer within ±(2⁵³ − 1) (every sum SQLite
+    computes stays exact, far from 2⁶³), not negative where it is a time, a column or a
+    multiplier; `chain_id` ≥ 1; multipliers within `MAX_MULTIPLIER_BPS`. Never raises, whatever
+    the fields hold (a request built in code is not type-checked by msgspec)."""
+    for name in PlaceBet.__struct_fields__:
+        value = getattr(req, name)
+        limit = _MAX_TEXT.get(name)
+        if limit is not None:
+            if type(value) is not str or not 0 < len(value) <= limit or not value.isprintable():
+                return f"{name}: 1..{limit} printable characters"
+        elif type(value) is not int or not -MAX_BALANCE <= value <= MAX_BALANCE:
+            return f"{name}: an integer within ±{MAX_BALANCE}"
+    if any(getattr(req, name) < 0 for name in _NON_NEGATIVE_INTS):
+        return "times, columns and multipliers may not be negative"
+    if req.chain_id < 1:
+        return "chain_id: must be positive"
+    if max(req.multiplier_bps, req.min_multiplier_bps) > MAX_MULTIPLIER_BPS:
+        return f"multiplier above {MAX_MULTIPLIER_BPS} bps"
+    if not valid_nonce(req.nonce):
+        return "nonce: 16-64 characters of [A-Za-z0-9_-]"
+    return None
+
+
+def _text_ok(value: object, limit: int) -> bool:
+    return type(value) is str and 0 < len(value) <= limit and value.isprintable()
+
+
+def _int_ok(value: object, lo: int = -MAX_BALANCE) -> bool:
+    return type(value) is int and lo <= value <= MAX_BALANCE
+
+
+def entry_problem(req: Deposit | Withdrawal | AdminCredit) -> str | None:
+    """Why a deposit, withdrawal or credit is not fit to write (`invalid_request`), or None.
+    Amounts themselves are the movement's to judge (`amount_out_of_range`)."""
+    if not _text_ok(req.address, _MAX_TEXT["address"]):
+        return "address: 1..64 printable characters"
+    if not _text_ok(req.ref, 256) or not _int_ok(req.at, 0):
+        return "ref or at out of bounds"
+    if isinstance(req, Withdrawal) and not _text_ok(req.nonce, _MAX_TEXT["nonce"]):
+        return "nonce: 1..64 printable characters"
+    if isinstance(req, AdminCredit) and (type(req.reason) is not str or len(req.reason) > 256):
+        return "reason: at most 256 characters"
+    return None
+
+
+def outcome_problem(outcome: Outcome) -> str | None:
+    """Why a settlement cannot be applied as given (it is skipped and logged), or None."""
+    if not isinstance(outcome, Outcome) or type(outcome.bet_id) is not str:
+        return "not an outcome"
+    if outcome.status not in ("won", "lost", "void") or not _int_ok(outcome.at, 0):
+        return "status or at out of bounds"
+    if type(outcome.reason) is not str or len(outcome.reason) > 64:
+        return "reason: at most 64 characters"
+    decided = outcome.decided_by
+    if decided is not None and not (_int_ok(decided.ts, 0) and _int_ok(decided.price)):
+        return "decided_by out of bounds"
+    return None
+
+
+def tick_problem(tick: Tick) -> str | None:
+    if not isinstance(tick, Tick) or not _text_ok(tick.symbol, _MAX_TEXT["symbol"]):
+        return "symbol: 1..32 printable characters"
+    if not _int_ok(tick.ts, 0) or not _int_ok(tick.price):
+        return "ts or price out of bounds"
+    return None
+
+
+# Primary SQLite result codes after which the writer must stop: the file or the disk is broken
+# (or memory ran out), and writing on could make the ledger worse. Everything else an item can
+# raise — a constraint, a value that does not bind, a bug in one code path — refuses that item.
+_FATAL_CODES = frozenset(
+    getattr(sqlite3, name)
+    for name in (
+        "SQLITE_IOERR", "SQLITE_CORRUPT", "SQLITE_FULL", "SQLITE_CANTOPEN", "SQLITE_NOTADB",
+        "SQLITE_READONLY", "SQLITE_NOMEM", "SQLITE_PROTOCOL", "SQLITE_PERM",
+    )
+    if hasattr(sqlite3, name)
+)  # fmt: skip
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True when `exc` must stop the writer (or, for busy, end the batch to retry it whole):
+    a broken file or disk, memory exhausted, the lock held by another process (`is_busy`), or
+    `ledger.LedgerError` — the stored state contradicts the money rules; writing on would build
+    on it (run the integrity check). Everything else is one item's problem."""
+    if not isinstance(exc, Exception) or isinstance(exc, MemoryError | ledger.LedgerError):
+        return True
+    if is_busy(exc):
+        return True
+    if isinstance(exc, sqlite3.DatabaseError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _FATAL_CODES
+    return False
+
+
+def _ref_of(req: WriterRequest) -> str:
+    match req:
+        case PlaceBet():
+            return repr(req.bet_id)[:80]
+        case Deposit() | Withdrawal() | AdminCredit():
+            return repr(req.ref)[:80]
+        case _:
+            return type(req).__name__
 
 
 def _bet_from_row(row: Any) -> Bet:
@@ -277,6 +462,10 @@ class _BatchWriter:
         self.now_ms = now_ms
         self.events: list[Committed] = []
         self.balances: dict[str, tuple[int, int]] = {}  # address → (available, locked), last seen
+        # Careful mode (`apply_batch`'s second pass): each item runs inside its own SAVEPOINT,
+        # and `undo` records the balances it overwrote, so a failed item leaves no trace.
+        self.careful = False
+        self.undo: list[tuple[str, tuple[int, int] | None]] = []
 
     # money movements
 
@@ -304,6 +493,8 @@ class _BatchWriter:
         if row is None:
             return self.refusal(address, credit, lock)
         balance = (int(row[0]), int(row[1]))
+        if self.careful:
+            self.undo.append((address, self.balances.get(address)))
         self.balances[address] = balance
         return balance
 
@@ -347,6 +538,17 @@ class _BatchWriter:
     # bets
 
     def place_bet(self, req: PlaceBet) -> None:
+        if type(req.amount) is int and not 0 < req.amount <= MAX_BALANCE:
+            bet = _refused_bet(req, AMOUNT_OUT_OF_RANGE)
+            self.events.append(BetRejected(bet=bet, reason=AMOUNT_OUT_OF_RANGE))
+            return
+        problem = bet_problem(req)
+        if problem is not None:  # not stored: its values may not even bind
+            log.warning("bet %s refused (%s): %s", _ref_of(req), INVALID_REQUEST, problem)
+            self.events.append(
+                BetRejected(bet=_refused_bet(req, INVALID_REQUEST), reason=INVALID_REQUEST)
+            )
+            return
         try:
             stake = ledger.stake_movement(req.amount)
         except ledger.InvalidAmount:
@@ -420,6 +622,13 @@ class _BatchWriter:
         self.events.append(BetRejected(bet=bet, reason="duplicate_cell_bet"))
 
     def settle(self, outcome: Outcome) -> None:
+        problem = outcome_problem(outcome)
+        if problem is not None:
+            log.error("settlement %r skipped: %s", outcome, problem)
+            return
+        self.settle_valid(outcome)
+
+    def settle_valid(self, outcome: Outcome) -> None:
         """Resolve one confirmed bet; anything else (already resolved, rejected, unknown) is a
         no-op, which is what makes a re-sent settlement harmless.
 
@@ -484,6 +693,8 @@ class _BatchWriter:
     # deposits, withdrawals, credits
 
     def deposit(self, req: Deposit) -> None:
+        if self.refuse_malformed_entry(req):
+            return
         done = self.entry_by_ref(req.ref, "deposit")
         if done is not None:
             self.events.append(EntryPosted(ref=req.ref, entry=done))
@@ -501,6 +712,8 @@ class _BatchWriter:
         self.events.append(EntryPosted(ref=req.ref, entry=entry))
 
     def withdraw(self, req: Withdrawal) -> None:
+        if self.refuse_malformed_entry(req):
+            return
         try:
             m = ledger.withdrawal_movement(req.amount)
         except ledger.InvalidAmount:
@@ -537,6 +750,8 @@ class _BatchWriter:
         self.events.append(EntryPosted(ref=req.ref, entry=entry))
 
     def admin_credit(self, req: AdminCredit) -> None:
+        if self.refuse_malformed_entry(req):
+            return
         done = self.entry_by_ref(req.ref, "adjustment")
         if done is not None:
             self.events.append(EntryPosted(ref=req.ref, entry=done))
@@ -557,11 +772,31 @@ class _BatchWriter:
         entry = self.post(req.address, m, balance[0], req.ref)
         self.events.append(EntryPosted(ref=req.ref, entry=entry))
 
-    def store_ticks(self, req: StoreTicks) -> None:
-        self.cur.executemany(
-            "INSERT OR IGNORE INTO ticks (symbol, ts, price) VALUES (?, ?, ?)",
-            [(t.symbol, t.ts, t.price) for t in req.ticks],
+    def refuse_malformed_entry(self, req: Deposit | Withdrawal | AdminCredit) -> bool:
+        problem = entry_problem(req)
+        if problem is None:
+            return False
+        log.warning(
+            "%s %s refused (invalid_request): %s", type(req).__name__, _ref_of(req), problem
         )
+        self.events.append(EntryPosted(ref=req.ref, entry=None, error=INVALID_REQUEST))
+        return True
+
+    def store_ticks(self, req: StoreTicks) -> None:
+        if not self.careful:
+            rows = [(t.symbol, t.ts, t.price) for t in req.ticks if tick_problem(t) is None]
+            if len(rows) < len(req.ticks):
+                log.error("%d ticks out of bounds not stored", len(req.ticks) - len(rows))
+            self.cur.executemany(_INSERT_TICK, rows)
+            return
+        for tick in req.ticks:  # one bad tick costs only itself
+            if tick_problem(tick) is not None:
+                log.error("tick %r out of bounds, not stored", tick)
+                continue
+            self.isolated(
+                partial(self.cur.execute, _INSERT_TICK, (tick.symbol, tick.ts, tick.price)),
+                partial(log.error, "tick %r not stored: %s", tick),
+            )
 
     def apply(self, req: WriterRequest) -> None:
         match req:
@@ -569,7 +804,13 @@ class _BatchWriter:
                 self.place_bet(req)
             case Settle():
                 for outcome in req.outcomes:
-                    self.settle(outcome)
+                    if self.careful:
+                        self.isolated(
+                            partial(self.settle, outcome),
+                            partial(log.error, "settlement of %s not applied: %s", outcome.bet_id),
+                        )
+                    else:
+                        self.settle(outcome)
             case Deposit():
                 self.deposit(req)
             case Withdrawal():
@@ -579,6 +820,65 @@ class _BatchWriter:
             case StoreTicks():
                 self.store_ticks(req)
 
+    # one item's failure (careful mode)
+
+    def isolated(self, work: Callable[[], object], on_failure: Callable[[str], object]) -> bool:
+        """Run `work` inside a SAVEPOINT; if it raises anything but a fatal error, undo exactly
+        what it did (rows, events, balances), tell `on_failure` why and return False."""
+        events, undo = len(self.events), len(self.undo)
+        self.cur.execute("SAVEPOINT item")
+        try:
+            work()
+        except Exception as exc:
+            if is_fatal(exc):
+                raise
+            self.cur.execute("ROLLBACK TO item")
+            self.cur.execute("RELEASE item")
+            del self.events[events:]
+            while len(self.undo) > undo:
+                address, before = self.undo.pop()
+                if before is None:
+                    self.balances.pop(address, None)
+                else:
+                    self.balances[address] = before
+            on_failure(f"{type(exc).__name__}: {exc}")
+            return False
+        self.cur.execute("RELEASE item")
+        return True
+
+    def apply_isolated(self, req: WriterRequest) -> None:
+        """`apply`, but an error in this request refuses it alone (with a reason for whoever
+        waits on it) instead of failing the batch."""
+        if isinstance(req, Settle | StoreTicks):
+            # Isolated per outcome / per tick inside; this outer savepoint catches a request
+            # that is malformed as a whole (nobody waits on it: logged only).
+            self.isolated(
+                partial(self.apply, req),
+                partial(log.error, "%s not applied: %s", type(req).__name__),
+            )
+            return
+
+        def refuse(why: str) -> None:
+            log.error("writer refused %s %s: %s", type(req).__name__, _ref_of(req), why)
+            if isinstance(req, PlaceBet):
+                self.refuse_bet(req, INTERNAL_ERROR, why)
+            else:
+                self.events.append(EntryPosted(ref=req.ref, entry=None, error=INTERNAL_ERROR))
+
+        self.isolated(partial(self.apply, req), refuse)
+
+    def refuse_bet(self, req: PlaceBet, reason: str, why: str) -> None:
+        """Answer `reason` for a bet that cannot be written as placed. The refusal is stored
+        when its values can be (so GET and by-nonce answer `rejected` and the nonce stays
+        burned); when even that fails, the answer alone goes out and nothing is stored."""
+        log.warning("bet %s refused (%s): %s", _ref_of(req), reason, why)
+        if bet_problem(req) is None:
+            self.isolated(
+                partial(self.cur.execute, _INSERT_BET, _bet_row(req, "rejected", None, reason)),
+                lambda _: None,
+            )
+        self.events.append(BetRejected(bet=_refused_bet(req, reason), reason=reason))
+
 
 def apply_batch(
     conn: sqlite3.Connection, requests: Sequence[WriterRequest], now_ms: int
@@ -587,34 +887,60 @@ def apply_batch(
     announce, in order, followed by one `BalanceChanged` per account the batch touched.
 
     Per item: a bet is confirmed (stake moved, one ledger row) or rejected (`replayed_nonce`,
-    `duplicate_cell_bet`, `insufficient_funds`, `amount_out_of_range`, or `internal_error` for
-    a bet_id already used by another nonce);
+    `duplicate_cell_bet`, `insufficient_funds`, `amount_out_of_range`, `invalid_request` when
+    `bet_problem` finds it outside the wire bounds, or `internal_error` for a bet_id already
+    used by another nonce);
     a settlement resolves a confirmed bet or does nothing; deposits, credits and withdrawals
     are idempotent by `ref` (a repeat answers the original entry); ticks are insert-or-ignore.
     No movement takes a balance above `MAX_BALANCE`: such a bet, deposit, credit or withdrawal
     is answered `amount_out_of_range`, such a settlement leaves its bet open (see `settle`).
 
-    Raises, with the transaction rolled back and nothing to announce: `sqlite3.OperationalError`
-    for which `is_busy` is true (retry the same batch later), any other `sqlite3.Error`, or
-    `ledger.LedgerError` (stored state contradicts the rules: stop writing, run the integrity
-    check).
+    One bad item never fails the batch: whatever it raises (a value that does not bind, a
+    constraint, a bug in one path), the batch is applied again with a SAVEPOINT per item, and
+    that item alone is refused — a bet or an entry with `internal_error`, a settlement left
+    open, a tick not stored, each logged — while every other item commits.
+
+    Raises, with the transaction rolled back and nothing to announce, only what `is_fatal`
+    names: `sqlite3.OperationalError` for which `is_busy` is true (retry the same batch later),
+    a broken file or disk, or `ledger.LedgerError` (stored state contradicts the rules: stop
+    writing, run the integrity check).
     """
-    writer = _BatchWriter(conn, now_ms)
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        for req in requests:
-            writer.apply(req)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        writer = _write(conn, requests, now_ms, careful=False)
+    except Exception as exc:
+        if is_fatal(exc):
+            raise
+        # One item raised. Do the batch again with each item in its own SAVEPOINT, so that
+        # item alone is refused and the rest commit. Only this rare pass pays the savepoints.
+        log.error("batch of %d failed on one item (%r); applying item by item", len(requests), exc)
+        writer = _write(conn, requests, now_ms, careful=True)
     events = writer.events
     for address, (available, locked) in writer.balances.items():
         events.append(
             BalanceChanged(address=address, available=available, locked=locked, at=now_ms)
         )
     return events
+
+
+def _write(
+    conn: sqlite3.Connection, requests: Sequence[WriterRequest], now_ms: int, *, careful: bool
+) -> _BatchWriter:
+    """One attempt at the batch's transaction: committed, or rolled back and raised."""
+    writer = _BatchWriter(conn, now_ms)
+    writer.careful = careful
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for req in requests:
+            if careful:
+                writer.apply_isolated(req)
+            else:
+                writer.apply(req)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return writer
 
 
 def refusals(requests: Sequence[WriterRequest], reason: str) -> list[Committed]:
