@@ -53,6 +53,7 @@ async def run(
     overrides: trio.MemoryReceiveChannel[BreakerMode],
     *,
     symbol: str,
+    judge_tick_age: bool = True,
     task_status: trio.TaskStatus[BreakerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run `symbol`'s breaker until `ticks` ends (ticks of other symbols are skipped).
@@ -62,9 +63,13 @@ async def run(
     than dropping it. The state the handle shows is updated *before* publishing, so admission is
     never behind a slow subscriber. The first publication is the startup state (open, "startup").
     The caller owns the channels; this actor does not close them. `overrides` ending only stops
-    overrides; a mode that is not open/closed/auto is logged and ignored.
+    overrides; a mode that is not open/closed/auto is logged and ignored. `judge_tick_age=False`
+    for the in-process simulator only (`tap.breaker.Breaker`: its ticks cannot trail a market).
+
+    A tick's age is `now − ts` with `now` read when this actor takes the tick: if the breaker's
+    own queue is behind, ticks look late and the breaker opens — rightly, our prices are behind.
     """
-    breaker = Breaker(cfg, symbol)
+    breaker = Breaker(cfg, symbol, judge_tick_age=judge_tick_age)
     gauge = BREAKER_OPEN.labels(symbol=symbol)
     publish_order = trio.Lock()  # FIFO: subscribers see changes in the order the machine made them
     sleeping: trio.CancelScope | None = None  # the timer task's current sleep, once it sleeps

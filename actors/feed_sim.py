@@ -7,7 +7,11 @@ increments, ts in ms). It leaves everything else to the client: a tap server poi
 `feed.source = "ws-sim"` at it to exercise the real network path (connect, parse, reconnect)
 without an exchange.
 
-Each client has its own small queue and writer task; a client that stops reading loses ticks
+Every tick of the schedule (`start + k · tick_ms`) is sent, even when this server's event loop
+was late: the missed ticks follow at once, stamped with their scheduled times, so a stall here is
+a burst of on-time-stamped ticks for the receiver, never a hole in the feed.
+
+Each client has its own bounded queue and writer task; a client that stops reading loses ticks
 (its queue is full, the newest are dropped for it) and never slows the broadcast for the rest.
 Messages a client sends are read and ignored, so a chatty client cannot wedge its connection.
 """
@@ -26,7 +30,10 @@ from tap.runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 
-CLIENT_QUEUE = 16  # ticks buffered per client: a few seconds of jitter at the default 250 ms
+# Ticks buffered per client: a minute at the default 250 ms. After a stall of this server the
+# missed ticks of the schedule go out in one burst (see below); a client that is reading must
+# receive all of them, or the hole would look like a gap of the feed and void bets downstream.
+CLIENT_QUEUE = 256
 
 
 async def serve_feed_sim(
@@ -45,7 +52,7 @@ async def serve_feed_sim(
 
     Starts with the bound port (the real one when `port` is 0). `host` should be an address,
     not a name that resolves to several (with port 0 each listener would get its own port).
-    `clock` defaults to wall time; the tick timestamps are the clock's ms at each tick.
+    `clock` defaults to wall time; tick k is stamped `start + k · tick_ms` of that clock.
     """
     clock = clock or Clock()
     sim = GbmSim(seed, sigma, tick_ms, start_price)
@@ -77,7 +84,10 @@ async def serve_feed_sim(
                     client.send_nowait(frame)
                 except trio.WouldBlock:
                     pass  # this client is not reading: it misses this tick, nobody else does
-            at = max(at + tick_ms, clock.now_ms())
+            # The path is a function of time: every scheduled tick goes out, each stamped with
+            # its scheduled time. After a stall of ours the late ones follow at once (one
+            # checkpoint apart) rather than being skipped: a skipped tick is a gap in the feed.
+            at += tick_ms
             await clock.sleep_until_ms(at)
 
 

@@ -16,9 +16,11 @@ Delivery, per output — the one choice that matters for money:
   give these channels a deep buffer (seconds of ticks) so a burst never blocks, and if a
   money-path consumer is stuck for longer than that, ingest stops. That is deliberate: the
   breaker stops hearing ticks, goes stale and opens, so no new bet is accepted while settlement
-  is behind, and the tick log shows a gap (voiding the windows it overlaps) rather than a guess.
-  The dead-feed timer only runs while ingest is waiting on the socket, so a stall downstream is
-  never mistaken for a dead feed.
+  is behind. No tick is lost by waiting: a network feed's messages wait in the socket, and the
+  simulator emits every tick of its schedule once it may go on (each stamped with its scheduled
+  time). A gap is judged from the ticks' own timestamps (`tap.resolver`), never from when we
+  got round to them, so a stall of ours is not a feed gap. The dead-feed timer only runs while
+  ingest is waiting on the socket, so a stall downstream is never mistaken for a dead feed.
 - **lossy** outputs (market data: the hub's price frames, the pricing/grid actor) get ticks with
   `send_nowait`; a full channel drops that tick for that consumer and counts it in
   `FeedStatus.dropped`. These consumers only care about the latest price, and one of them being
@@ -260,9 +262,14 @@ async def _refresh_staleness(clock: Clock, status: FeedStatus) -> None:
 async def _run_sim(cfg: Config, clock: Clock, fan: _Fanout) -> None:
     """The built-in simulator: one GBM tick every `sim_tick_ms` of the process clock.
 
-    Ticks are scheduled on absolute times so the cadence does not drift; if a lossless
-    consumer held ingest past a tick's time, the next tick is taken at once and the schedule
-    restarts from there (the GBM step covers the real elapsed time: no burst of catch-up ticks).
+    The path is a function of time: tick k is at `start + k · sim_tick_ms`, priced by the path
+    at that instant, and *every* scheduled tick is emitted. When we are late — our own event loop
+    stalled, or a lossless consumer held ingest back — the ticks whose time has passed follow at
+    once, each stamped with its scheduled time, before the schedule is waited on again. Skipping
+    them instead (as this once did) left a hole in the tick log that was ours, not the feed's,
+    and the resolver voided every bet it overlapped: a stall anyone could provoke would refund
+    losing bets (issue 9, defect 4). A catch-up burst is bounded by the lossless consumers: each
+    tick is awaited, so ingest never runs further ahead of them than their buffers.
     """
     feed = cfg.feed
     fan.status.connected = True
@@ -271,7 +278,8 @@ async def _run_sim(cfg: Config, clock: Clock, fan: _Fanout) -> None:
     while True:
         await fan.deliver(Tick(symbol=feed.symbol, ts=at, price=sim.next(at)))
         at += feed.sim_tick_ms
-        at = max(at, clock.now_ms())
+        # A deadline already past returns after one checkpoint: other tasks still get their turn
+        # between catch-up ticks, and the next scheduled tick is emitted at once.
         await clock.sleep_until_ms(at)
 
 

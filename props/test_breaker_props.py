@@ -5,12 +5,15 @@ accepted tick's arrival, exchange time and price, and the override mode) and rec
 expected state from scratch at any instant — no phases, deadlines or monotonic queues:
 
 - no tick yet → open, "startup"; last arrival ≥ stale_after_ms ago → open, "stale_feed";
-- otherwise the *run* starts at the latest jump tick in the chain of ticks whose arrivals are
-  less than stale_after_ms apart, or at the chain's first tick; closed, "recovered" once
-  hysteresis_ms have passed since then; before that open, with reason "jump" if the run started at
-  a jump, "startup" if the chain reaches back to the very first tick, else "stale_feed";
+- otherwise the *run* starts at the latest jump or late tick in the chain of ticks whose arrivals
+  are less than stale_after_ms apart, or at the chain's first tick; closed, "recovered" once
+  hysteresis_ms have passed since then; before that open, with reason "jump" or "late_feed" if the
+  run started at such a tick, "startup" if the chain reaches back to the very first tick, else
+  "stale_feed";
 - a jump: a tick whose price differs by more than jump_bps of an earlier accepted tick's price
   within jump_window_ms of exchange time; ticks older than the newest are not accepted;
+- a late tick: not a jump, and it arrived more than max_tick_age_ms after its own exchange time
+  (when the age is judged at all: max_tick_age_ms > 0 and judge_tick_age);
 - override open/closed wins, reason "override"; auto shows the model.
 
 Time is advanced either the way the actor does it (calling `on_time` at each `next_deadline_ms`)
@@ -40,11 +43,13 @@ class Seen:
     ts: int
     price: int
     jump: bool
+    late: bool
 
 
 class Model:
-    def __init__(self, cfg: BreakerConfig) -> None:
+    def __init__(self, cfg: BreakerConfig, judge_tick_age: bool) -> None:
         self.cfg = cfg
+        self.judge_tick_age = judge_tick_age
         self.ticks: list[Seen] = []
         self.mode: BreakerMode = "auto"
 
@@ -56,7 +61,9 @@ class Model:
             and abs(price - t.price) * 10_000 > self.cfg.jump_bps * t.price
             for t in self.ticks
         )
-        self.ticks.append(Seen(arrival, ts, price, jump))
+        max_age = self.cfg.max_tick_age_ms if self.judge_tick_age else 0
+        late = max_age > 0 and arrival - ts > max_age
+        self.ticks.append(Seen(arrival, ts, price, jump, late))
 
     def run_start(self, now: int) -> tuple[int, str] | None:
         """(start of the current run of fresh ticks, the reason it is not yet closed), or None
@@ -69,9 +76,9 @@ class Model:
             first > 0 and ticks[first].arrival - ticks[first - 1].arrival < self.cfg.stale_after_ms
         ):
             first -= 1
-        jumps = [t for t in ticks[first:] if t.jump]
-        if jumps:
-            return jumps[-1].arrival, "jump"
+        restarts = [t for t in ticks[first:] if t.jump or t.late]
+        if restarts:
+            return restarts[-1].arrival, "jump" if restarts[-1].jump else "late_feed"
         return ticks[first].arrival, "startup" if first == 0 else "stale_feed"
 
     def auto(self, now: int) -> tuple[str, str]:
@@ -91,20 +98,36 @@ class Model:
 
 configs = st.sampled_from(
     [
-        BreakerConfig(stale_after_ms=100, hysteresis_ms=300, jump_bps=500, jump_window_ms=50),
-        BreakerConfig(stale_after_ms=100, hysteresis_ms=50, jump_bps=200, jump_window_ms=80),
-        BreakerConfig(stale_after_ms=100, hysteresis_ms=100, jump_bps=500, jump_window_ms=0),
-        BreakerConfig(stale_after_ms=100, hysteresis_ms=0, jump_bps=500, jump_window_ms=50),
+        BreakerConfig(
+            stale_after_ms=100,
+            hysteresis_ms=300,
+            jump_bps=500,
+            jump_window_ms=50,
+            max_tick_age_ms=60,
+        ),
+        BreakerConfig(
+            stale_after_ms=100,
+            hysteresis_ms=50,
+            jump_bps=200,
+            jump_window_ms=80,
+            max_tick_age_ms=150,
+        ),
+        BreakerConfig(
+            stale_after_ms=100, hysteresis_ms=100, jump_bps=500, jump_window_ms=0, max_tick_age_ms=0
+        ),
+        BreakerConfig(
+            stale_after_ms=100, hysteresis_ms=0, jump_bps=500, jump_window_ms=50, max_tick_age_ms=1
+        ),
     ]
 )
 
 
 class BreakerMachine(RuleBasedStateMachine):
-    @initialize(cfg=configs)
-    def start(self, cfg: BreakerConfig) -> None:
+    @initialize(cfg=configs, judge_tick_age=st.booleans())
+    def start(self, cfg: BreakerConfig, judge_tick_age: bool) -> None:
         self.cfg = cfg
-        self.breaker = Breaker(cfg)
-        self.model = Model(cfg)
+        self.breaker = Breaker(cfg, judge_tick_age=judge_tick_age)
+        self.model = Model(cfg, judge_tick_age)
         self.now = START_MS
         self.ts = START_MS  # exchange time of the newest tick sent
         self.published: tuple[str, str] = ("open", "startup")
@@ -125,7 +148,12 @@ class BreakerMachine(RuleBasedStateMachine):
                     st.sampled_from([99, 100, 101]),
                     st.integers(100, 400),
                 ),
-                st.one_of(st.integers(-30, 120), st.sampled_from([0, 49, 50, 51, 79, 80, 81])),
+                st.one_of(
+                    st.integers(-30, 120),
+                    st.sampled_from([0, 49, 50, 51, 79, 80, 81]),
+                    # stamped this long before its arrival: around each config's age bound
+                    st.sampled_from([0, 1, 2, 59, 60, 61, 149, 150, 151]).map(lambda a: ("age", a)),
+                ),
                 st.one_of(
                     st.just(0),
                     st.sampled_from([500, 501, -500, -501, 200, 201, -200, -201, 490, -195]),
@@ -136,13 +164,19 @@ class BreakerMachine(RuleBasedStateMachine):
             max_size=8,
         )
     )
-    def ticks(self, burst: list[tuple[int, int, int]]) -> None:
+    def ticks(self, burst: list[tuple[int, int | tuple[str, int], int]]) -> None:
         """Ticks, each `after` ms after the previous step, at a price `move_bps` from a fixed
         base: every price is near the base, so exact jump boundaries (200 or 500 bps of the base)
-        come up often. The invariants are checked after every tick of the burst."""
+        come up often. A tick's exchange time moves by a step of its own (so ages drift) or the
+        tick arrives exactly a given age after it (so age bounds come up often). The invariants are
+        checked after every tick of the burst."""
         for after, ts_step, move_bps in burst:
             self.now += after
-            self.ts += ts_step
+            if isinstance(ts_step, tuple):  # exactly this old on arrival, never going back
+                self.ts = max(self.ts, self.now - ts_step[1])
+                self.now = self.ts + ts_step[1]
+            else:
+                self.ts += ts_step
             price = PRICE_BASE + PRICE_BASE * move_bps // 10_000
             self.model.tick(self.now, self.ts, price)
             self.absorb(self.breaker.on_tick(self.ts, price, self.now))

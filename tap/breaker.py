@@ -15,17 +15,27 @@ The rules, in the words the operator reads (reasons are `BreakerChanged.reason`)
 - **jump**: a tick's price differs by more than `jump_bps` of the earlier price from any tick whose
   `ts` lies within `jump_window_ms` before it (inclusive). Jumps use exchange time: that is the
   time the prices belong to.
+- **late_feed**: a tick arrived more than `max_tick_age_ms` after its own `ts` (`now − ts >
+  max_tick_age_ms`; 0 turns the rule off). A feed that flows but trails the exchange by seconds
+  never goes stale, yet a player watching the exchange would bet with hindsight; so lateness
+  opens the breaker like a jump does (a tick that is both is a jump). A late tick still proves
+  the feed alive. `judge_tick_age=False` exempts a source whose `ts` is not an exchange's clock
+  (the in-process simulator: see `Breaker.__init__`).
 - **recovered**: closed again once a *run* of fresh ticks has lasted `hysteresis_ms`. A run is a
   chain of ticks whose arrivals are less than `stale_after_ms` apart; it starts at the first tick
-  after startup or staleness and restarts at every jump (a jump tick is the first of the new run,
-  and while an earlier price within the window still differs that much, each tick is a jump
-  again). The feed must still be fresh at that moment: a close and a stale deadline on the same
-  millisecond resolve as stale.
+  after startup or staleness and restarts at every jump or late tick (that tick is the first of
+  the new run, and while an earlier price within the window still differs that much, each tick
+  is a jump again; while the feed trails, each tick is late again). The feed must still be fresh
+  at that moment: a close and a stale deadline on the same millisecond resolve as stale.
 - **override**: the operator forces `open` or `closed`; `auto` hands control back to the rules,
   which kept running underneath, so `auto` lands directly on the state the tick history implies.
 
 Using `>=` for staleness and `<` for "still the same run" makes the answer independent of whether
 the caller delivers a tick or a deadline first when both fall on the same millisecond.
+
+The breaker only refuses *new* bets. It never voids, settles or delays an open bet: the resolver
+judges those from tick timestamps alone and never reads the breaker, so whatever opens it (our
+own stall included) costs no player a bet already placed.
 
 Ticks whose `ts` is older than the newest one seen are ignored entirely: an old price is not news
 and says nothing about the feed being alive. Equal `ts` is accepted (several trades per ms).
@@ -46,6 +56,7 @@ Phase = Literal[
     "startup",  # open: no run of fresh ticks has lasted the hysteresis since the process started
     "stale_feed",  # open: the feed went quiet; a new run may be under way
     "jump",  # open: the price moved too far too fast; a new run started at that tick
+    "late_feed",  # open: a tick arrived more than max_tick_age_ms after its ts; a new run started
     "recovered",  # closed: a run of fresh ticks has lasted the hysteresis
 ]
 # What can happen to the machine. Ticks are signals; so are the two deadlines, which fire when
@@ -53,6 +64,7 @@ Phase = Literal[
 Signal = Literal[
     "fresh_tick",  # a tick that is not a jump
     "jump",  # a tick that is a jump
+    "late",  # a tick that is not a jump but arrived more than max_tick_age_ms after its ts
     "stale",  # deadline: last arrival + stale_after_ms
     "settled",  # deadline: run start + hysteresis_ms, while the run is still fresh
 ]
@@ -61,18 +73,28 @@ AUTO_TRANSITIONS: Final[dict[Phase, dict[Signal, Phase]]] = {
     "startup": {
         "fresh_tick": "startup",
         "jump": "jump",
+        "late": "late_feed",
         "stale": "stale_feed",
         "settled": "recovered",
     },
     "stale_feed": {
         "fresh_tick": "stale_feed",
         "jump": "jump",
+        "late": "late_feed",
         "stale": "stale_feed",
         "settled": "recovered",
     },
     "jump": {
         "fresh_tick": "jump",
         "jump": "jump",
+        "late": "late_feed",
+        "stale": "stale_feed",
+        "settled": "recovered",
+    },
+    "late_feed": {
+        "fresh_tick": "late_feed",
+        "jump": "jump",
+        "late": "late_feed",
         "stale": "stale_feed",
         "settled": "recovered",
     },
@@ -80,6 +102,7 @@ AUTO_TRANSITIONS: Final[dict[Phase, dict[Signal, Phase]]] = {
     "recovered": {
         "fresh_tick": "recovered",
         "jump": "jump",
+        "late": "late_feed",
         "stale": "stale_feed",
     },
 }
@@ -88,6 +111,7 @@ PHASE_STATE: Final[dict[Phase, BreakerStateName]] = {
     "startup": "open",
     "stale_feed": "open",
     "jump": "open",
+    "late_feed": "open",
     "recovered": "closed",
 }
 
@@ -96,6 +120,7 @@ RunEffect = Literal["start_if_none", "restart", "end", "keep"]
 RUN_EFFECT: Final[dict[Signal, RunEffect]] = {
     "fresh_tick": "start_if_none",
     "jump": "restart",  # the jump tick is the first of the new run
+    "late": "restart",  # so is a late tick: the run counts timely ticks only
     "stale": "end",
     "settled": "keep",
 }
@@ -109,12 +134,28 @@ class Breaker:
     `BreakerChanged` events it caused, in order, stamped with the instant the rules say the change
     happened (a deadline's own time, even if `on_time` is called late)."""
 
-    def __init__(self, cfg: BreakerConfig, symbol: str = "") -> None:
-        """`symbol` only labels the events ("" = the one market of a one-feed process)."""
-        if cfg.stale_after_ms <= 0 or cfg.hysteresis_ms < 0 or cfg.jump_window_ms < 0:
+    def __init__(
+        self, cfg: BreakerConfig, symbol: str = "", *, judge_tick_age: bool = True
+    ) -> None:
+        """`symbol` only labels the events ("" = the one market of a one-feed process).
+
+        `judge_tick_age=False` turns the late_feed rule off for a feed whose `ts` is not an
+        exchange's clock but our own schedule: the in-process simulator. Nothing exists ahead of
+        it for anyone to watch — its path is drawn when its ticks are made — so its ticks cannot
+        trail a market; after a stall of our own event loop its catch-up ticks arrive "late" by
+        construction (stamped with their scheduled times), and reading that as a late feed would
+        let anyone who can stall the loop close the market for `hysteresis_ms`. Every real feed
+        (including `ws-sim`, which is a network hop away) is judged."""
+        if (
+            cfg.stale_after_ms <= 0
+            or cfg.hysteresis_ms < 0
+            or cfg.jump_window_ms < 0
+            or cfg.max_tick_age_ms < 0
+        ):
             raise ValueError(f"breaker config out of range: {cfg!r}")
         self._cfg = cfg
         self._symbol = symbol
+        self._max_age = cfg.max_tick_age_ms if judge_tick_age else 0  # 0: not judged
         self._phase: Phase = "startup"
         self._mode: BreakerMode = "auto"
         self._now: int | None = None
@@ -168,9 +209,11 @@ class Breaker:
         if self._last_ts is not None and ts_ms < self._last_ts:
             return changes
         jumped = self._observe_price(ts_ms, price)
+        late = self._max_age > 0 and self._clock() - ts_ms > self._max_age
         self._last_ts = ts_ms
         self._last_arrival = self._now
-        changes += self._fire("jump" if jumped else "fresh_tick", self._clock())
+        signal: Signal = "jump" if jumped else "late" if late else "fresh_tick"
+        changes += self._fire(signal, self._clock())
         # A zero hysteresis closes on the tick itself.
         changes += self._advance(self._clock())
         return changes

@@ -87,6 +87,10 @@ class BreakerConfig(Base, frozen=True):
     hysteresis_ms: int = 30_000
     jump_bps: int = 500  # a move of more than this within jump_window_ms opens the breaker
     jump_window_ms: int = 1_000
+    # A tick arriving more than this after its own ts opens the breaker (a feed that trails the
+    # exchange lets players bet with hindsight); closed again after hysteresis_ms of timely ticks.
+    # 0 = off. Not applied to the in-process simulator (its ts is our schedule, not a market's).
+    max_tick_age_ms: int = 1_000
 
 
 class BatcherConfig(Base, frozen=True):

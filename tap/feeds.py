@@ -66,7 +66,8 @@ class GbmSim:
     never accumulates into the path.
 
     `tick_ms` is the cadence the driver is expected to call `next` at; the path itself scales
-    with whatever elapsed time `next` sees, so a late call gets a proportionally larger step.
+    with whatever elapsed time `next` sees. The drivers (`actors/ingest.py`, `actors/feed_sim.py`)
+    call it at every scheduled time, even late, so the path and the tick log have no holes.
     """
 
     def __init__(self, seed: int, sigma: float, tick_ms: int, start_price: int) -> None:

@@ -143,6 +143,55 @@ def test_zero_hysteresis_closes_on_the_first_fresh_tick() -> None:
     assert b.on_tick(T0, PRICE, T0) == [BreakerChanged(state="closed", reason="recovered", at=T0)]
 
 
+def test_a_feed_that_flows_but_trails_the_exchange_opens_it_until_30_s_of_timely_ticks() -> None:
+    """Issue 9, defect 10: ticks keep arriving (never stale) but seconds after their exchange
+    time. The old breaker looked only at arrivals and stayed closed: bets with hindsight."""
+    b = Breaker(CFG)
+    last = fed(b, T0, 40)
+    assert b.state == "closed"
+    assert b.on_tick(last + 1_000, PRICE, last + 2_000) == []  # exactly max_tick_age_ms: timely
+    t = last + 2_000
+    [opened] = b.on_tick(t, PRICE, t + 1_001)  # 1001 ms old on arrival
+    assert opened == BreakerChanged(state="open", reason="late_feed", at=t + 1_001)
+    for _ in range(60):  # a minute of ticks, each 3 s behind: never stale, always late
+        t += 1_000
+        assert b.on_tick(t, PRICE, t + 3_000) == []
+    assert (b.state, b.reason) == ("open", "late_feed")
+    caught_up = t + 3_000  # the feed catches up: the hysteresis counts from the last late tick
+    t = caught_up
+    while t < caught_up + 29_000:
+        t += 1_000
+        assert b.on_tick(t, PRICE, t) == []
+    assert b.next_deadline_ms() == caught_up + 30_000
+    assert b.on_time(caught_up + 30_000) == [
+        BreakerChanged(state="closed", reason="recovered", at=caught_up + 30_000)
+    ]
+
+
+def test_late_ticks_keep_the_feed_alive_and_a_late_jump_reads_as_a_jump() -> None:
+    b = Breaker(CFG)
+    b.on_tick(T0, PRICE, T0 + 5_000)
+    assert (b.state, b.reason) == ("open", "late_feed")
+    b.on_tick(T0 + 9_000, PRICE * 2, T0 + 14_000)  # within stale_after_ms of the last arrival
+    assert b.reason == "late_feed"  # a second apart in exchange time: not a jump window
+    b.on_tick(T0 + 9_500, PRICE, T0 + 14_500)
+    assert b.reason == "jump"
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        Breaker(BreakerConfig(max_tick_age_ms=0)),
+        Breaker(CFG, judge_tick_age=False),  # the in-process simulator's schedule
+    ],
+    ids=["max_tick_age_ms=0", "judge_tick_age=False"],
+)
+def test_tick_age_not_judged_when_turned_off(breaker: Breaker) -> None:
+    for i in range(31):
+        breaker.on_tick(T0 + i * 1_000, PRICE, T0 + i * 1_000 + 4_700)
+    assert (breaker.state, breaker.reason) == ("closed", "recovered")
+
+
 def test_override_holds_and_auto_returns_to_what_the_ticks_imply() -> None:
     b = Breaker(CFG)
     assert b.override("closed", T0) == [BreakerChanged(state="closed", reason="override", at=T0)]
@@ -279,3 +328,29 @@ async def test_actor_wakes_only_at_deadlines_never_polls(
         await rig.feed(45)
         await trio.sleep(3600)
         assert wakeups == [T0 + 30_000, T0 + 54_000]  # the close and the stale deadline
+
+
+async def test_actor_opens_on_ticks_that_arrive_late_and_recovers_on_timely_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 9, defect 10 at actor level: a feed 2.5 s behind the exchange opens the breaker
+    (late_feed) though ticks keep coming; 30 s of timely ticks close it again."""
+    async with running_breaker() as rig:
+        await rig.feed(31)
+        assert rig.handle.state() == "closed"
+        for _ in range(10):
+            await rig.ticks.send(Tick(symbol=SYMBOL, ts=rig.clock.now_ms() - 2_500, price=PRICE))
+            await trio.sleep(1)
+        assert (rig.handle.state(), rig.handle.reason()) == ("open", "late_feed")
+        assert gauge() == 1
+        last_late = rig.clock.now_ms() - 1_000
+        await rig.feed(31)
+        assert rig.handle.state() == "closed"
+        seen = [(c.state, c.reason, c.at) for _, c in rig.published]
+        assert seen == [
+            ("open", "startup", T0),
+            ("closed", "recovered", T0 + 30_000),
+            # The first two late ticks are older than the last timely one (30 s): ignored.
+            ("open", "late_feed", T0 + 33_000),
+            ("closed", "recovered", last_late + 30_000),
+        ]

@@ -89,3 +89,23 @@ async def test_a_client_that_sends_garbage_and_one_that_leaves_do_not_disturb_th
             got = await frames(steady, 30)
         nursery.cancel_scope.cancel()
     assert {b.ts - a.ts for a, b in itertools.pairwise(got)} == {250}
+
+
+async def test_a_stall_of_the_server_sends_every_scheduled_tick_late_not_never(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 9, defect 4a for `tap feed-sim`: the server's loop is frozen for 5 s. A reading
+    client then gets the 20 ticks scheduled in those 5 s, consecutive, each stamped with its
+    scheduled time and priced on the path; the old server skipped them (a 5 s feed gap)."""
+    async with trio.open_nursery() as nursery:
+        port = await start_sim(nursery, seed=7)
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+            before = await frames(ws, 2)
+            await trio.testing.wait_all_tasks_blocked()  # the server sleeps until its next tick
+            autojump_clock.jump(5.0)
+            after = await frames(ws, 24)
+        nursery.cancel_scope.cancel()
+    seen = before + after
+    assert {b.ts - a.ts for a, b in itertools.pairwise(seen)} == {250}
+    assert after[-1].ts - before[-1].ts == 24 * 250  # none of the 20 inside the stall is missing
+    assert [f.price for f in seen] == gbm_at(7, [f.ts for f in seen])

@@ -110,7 +110,28 @@ async def test_a_stuck_lossless_consumer_holds_ingest_back_and_then_gets_every_t
     # Every tick ingest made reached the resolver: replaying the path over the same timestamps
     # draws the same random steps, which it would not if one had been skipped.
     assert [t.price for t in ticks] == replay(ticks)
-    assert [t.ts for t in ticks[:6]] == [T0, T0 + 250, T0 + 500, T0 + 750, T0 + 1000, T0 + 10_000]
+    # ... and being held back skipped no tick of the schedule: the late ones followed at once.
+    assert [t.ts for t in ticks] == [T0 + 250 * i for i in range(12)]
+
+
+async def test_a_stall_of_our_loop_skips_no_tick_of_the_simulated_path(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 9, defect 4a: the event loop is frozen for 5 s (the mock clock jumps with no task
+    running). The simulator's path is a function of time: all 20 ticks scheduled in those 5 s
+    come out at once, stamped with their scheduled times, priced on the path. The old driver
+    skipped them, leaving a 5 s hole in the tick log that voided the bets it overlapped."""
+    send, receive = trio.open_memory_channel[Tick](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ingest.run, config(), Clock(T0), [TickOutput("resolver", send, True)])
+        before = await take(receive, 4)  # T0 … T0 + 750
+        await trio.testing.wait_all_tasks_blocked()  # ingest sleeps until T0 + 1000
+        autojump_clock.jump(5.0)  # a stall: nothing runs while 5 s pass
+        after = await take(receive, 24)
+        nursery.cancel_scope.cancel()
+    ticks = before + after
+    assert [t.ts for t in ticks] == [T0 + 250 * i for i in range(28)]  # 20 inside the stall
+    assert [t.price for t in ticks] == replay(ticks)
 
 
 async def test_manual_feed_pushes_ticks_at_given_or_current_times(

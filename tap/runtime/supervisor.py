@@ -353,6 +353,8 @@ async def _serve(
                             [brk_market_tx, brk_hub_tx],
                             override_rx,
                             symbol=symbol,
+                            # The in-process simulator's ts is our schedule, not a market's clock.
+                            judge_tick_age=cfg.feed.source != "sim",
                         )
                     )
                     if cfg.redis.url:
