@@ -20,7 +20,9 @@ Delivery, per output — the one choice that matters for money:
   simulator emits every tick of its schedule once it may go on (each stamped with its scheduled
   time). A gap is judged from the ticks' own timestamps (`tap.resolver`), never from when we
   got round to them, so a stall of ours is not a feed gap. The dead-feed timer only runs while
-  ingest is waiting on the socket, so a stall downstream is never mistaken for a dead feed.
+  ingest is waiting on the socket, so a stall downstream is never mistaken for a dead feed; and
+  when it expires ingest looks once more (`DEAD_RECHECK_S`) before hanging up, so a freeze of our
+  own event loop longer than `dead_after_ms` does not throw away what the socket holds.
 - **lossy** outputs (market data: the hub's price frames, the pricing/grid actor) get ticks with
   `send_nowait`; a full channel drops that tick for that consumer and counts it in
   `FeedStatus.dropped`. These consumers only care about the latest price, and one of them being
@@ -66,6 +68,10 @@ STALENESS_REFRESH_S = 1.0  # how often the staleness gauge is recomputed between
 MANUAL_FEED_CAPACITY = 1024  # ticks a test may push ahead of ingest before push() refuses
 PARSE_ERROR_LOG_EVERY = 1000  # a feed spewing garbage logs its first bad message, then 1 in N
 DISCONNECT_TIMEOUT_S = 1.0  # a closing handshake that takes longer is abandoned: the feed is gone
+# After the dead-feed timer expires, how long ingest still waits for a message before hanging up.
+# A frozen event loop (ours) expires the timer with the feed's messages waiting in the socket;
+# once the loop runs they are read within a few scheduler rounds, far inside this.
+DEAD_RECHECK_S = 0.5
 # How far ahead of our clock an exchange's tick may be stamped. An NTP-synced host and an
 # exchange's matching engine disagree by milliseconds, tens at worst; network delay only makes
 # ticks arrive *older*. 2 s is two orders of magnitude above that honest skew and far below what
@@ -343,6 +349,13 @@ async def _session(
                 message: str | bytes | None = None
                 with trio.move_on_after(dead_after_s):
                     message = await ws.get_message()
+                if message is None:
+                    # The timer also expires when *our* loop was frozen past it; the socket then
+                    # holds what the feed sent meanwhile, and hanging up would throw it away (a
+                    # hole in the tick log: a gap we made, voiding bets). Look once more, with
+                    # the loop running, before calling the feed dead.
+                    with trio.move_on_after(min(DEAD_RECHECK_S, dead_after_s)):
+                        message = await ws.get_message()
                 if message is None:
                     log.warning("ingest: no message for %d ms; feed is dead", feed.dead_after_ms)
                     return delivered

@@ -409,6 +409,35 @@ async def test_ws_sim_source_reads_the_standalone_simulator(
     assert [t.price for t in ticks] == replay(ticks)
 
 
+async def test_a_stall_of_our_loop_longer_than_dead_after_ms_is_not_a_dead_feed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 9, defect 4 on the network path: our loop freezes for 3 s, longer than
+    `dead_after_ms` (1 s here). When it resumes, the dead-feed timer has expired, but the
+    socket holds what the feed sent meanwhile. The old ingest declared the feed dead at once,
+    hung up and lost those ticks: a hole in the tick log, read as a feed gap (voids). Now the
+    silence is re-checked first, the buffered ticks are read and the connection stays up."""
+    send, receive = trio.open_memory_channel[Tick](100)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            partial(serve_feed_sim, clock=Clock(T0)), "127.0.0.1", 0, 1, 0.6, 250, 10_000_000
+        )
+        status = await nursery.start(
+            ingest.run,
+            config(source="ws-sim", url=f"ws://127.0.0.1:{port}/"),
+            Clock(T0),
+            [TickOutput("r", send, True)],
+        )
+        before = await take(receive, 3)
+        await trio.testing.wait_all_tasks_blocked()
+        autojump_clock.jump(3.0)
+        after = await take(receive, 20)
+        nursery.cancel_scope.cancel()
+    ticks = before + after
+    assert [b.ts - a.ts for a, b in itertools.pairwise(ticks)] == [250] * 22
+    assert status.reconnects == 0
+
+
 async def exchange_session(
     source: str, lines: list[str], n_ticks: int
 ) -> tuple[list[Tick], ScriptedFeed, ingest.FeedStatus]:
