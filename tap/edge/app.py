@@ -24,7 +24,7 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from tap import siwe
+from tap import siwe, web
 from tap.admission import valid_address
 from tap.edge.services import EdgeServices
 from tap.edge.ws import serve_websocket
@@ -185,6 +185,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     cors_origins = set(cfg.server.cors_origins)
     challenge_limiter = KeyedLimiter(cfg.limits.challenge_rate_per_s, cfg.limits.challenge_burst)
+    app.register_blueprint(web.create_blueprint())  # the player's page: GET / and /web/…
 
     async def body() -> bytes:
         data = await request.get_data(cache=False, as_text=False)
@@ -241,7 +242,10 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         rid = getattr(request, "request_id", None) or secrets.token_hex(8)
         # `extend`, not `setdefault` per header: werkzeug answers a missing key by building an
         # exception, and no handler sets these headers itself.
-        response.headers.extend(_SECURITY_HEADER_LIST)
+        # The web client's page needs a CSP of 'self'; every other response keeps 'none'.
+        response.headers.extend(
+            web.SECURITY_HEADERS if request.blueprint == "web" else _SECURITY_HEADER_LIST
+        )
         response.headers["X-Request-ID"] = rid
         origin = request.headers.get("Origin") if cors_origins else None
         if origin and origin in cors_origins:
@@ -461,6 +465,18 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.get("/api/markets")
     async def markets() -> Response:
         return json_response({"markets": [msgspec.to_builtins(m) for m in cfg.markets]})
+
+    @app.get("/api/config")
+    async def client_config() -> Response:
+        # What a client needs before login: the chain to sign in on, and whether test funds
+        # (mock deposits) exist — the web client offers its throwaway dev wallet only then.
+        return json_response(
+            {
+                "chain_id": cfg.auth.chain_id,
+                "mock_deposits": cfg.payments.mock_deposits,
+                "max_deposit": cfg.payments.max_deposit if cfg.payments.mock_deposits else 0,
+            }
+        )
 
     @app.get("/api/grid/<symbol>")
     async def grid(symbol: str) -> Response:
