@@ -33,6 +33,8 @@ DATA_FILES = {
     "tap/configs/default.toml",
     "tap/store/admit_bet.lua",
     "loadgen/scenarios/smoke.toml",
+    "tap/web/static/index.html",  # the app reads the web client's files when it is created
+    "tap/web/static/vendor/noble-curves/ed25519.js",
 }
 
 
