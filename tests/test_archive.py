@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 from prometheus_client import REGISTRY
 
 from tap.config import Config, load_config
 from tap.messages import (
+    BetConfirmed,
+    BetRejected,
     DecidedBy,
     Deposit,
     Outcome,
@@ -259,6 +262,44 @@ def test_old_resolved_bets_leave_with_their_rows_as_prefixes_and_integrity_holds
         assert totals["0xbb"] == (10_000, 0, 1)
         assert "0xdd" not in totals
         assert conn.execute("SELECT status FROM archive_runs").fetchall() == [("deleted",)]
+    finally:
+        conn.close()
+
+
+def test_an_archived_bets_nonce_stays_burned_forever(cfg: Config) -> None:
+    """Issue 9 defect 11: once bet-1 (won) and bet-5 (rejected) left the hot database, a new,
+    validly signed request reusing their nonce used to be accepted — with the archived bet's
+    own deterministic bet_id. Now the archiver leaves a tombstone and the writer answers
+    replayed_nonce, moving no money."""
+    archive.run_archive(cfg, NOW)
+    conn = db.open_writer(cfg.server.db_path)
+    try:
+        assert (
+            conn.execute("SELECT bet_id FROM bets WHERE bet_id IN ('bet-1', 'bet-5')").fetchall()
+            == []
+        )
+        tombstones = conn.execute("SELECT address, nonce, bet_id FROM archived_nonces").fetchall()
+        assert sorted(tombstones) == [
+            ("0xaa", "nonce-000000000001", "bet-1"),
+            ("0xdd", "nonce-000000000005", "bet-5"),
+        ]
+        apply(conn, NOW, dep("0xdd", 10_000, "d-dd-later", NOW))
+        before = {a: db.get_balance(conn, a) for a in ("0xaa", "0xdd")}
+        replays = [  # same address and nonce; a new cell, time and signature
+            replace(bet(1, "0xaa", 1_000, NOW), signature="ef" * 64),
+            replace(bet(5, "0xdd", 500, NOW), signature="ef" * 64),
+            replace(bet(5, "0xdd", 500, NOW), bet_id="another-id", signature="ef" * 64),
+        ]
+        events = db.apply_batch(conn, replays, NOW)
+        reasons = [getattr(e, "reason", None) for e in events if isinstance(e, BetRejected)]
+        assert reasons == ["replayed_nonce"] * 3
+        assert not any(isinstance(e, BetConfirmed) for e in events)
+        assert {a: db.get_balance(conn, a) for a in ("0xaa", "0xdd")} == before
+        assert db.get_bet(conn, "bet-1") is None and db.get_bet(conn, "another-id") is None
+        assert integrity_check(conn) == []
+        # A fresh nonce still works for the same player.
+        fresh = replace(bet(9, "0xdd", 500, NOW), bet_id="bet-fresh")
+        assert isinstance(db.apply_batch(conn, [fresh], NOW)[0], BetConfirmed)
     finally:
         conn.close()
 

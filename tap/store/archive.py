@@ -395,6 +395,12 @@ def _delete(conn: sqlite3.Connection, run_id: int, plan: Plan, now: int, step: S
             "INSERT INTO temp.archive_entry_ids (id) VALUES (?)",
             [(e["entry_id"],) for e in plan.entries],
         )
+        # Tombstones first, in this same transaction: a nonce never becomes free again.
+        conn.execute(
+            "INSERT OR IGNORE INTO archived_nonces (address, nonce, bet_id) "
+            "SELECT address, nonce, bet_id FROM bets "
+            "WHERE bet_id IN (SELECT id FROM temp.archive_bet_ids)"
+        )
         gone_bets = list(
             _records(
                 conn.execute(

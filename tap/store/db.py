@@ -605,6 +605,15 @@ class _BatchWriter:
             bet = _refused_bet(req, "replayed_nonce")
             self.events.append(BetRejected(bet=bet, reason="replayed_nonce"))
             return
+        archived = self.cur.execute(
+            "SELECT 1 FROM archived_nonces WHERE address = ? AND nonce = ?",
+            (req.address, req.nonce),
+        ).fetchone()
+        if archived is not None:  # its bet was archived; the nonce stays burned (schema 3)
+            self.events.append(
+                BetRejected(bet=_refused_bet(req, "replayed_nonce"), reason="replayed_nonce")
+            )
+            return
         taken = self.cur.execute("SELECT 1 FROM bets WHERE bet_id = ?", (req.bet_id,)).fetchone()
         if taken is not None:
             bet = _refused_bet(req, DUPLICATE_BET_ID)

@@ -27,6 +27,8 @@ Decisions worth knowing before you write SQL against these tables:
   Σ(rows kept) + archived == balance still holds; `adjustments` keeps the operator's reason for
   each admin credit, which the ledger row has no column for.
 - `challenges` and `sessions` are for an edge that wants logins to survive a restart.
+- `archived_nonces` keeps (address, nonce, bet_id) of every bet the archiver deleted, forever,
+  and a trigger refuses a new bet on one: the nonce stays burned after its bet left.
 """
 
 from __future__ import annotations
@@ -152,6 +154,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE INDEX bets_by_accepted_at ON bets (accepted_at)",
         "CREATE INDEX withdrawals_by_at ON withdrawals (at)",
+    ),
+    # 3: nonce tombstones. A nonce is unique per address forever (API.md), but the archiver
+    # deletes old bets and with them their row in UNIQUE (address, nonce): a new request reusing
+    # the nonce would be stored with the archived bet's own deterministic bet_id. The archiver
+    # writes each deleted bet's (address, nonce) here in its delete transaction; the trigger
+    # refuses a bet on a tombstoned nonce as a constraint (the writer answers replayed_nonce).
+    (
+        """CREATE TABLE archived_nonces (
+            address TEXT NOT NULL,
+            nonce   TEXT NOT NULL,
+            bet_id  TEXT NOT NULL,
+            PRIMARY KEY (address, nonce)
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER bets_nonce_not_archived BEFORE INSERT ON bets
+            WHEN EXISTS (SELECT 1 FROM archived_nonces
+                         WHERE address = NEW.address AND nonce = NEW.nonce)
+            BEGIN SELECT RAISE(ABORT, 'nonce archived: replayed_nonce'); END""",
     ),
 )
 
