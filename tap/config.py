@@ -11,6 +11,7 @@ Pure: it reads files and a mapping you pass in; it knows no trio, sockets or clo
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -79,6 +80,14 @@ class LimitsConfig(Base, frozen=True):
     # under a 100k cap: at 100/s one client holds at most ~30k, so it cannot evict the rest.
     challenge_rate_per_s: float = 100.0
     challenge_burst: int = 1000
+    # Memory caps (tap/sessions.py): past a client's cap its challenges are refused (429) and its
+    # own oldest session ends; past the global cap the heaviest client gives one up, and if none
+    # holds more than the newcomer the request is refused (503) — a flood never evicts others'.
+    # Per client, not per address: addresses are free. loadgen's 1,200 users share one client.
+    max_challenges: int = 100_000
+    max_challenges_per_client: int = 2_000
+    max_sessions: int = 200_000  # ~0.6 KB each
+    max_sessions_per_client: int = 10_000
     max_body_bytes: int = 16_384
 
 
@@ -155,10 +164,14 @@ class ServerConfig(Base, frozen=True):
     tls_key: str = ""
     graceful_timeout_s: float = 5.0
     send_timeout_ms: int = 5000  # TCP_USER_TIMEOUT on accepted sockets
+    keep_alive_timeout_s: float = 5.0  # an idle HTTP/1.1 connection is closed after this
     ws_queue: int = 64  # per-client outbound queue (account messages beyond it → close 1013)
     ws_max_bad_frames: int = 5
     ws_hello_timeout_s: float = 10.0  # no auth/subscribe by then → close 1008 (API.md)
     log_level: str = "info"  # `tap serve` only: one of LOG_LEVELS (other commands log INFO)
+    # Peers (IPs or CIDRs) whose X-Forwarded-For is believed: the client is the rightmost hop
+    # not in this list. Empty: the socket peer is the client, whatever the header says.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
 
 class PaymentsConfig(Base, frozen=True):
@@ -296,6 +309,20 @@ def _validate(cfg: Config) -> None:
         cfg.limits.challenge_burst,
         ">= 1",
     )
+    for key in ("max_challenges", "max_challenges_per_client", "max_sessions"):
+        value = getattr(cfg.limits, key)
+        need(value >= 1, f"limits.{key}", value, ">= 1")
+    need(
+        cfg.limits.max_sessions_per_client >= 1,
+        "limits.max_sessions_per_client",
+        cfg.limits.max_sessions_per_client,
+        ">= 1",
+    )
+    for i, proxy in enumerate(cfg.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            need(False, f"server.trusted_proxies[{i}]", proxy, "an IP address or CIDR network")
     need(cfg.batcher.max_batch >= 1, "batcher.max_batch", cfg.batcher.max_batch, ">= 1")
     need(cfg.batcher.queue_size >= 1, "batcher.queue_size", cfg.batcher.queue_size, ">= 1")
     need(cfg.feed.max_gap_ms > 0, "feed.max_gap_ms", cfg.feed.max_gap_ms, "a positive integer")
@@ -305,6 +332,12 @@ def _validate(cfg: Config) -> None:
         "feed.url",
         cfg.feed.url,
         f"a ws:// URL for feed.source = {cfg.feed.source!r}",
+    )
+    need(
+        cfg.server.keep_alive_timeout_s > 0,
+        "server.keep_alive_timeout_s",
+        cfg.server.keep_alive_timeout_s,
+        "> 0",
     )
     need(0 <= cfg.server.port <= 65535, "server.port", cfg.server.port, "0..65535")
     need(

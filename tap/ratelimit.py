@@ -4,7 +4,9 @@ A `TokenBucket` holds up to `burst` tokens and gains `rate_per_s` per second; ea
 one (or `n`). `KeyedLimiter` keeps one bucket per key (address) and forgets buckets that have sat
 idle long enough to be full again, so memory follows the number of *recently active* keys.
 It decides grant or wait; it leaves to its caller what a key is and how to answer (`429
-rate_limited`, `Retry-After`, the `RateLimit-*` headers).
+rate_limited`, `Retry-After`, the `RateLimit-*` headers). For per-client limits, `client_address`
+says who the client is (X-Forwarded-For believed only from configured proxies) and `client_key`
+what to count it under.
 
 Exactness: the level is an integer count of *grains*, where one token is `1000 · den` grains and
 one millisecond adds `num` grains, `num/den` being the rate as a fraction (limited to denominators
@@ -18,8 +20,13 @@ moves the bucket backwards). Nothing here reads a clock.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
+from collections.abc import Iterable
 from fractions import Fraction
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_RATE_DENOMINATOR = 1_000_000  # rates are configured in decimals; 6 places is plenty
 EVICT_PER_CALL = 4  # idle buckets dropped per call: O(1) work, still faster than keys arrive
@@ -138,3 +145,58 @@ class KeyedLimiter:
             if oldest is None or now_ms - oldest.last_ms < self.refill_ms:
                 return
             self._buckets.popitem(last=False)
+
+
+# ── whose bucket: the client behind a request ─────────────────────────────────────────────────
+
+MAX_FORWARDED_HOPS = 32  # X-Forwarded-For entries looked at; a real proxy chain is a few long
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """`server.trusted_proxies` as networks (config validation has vetted each entry)."""
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _trusted(ip: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
+    return any(ip.version == net.version and ip in net for net in trusted)
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]
+) -> str:
+    """The client's IP address: the socket `peer`, unless that is a trusted proxy — then the
+    rightmost `X-Forwarded-For` hop that is not a trusted proxy (hops to its left are whatever
+    the client chose to write). A malformed hop ends the walk at the last good one."""
+    ip = _ip(peer or "")
+    if ip is None:
+        return peer or "?"  # not an IP socket (a unix socket): one shared client
+    if not trusted or not forwarded_for or not _trusted(ip, trusted):
+        return str(ip)
+    hops = forwarded_for.split(",")[-MAX_FORWARDED_HOPS:]
+    for hop in reversed(hops):
+        found = _ip(hop)
+        if found is None:
+            break
+        ip = found
+        if not _trusted(ip, trusted):
+            break
+    return str(ip)
+
+
+def client_key(address: str) -> str:
+    """The key per-client limits count under: the address itself for IPv4, its /64 for IPv6
+    (one subscriber gets a whole /64, so per-address keys would be free to multiply)."""
+    ip = _ip(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address

@@ -6,7 +6,14 @@ from fractions import Fraction
 
 import pytest
 
-from tap.ratelimit import KeyedLimiter, TokenBucket, rate_fraction
+from tap.ratelimit import (
+    KeyedLimiter,
+    TokenBucket,
+    client_address,
+    client_key,
+    parse_networks,
+    rate_fraction,
+)
 
 
 def test_a_new_bucket_grants_its_burst_then_says_how_long_to_wait() -> None:
@@ -119,3 +126,44 @@ def test_a_forgotten_bucket_answers_as_if_it_had_been_kept() -> None:
         limiter.take(f"k{i}", 2_000 + i)
     assert limiter.take("a", 2_100, 2) == 0
     assert limiter.take("a", 2_100) == 1000
+
+
+# ── the client behind a request ───────────────────────────────────────────────────────────────
+
+PROXIES = parse_networks(["10.0.0.0/8", "2001:db8:ffff::/48"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "client"),
+    [
+        ("192.0.2.1", "6.6.6.6", "192.0.2.1"),  # not a proxy: its header is its own invention
+        ("10.0.0.1", None, "10.0.0.1"),
+        ("10.0.0.1", "6.6.6.6, 192.0.2.7", "192.0.2.7"),  # rightmost untrusted hop
+        ("10.0.0.1", "192.0.2.7, 10.2.3.4", "192.0.2.7"),  # through two proxies
+        ("10.0.0.1", "10.9.9.9, 10.2.3.4", "10.9.9.9"),  # every hop trusted: the leftmost
+        ("10.0.0.1", "garbage, 10.2.3.4", "10.2.3.4"),  # malformed: the last good hop
+        ("10.0.0.1", " 192.0.2.7 ,", "10.0.0.1"),  # an empty rightmost hop is malformed
+        ("::ffff:10.0.0.1", "::ffff:192.0.2.9", "192.0.2.9"),  # v4-mapped is v4
+        ("2001:db8:ffff::1", "2001:db8:1::5", "2001:db8:1::5"),
+        (None, "192.0.2.7", "?"),
+        ("unix-socket", "192.0.2.7", "unix-socket"),
+    ],
+)
+def test_client_address_believes_forwarded_for_only_from_trusted_proxies(
+    peer: str | None, xff: str | None, client: str
+) -> None:
+    assert client_address(peer, xff, PROXIES) == client
+    # With no proxy configured, the header never counts.
+    assert client_address(peer, xff, ()) == client_address(peer, None, PROXIES)
+
+
+def test_client_keys_group_ipv6_by_64_and_forwarded_hops_are_bounded() -> None:
+    assert client_key("192.0.2.1") == "192.0.2.1"
+    assert (
+        client_key("2001:db8:1:2:aaaa::1")
+        == client_key("2001:db8:1:2::ffff")
+        == ("2001:db8:1:2::/64")
+    )
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    long_chain = ", ".join(["192.0.2.200"] + ["10.0.0.1"] * 10_000)
+    assert client_address("10.0.0.1", long_chain, PROXIES) == "10.0.0.1"  # 32 hops looked at

@@ -38,16 +38,23 @@ from tap.messages import (
     LoginRequest,
     WithdrawalRequest,
 )
-from tap.ratelimit import KeyedLimiter
+from tap.ratelimit import KeyedLimiter, client_address, client_key, parse_networks
 from tap.runtime import metrics
-from tap.sessions import Session
+from tap.sessions import CapacityExceeded, Session
 
 log = logging.getLogger("tap.edge")
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+# ASCII digits only (`\d` would take any script's), as many as sent: the value is capped, not
+# converted (int() of 5,000 digits raises).
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9]+)", re.IGNORECASE | re.ASCII)
+_QUERY_INT = re.compile(r"-?[0-9]{1,20}", re.ASCII)
+MAX_CURSOR_CHARS = 128  # API.md bounds: cursors are opaque strings of at most 128 characters
+MAX_DEPTH = 32  # API.md: JSON nested deeper is 400 invalid_request
+# A JSON string (escapes included) or one bracket: scanning for nesting skips what strings hold.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 _HTTP_CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -90,35 +97,74 @@ def error_response(err: ApiError) -> Response:
     return json_response(err.body(), err.status, headers)
 
 
+def json_depth(data: bytes, limit: int = MAX_DEPTH) -> int:
+    """How deep `data`'s arrays and objects nest, counted up to `limit + 1` (a bracket inside a
+    string does not count). One pass of a compiled regex over a body of at most 16 KiB."""
+    depth = deepest = 0
+    for m in _JSON_TOKEN.finditer(data):
+        ch = m.group()[0]
+        if ch in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif ch in b"]}":
+            depth -= 1
+    return deepest
+
+
 def decode_body(kind: type[T], data: bytes) -> T:
+    """Untrusted bytes into a bounded Struct, or `400 invalid_request`: never another error.
+
+    The depth is checked first (DESIGN "More pitfalls": a library raises the recursion limit,
+    so msgspec's own guard does not protect the C stack), and invalid UTF-8 inside a string is
+    msgspec's `UnicodeDecodeError`, not a `DecodeError`."""
+    if json_depth(data) > MAX_DEPTH:
+        raise ApiError("invalid_request", f"body nests deeper than {MAX_DEPTH} levels")
     try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as e:
         raise ApiError("invalid_request", str(e)) from None
     except msgspec.DecodeError as e:
         raise ApiError("invalid_request", f"body is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise ApiError("invalid_request", "body is not valid UTF-8") from None
 
 
-class DrainUnreadBody:
-    """ASGI wrapper: before a response completes, read (and discard) the request body the handler
-    left unread, so the connection can carry the client's next request.
+class CloseUnreadBody:
+    """ASGI wrapper: a response sent before its request's body was read to the end (and any
+    413) says `Connection: close`, and the connection is then really closed (API.md; issue 9,
+    defect 7).
 
-    Why: when a response ends while the request body is still arriving (401 before the body was
-    read, 413 at the size limit), Hypercorn puts `http.disconnect` on the app's queue and then
-    closes the connection; quart-trio cancels the handler the moment it reads that disconnect —
-    before Hypercorn gets to the close. The connection is then neither closed nor reusable: the
-    client's next keep-alive request waits forever. With the body read to its end first, the
-    exchange completes normally (both sides done, connection recycled). Draining is bounded by
-    `max_bytes` and `max_s`; past those the response goes out anyway. Bodies are discarded, so
-    memory stays bounded.
+    Why: Hypercorn closes such a connection from inside the app's final `send`, after it has put
+    `http.disconnect` on the app's queue — and quart-trio cancels the request the moment it reads
+    that disconnect, so the cancellation landed inside Hypercorn's close (`send_eof`) and the
+    connection stayed open, h11 still inside the old request: the client's next request on it
+    waited forever (a 413 on keep-alive, 50 sockets held indefinitely). The same cancellation hit
+    every keep-alive response, just before Hypercorn re-armed the connection's idle timer: after
+    its first request no connection ever timed out, and idle sockets were held forever. The final
+    send is therefore shielded: Hypercorn finishes closing, or recycling a keep-alive connection
+    and re-arming its idle timer (`server.keep_alive_timeout_s`). Its parts are bounded: the
+    socket send by TCP_USER_TIMEOUT, the queue put by quart's reader, which keeps draining the
+    queue while the request lives.
+
+    Closing politely: the response goes out whole first, then what the client is still sending is
+    read and discarded for at most `linger_s` / `linger_bytes` before the close (a close with
+    unread data in the socket would reset the connection, and some clients then lose the
+    response they were sent). A client that reads the answer and hangs up ends this at once.
     """
 
     def __init__(
-        self, app: Callable[..., Awaitable[None]], *, max_bytes: int, max_s: float
+        self,
+        app: Callable[..., Awaitable[None]],
+        *,
+        linger_bytes: int,
+        linger_s: float,
     ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
-        self.max_s = max_s
+        self.linger_bytes = linger_bytes
+        self.linger_s = linger_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
@@ -127,8 +173,9 @@ class DrainUnreadBody:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ended = False
-        draining: trio.CancelScope | None = None
+        ended = not _has_body(scope)
+        closing = False
+        lingering: trio.CancelScope | None = None
 
         async def tracked_receive() -> Any:
             nonlocal ended
@@ -137,25 +184,49 @@ class DrainUnreadBody:
                 event["type"] == "http.request" and not event.get("more_body", False)
             ):
                 ended = True
-                if draining is not None:
-                    draining.cancel()  # the handler's own reader took the last event
+                if lingering is not None:
+                    lingering.cancel()  # quart's own reader took the last event
             return event
 
         async def finishing_send(message: Any) -> None:
-            nonlocal draining
-            if (
-                not ended
-                and message["type"] == "http.response.body"
-                and not message.get("more_body", False)
-            ):
-                drained = 0
-                with trio.move_on_after(self.max_s) as draining:
-                    while not ended and drained <= self.max_bytes:
-                        event = await tracked_receive()
-                        drained += len(event.get("body") or b"")
-            await send(message)
+            nonlocal closing, lingering
+            if message["type"] == "http.response.start" and (not ended or message["status"] == 413):
+                closing = True
+                headers = list(message.get("headers") or [])
+                headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                if closing and not ended:
+                    await deliver({**message, "more_body": True})  # the whole answer, now
+                    message = {"type": "http.response.body", "body": b"", "more_body": False}
+                    drained = 0
+                    with trio.move_on_after(self.linger_s) as lingering:
+                        while not ended and drained <= self.linger_bytes:
+                            drained += len((await tracked_receive()).get("body") or b"")
+                with trio.CancelScope(shield=True):
+                    await deliver(message)
+                return
+            await deliver(message)
+
+        async def deliver(message: Any) -> None:
+            try:
+                await send(message)
+            except trio.BusyResourceError:
+                # Past our `Connection: close`, bytes from the client are a protocol error to
+                # h11, and Hypercorn closes the socket at once — possibly while this send waits
+                # for it. Nothing is left to deliver on a connection being closed.
+                if not closing:
+                    raise
 
         await self.app(scope, tracked_receive, finishing_send)
+
+
+def _has_body(scope: Any) -> bool:
+    """Whether the request announced a body (h11 has vetted the framing headers)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 def _with_request_id(scope: Any, send: Any) -> Any:
@@ -178,14 +249,15 @@ def _with_request_id(scope: Any, send: Any) -> Any:
 def create_app(svc: EdgeServices) -> QuartTrio:
     cfg = svc.cfg
     app = QuartTrio("tap")
-    app.asgi_app = DrainUnreadBody(  # type: ignore[method-assign]
-        app.asgi_app, max_bytes=16 * cfg.limits.max_body_bytes, max_s=5.0
+    app.asgi_app = CloseUnreadBody(  # type: ignore[method-assign]
+        app.asgi_app, linger_bytes=16 * cfg.limits.max_body_bytes, linger_s=2.0
     )
     app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     cors_origins = set(cfg.server.cors_origins)
     challenge_limiter = KeyedLimiter(cfg.limits.challenge_rate_per_s, cfg.limits.challenge_burst)
     app.register_blueprint(web.create_blueprint())  # the player's page: GET / and /web/…
+    trusted = parse_networks(cfg.server.trusted_proxies)
 
     async def body() -> bytes:
         data = await request.get_data(cache=False, as_text=False)
@@ -201,26 +273,52 @@ def create_app(svc: EdgeServices) -> QuartTrio:
             raise ApiError("unauthorized", "session token is unknown or expired")
         return session
 
+    admin_token = svc.admin_token.encode() if svc.admin_token else None
+
     def require_admin() -> None:
-        token = svc.admin_token
-        if not token:
+        if admin_token is None:
             raise ApiError("not_found", "admin routes are disabled (no TAP_ADMIN_TOKEN)")
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        # Bytes, in constant time: header values arrive as latin-1 text (any byte maps to one
+        # character, so this re-encoding is exact), and `compare_digest` refuses non-ASCII str.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("latin-1", "replace"), admin_token
+        ):
             raise ApiError("unauthorized", "admin bearer token required")
 
-    def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    def query_int(name: str, default: int, lo: int, hi: int) -> int:
         raw = request.args.get(name)
         if raw is None or raw == "":
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ApiError("invalid_request", f"{name}: expected an integer") from None
+        if not _QUERY_INT.fullmatch(raw):
+            raise ApiError("invalid_request", f"{name}: expected an integer {lo}..{hi}")
+        value = int(raw)  # at most 20 ASCII digits
         if not lo <= value <= hi:
             raise ApiError("invalid_request", f"{name}: expected {lo}..{hi}")
         return value
+
+    def query_cursor() -> str | None:
+        cursor = request.args.get("cursor") or None
+        if cursor is not None and len(cursor) > MAX_CURSOR_CHARS:
+            raise ApiError("invalid_request", f"cursor: at most {MAX_CURSOR_CHARS} characters")
+        return cursor
+
+    def client() -> str:
+        """Who is asking (per-client limits): the socket peer, or the X-Forwarded-For hop a
+        configured proxy vouches for."""
+        forwarded = ",".join(request.headers.getlist("X-Forwarded-For")) if trusted else None
+        return client_key(client_address(request.remote_addr, forwarded, trusted))
+
+    def capacity_error(err: CapacityExceeded) -> ApiError:
+        retry = -(-err.retry_after_ms // 1000)
+        if err.per_client:
+            return ApiError(
+                "rate_limited", f"too many outstanding {err.args[0]}", retry_after_s=retry
+            )
+        return ApiError(
+            "overloaded", f"the server holds its maximum of {err.args[0]}", retry_after_s=retry
+        )
 
     # ── request bookkeeping ────────────────────────────────────────────────────────────────
 
@@ -310,7 +408,8 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.post("/api/auth/challenge")
     async def challenge() -> Response:
         # Unauthenticated and memory-backed: one client may not flood out others' challenges.
-        wait_ms = challenge_limiter.take(request.remote_addr or "?", svc.clock.now_ms())
+        who = client()
+        wait_ms = challenge_limiter.take(who, svc.clock.now_ms())
         if wait_ms:
             raise ApiError(
                 "rate_limited",
@@ -323,7 +422,10 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         if not valid_address(address):
             raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
         now = svc.clock.now_ms()
-        ch = svc.sessions.issue_challenge(address.lower(), siwe.new_nonce(), now)
+        try:
+            ch = svc.sessions.issue_challenge(address.lower(), siwe.new_nonce(), now, client=who)
+        except CapacityExceeded as e:
+            raise capacity_error(e) from None
         return json_response(
             {
                 "nonce": ch.nonce,
@@ -339,7 +441,10 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     async def login() -> Response:
         req = decode_body(LoginRequest, await body())
         now = svc.clock.now_ms()
-        session = svc.login(req.message, req.signature, now)
+        try:
+            session = svc.login(req.message, req.signature, now, client=client())
+        except CapacityExceeded as e:
+            raise capacity_error(e) from None
         return json_response(
             {
                 "token": session.token,
@@ -391,17 +496,18 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.get("/api/bets/<bet_id>")
     async def get_bet(bet_id: str) -> Response:
         session = session_or_401()
-        bet = await svc.bet(bet_id)
+        # An id or nonce we could never have made is not looked up, nor echoed at any length.
+        bet = await svc.bet(bet_id) if _PATH_ID.fullmatch(bet_id) else None
         if bet is None or bet.address != session.address:
-            raise ApiError("not_found", f"no bet {bet_id!r}")
+            raise ApiError("not_found", f"no bet {_shown(bet_id)}")
         return json_response(bet)
 
     @app.get("/api/bets/by-nonce/<nonce>")
     async def get_bet_by_nonce(nonce: str) -> Response:
         session = session_or_401()
-        bet = await svc.bet_by_nonce(session.address, nonce)
+        bet = await svc.bet_by_nonce(session.address, nonce) if _NONCE.fullmatch(nonce) else None
         if bet is None:
-            raise ApiError("not_found", f"no bet with nonce {nonce!r}")
+            raise ApiError("not_found", f"no bet with nonce {_shown(nonce)}")
         return json_response(bet)
 
     @app.get("/api/bets")
@@ -410,10 +516,8 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         status = request.args.get("status") or None
         if status is not None and status not in _BET_STATUSES:
             raise ApiError("invalid_request", f"status: expected one of {sorted(_BET_STATUSES)}")
-        limit = query_int("limit", 50, 1, 500) or 50
-        items, next_cursor = await svc.list_bets(
-            session.address, status, limit, request.args.get("cursor") or None
-        )
+        limit = query_int("limit", 50, 1, 500)
+        items, next_cursor = await svc.list_bets(session.address, status, limit, query_cursor())
         return json_response({"items": items, "next_cursor": next_cursor})
 
     # ── money ──────────────────────────────────────────────────────────────────────────────
@@ -454,10 +558,8 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.get("/api/ledger")
     async def ledger() -> Response:
         session = session_or_401()
-        limit = query_int("limit", 50, 1, 500) or 50
-        items, next_cursor = await svc.ledger(
-            session.address, limit, request.args.get("cursor") or None
-        )
+        limit = query_int("limit", 50, 1, 500)
+        items, next_cursor = await svc.ledger(session.address, limit, query_cursor())
         return json_response({"items": items, "next_cursor": next_cursor})
 
     # ── market data ────────────────────────────────────────────────────────────────────────
@@ -482,18 +584,17 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     async def grid(symbol: str) -> Response:
         view = svc.grid(symbol)
         if view is None:
-            raise ApiError("not_found", f"no market {symbol!r} (or no price yet)")
+            raise ApiError("not_found", f"no market {_shown(symbol)} (or no price yet)")
         return json_response(view)
 
     @app.get("/api/prices/<symbol>")
     async def prices(symbol: str) -> Response:
         if cfg.market(symbol) is None:
-            raise ApiError("not_found", f"no market {symbol!r}")
+            raise ApiError("not_found", f"no market {_shown(symbol)}")
         now = svc.clock.now_ms()
-        start = query_int("from", now - 60_000, 0, 2**53)
-        end = query_int("to", now + 1, 0, 2**53)
-        limit = query_int("limit", 1000, 1, 10_000) or 1000
-        assert start is not None and end is not None
+        start = query_int("from", now - 60_000, 0, MAX_ADJUSTMENT)
+        end = query_int("to", now + 1, 0, MAX_ADJUSTMENT)
+        limit = query_int("limit", 1000, 1, 10_000)
         ticks, next_from = await svc.ticks(symbol, start, end, limit)
         return json_response({"ticks": ticks, "next": next_from})
 
@@ -570,6 +671,13 @@ def create_app(svc: EdgeServices) -> QuartTrio:
 
 
 _BET_STATUSES = frozenset({"pending", "confirmed", "rejected", "won", "lost", "void"})
+_PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)  # bet ids are "b" + 24 hex
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}", re.ASCII)  # API.md: nonce
+
+
+def _shown(value: str, limit: int = 64) -> str:
+    """A client's value quoted in an error message, cut short: never echoed at any size."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
 def _prefer_wait(header: str | None) -> int:
@@ -577,4 +685,7 @@ def _prefer_wait(header: str | None) -> int:
     if not header:
         return 0
     m = _PREFER_WAIT.search(header)
-    return min(10, int(m.group(1))) if m else 0
+    if m is None:
+        return 0
+    digits = m.group(1).lstrip("0")
+    return 10 if len(digits) > 2 else min(10, int(digits or "0"))

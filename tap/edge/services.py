@@ -102,7 +102,7 @@ class EdgeServices:
 
     # ── auth ───────────────────────────────────────────────────────────────────────────────
 
-    def login(self, message: str, signature: str, now: int) -> Session:
+    def login(self, message: str, signature: str, now: int, *, client: str = "") -> Session:
         auth = self.cfg.auth
         try:
             parsed = siwe.parse(message)
@@ -136,7 +136,9 @@ class EdgeServices:
                 "Issued At and Expiration Time must be the challenge's issued_at and "
                 "expiration_time",
             )
-        return self.sessions.open_session(secrets.token_urlsafe(32), signer, session_key, now)
+        return self.sessions.open_session(
+            secrets.token_urlsafe(32), signer, session_key, now, client=client
+        )
 
     # ── bets ───────────────────────────────────────────────────────────────────────────────
 

@@ -144,6 +144,7 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc.send_timeout_ms = cfg.server.send_timeout_ms
     hc.bind = [f"{cfg.server.host}:{cfg.server.port}"]
     hc.graceful_timeout = cfg.server.graceful_timeout_s
+    hc.keep_alive_timeout = cfg.server.keep_alive_timeout_s
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.include_server_header = False
@@ -422,6 +423,10 @@ async def _serve(
                         sessions=SessionBook(
                             challenge_ttl_ms=cfg.auth.challenge_ttl_ms,
                             session_ttl_ms=cfg.auth.session_ttl_ms,
+                            max_challenges=cfg.limits.max_challenges,
+                            max_challenges_per_client=cfg.limits.max_challenges_per_client,
+                            max_sessions=cfg.limits.max_sessions,
+                            max_sessions_per_client=cfg.limits.max_sessions_per_client,
                         ),
                         desk=desk,
                         pending=pending,
