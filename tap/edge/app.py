@@ -41,6 +41,7 @@ from tap.messages import (
 from tap.ratelimit import KeyedLimiter, client_address, client_key, parse_networks
 from tap.runtime import metrics
 from tap.sessions import CapacityExceeded, Session
+from tap.wire import WireError, decode_untrusted
 
 log = logging.getLogger("tap.edge")
 T = TypeVar("T")
@@ -52,9 +53,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9]+)", re.IGNORECASE | re.ASCII)
 _QUERY_INT = re.compile(r"-?[0-9]{1,20}", re.ASCII)
 MAX_CURSOR_CHARS = 128  # API.md bounds: cursors are opaque strings of at most 128 characters
-MAX_DEPTH = 32  # API.md: JSON nested deeper is 400 invalid_request
-# A JSON string (escapes included) or one bracket: scanning for nesting skips what strings hold.
-_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 _HTTP_CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -97,39 +95,15 @@ def error_response(err: ApiError) -> Response:
     return json_response(err.body(), err.status, headers)
 
 
-def json_depth(data: bytes, limit: int = MAX_DEPTH) -> int:
-    """How deep `data`'s arrays and objects nest, counted up to `limit + 1` (a bracket inside a
-    string does not count). One pass of a compiled regex over a body of at most 16 KiB."""
-    depth = deepest = 0
-    for m in _JSON_TOKEN.finditer(data):
-        ch = m.group()[0]
-        if ch in b"[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    break
-        elif ch in b"]}":
-            depth -= 1
-    return deepest
-
-
-def decode_body(kind: type[T], data: bytes) -> T:
-    """Untrusted bytes into a bounded Struct, or `400 invalid_request`: never another error.
-
-    The depth is checked first (DESIGN "More pitfalls": a library raises the recursion limit,
-    so msgspec's own guard does not protect the C stack), and invalid UTF-8 inside a string is
-    msgspec's `UnicodeDecodeError`, not a `DecodeError`."""
-    if json_depth(data) > MAX_DEPTH:
-        raise ApiError("invalid_request", f"body nests deeper than {MAX_DEPTH} levels")
+def decode_body(kind: type[T], data: bytes, max_bytes: int) -> T:
+    """Untrusted bytes into a bounded Struct, or `400 invalid_request` / `413`: never another
+    error. `tap.wire` checks size and nesting before msgspec runs (a library raises the recursion
+    limit, so msgspec's own guard does not protect the C stack) and turns invalid UTF-8 inside a
+    string — msgspec's `UnicodeDecodeError`, not a `DecodeError` — into the same refusal."""
     try:
-        return msgspec.json.decode(data, type=kind)
-    except msgspec.ValidationError as e:
-        raise ApiError("invalid_request", str(e)) from None
-    except msgspec.DecodeError as e:
-        raise ApiError("invalid_request", f"body is not valid JSON: {e}") from None
-    except UnicodeDecodeError:
-        raise ApiError("invalid_request", "body is not valid UTF-8") from None
+        return decode_untrusted(data, kind, max_bytes=max_bytes)
+    except WireError as e:
+        raise ApiError(e.code, e.message) from None
 
 
 class CloseUnreadBody:
@@ -417,7 +391,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
                 retry_after_s=-(-wait_ms // 1000),
                 limit=cfg.limits.challenge_burst,
             )
-        req = decode_body(ChallengeRequest, await body())
+        req = decode_body(ChallengeRequest, await body(), cfg.limits.max_body_bytes)
         address = req.address
         if not valid_address(address):
             raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
@@ -439,7 +413,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
 
     @app.post("/api/auth/login")
     async def login() -> Response:
-        req = decode_body(LoginRequest, await body())
+        req = decode_body(LoginRequest, await body(), cfg.limits.max_body_bytes)
         now = svc.clock.now_ms()
         try:
             session = svc.login(req.message, req.signature, now, client=client())
@@ -459,7 +433,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.post("/api/bets")
     async def place_bet() -> Response:
         session = session_or_401()
-        req = decode_body(BetRequest, await body())
+        req = decode_body(BetRequest, await body(), cfg.limits.max_body_bytes)
         bet = await svc.desk.place(session, req)
         headers: dict[str, str] = {}
         wait_s = _prefer_wait(request.headers.get("Prefer"))
@@ -540,7 +514,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         session = session_or_401()
         if not cfg.payments.mock_deposits:
             raise ApiError("not_found", "deposits are not enabled on this server")
-        req = decode_body(DepositRequest, await body())
+        req = decode_body(DepositRequest, await body(), cfg.limits.max_body_bytes)
         if not 0 < req.amount <= cfg.payments.max_deposit:
             raise ApiError(
                 "amount_out_of_range", f"amount must be within 1..{cfg.payments.max_deposit}"
@@ -551,7 +525,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.post("/api/withdrawals")
     async def withdraw() -> Response:
         session = session_or_401()
-        req = decode_body(WithdrawalRequest, await body())
+        req = decode_body(WithdrawalRequest, await body(), cfg.limits.max_body_bytes)
         entry = await svc.withdraw(session, req)
         return json_response({"entry": entry}, 201)
 
@@ -633,14 +607,14 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.post("/admin/breaker")
     async def admin_breaker() -> Response:
         require_admin()
-        req = decode_body(BreakerRequest, await body())
+        req = decode_body(BreakerRequest, await body(), cfg.limits.max_body_bytes)
         await svc.override_breaker(req.mode)
         return json_response({"mode": req.mode})
 
     @app.post("/admin/credit")
     async def admin_credit() -> Response:
         require_admin()
-        req = decode_body(CreditRequest, await body())
+        req = decode_body(CreditRequest, await body(), cfg.limits.max_body_bytes)
         if not valid_address(req.address):
             raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
         if req.amount == 0 or abs(req.amount) > MAX_ADJUSTMENT:
