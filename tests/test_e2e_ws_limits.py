@@ -83,6 +83,24 @@ async def test_a_frame_over_16_kib_closes_1009(server: Server, frame: str | byte
     await assert_server_serves(server)
 
 
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(b"\x00" * (MAX_FRAME_BYTES + 1), '{"type": "ping"}'), ("x" * (MAX_FRAME_BYTES + 1), b"\x00")],
+    ids=["binary-then-text", "text-then-binary"],
+)
+async def test_frames_after_an_oversized_one_close_only_that_connection(
+    server: Server, first: str | bytes, then: str | bytes
+) -> None:
+    # Found by the fuzzer: Hypercorn 0.18 feeds the next frame into the stale buffer of the
+    # oversized one (TypeError), and its TCP server let that end serve(): the whole process.
+    async with connect_ws(server) as ws:
+        await ws.send(first)
+        await ws.send(then)
+        assert await close_code_of(ws) == 1009
+    await assert_server_serves(server)
+    assert not server.done.is_set()
+
+
 # ── defect 3: subscribe ───────────────────────────────────────────────────────────────────────
 
 

@@ -59,6 +59,7 @@ from tap.edge.ws import MAX_FRAME_BYTES
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable, InMemoryHotState
 from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, WriterRequest
+from tap.runtime import hypercorn_guard
 from tap.runtime.clock import Clock
 from tap.sessions import SessionBook
 from tap.store import archive, db
@@ -140,6 +141,7 @@ class _TimeoutSockets(HypercornConfig):
 
 
 def hypercorn_config(cfg: Config) -> HypercornConfig:
+    hypercorn_guard.install()  # one connection's protocol error must not end serve()
     hc = _TimeoutSockets()
     hc.send_timeout_ms = cfg.server.send_timeout_ms
     hc.bind = [f"{cfg.server.host}:{cfg.server.port}"]
