@@ -118,6 +118,21 @@ class _ToWriter:
         self._work.unpark_all()
 
     async def deliver(self) -> None:
+        try:
+            await self._deliver()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The writer stopped on a fatal error (the supervisor closed its input). Nothing can
+            # be written any more; keep taking ticks (so ingest, prices and the grid live on)
+            # and drop them: every bet still open is settled again from the ledger at the next
+            # start, from the stored ticks and the feed.
+            log.error("the writer is gone: ticks and settlements are no longer written")
+            while not self._closing:
+                self.ticks.clear()
+                self.outcomes.clear()
+                self._room.unpark_all()
+                await self._work.park()
+
+    async def _deliver(self) -> None:
         while True:
             if self.ticks or self.outcomes:
                 # Snapshot both at once: every outcome taken here was decided by a tick that is

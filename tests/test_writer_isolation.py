@@ -39,7 +39,7 @@ from tap.runtime.clock import Clock
 from tap.store import db
 from tap.store.integrity import integrity_check
 from tests.builders import NOW, placed_bet
-from tests.e2e import Server, pick_cell
+from tests.e2e import Server, pick_cell, placeable_cells, serving, wait_until
 
 OVERFLOW = -9_223_372_036_854_775_809  # the reproduction's value: below -2⁶³
 
@@ -274,3 +274,57 @@ async def test_a_hostile_item_on_a_live_server_costs_nobody_else_their_bet(serve
     await players[0].deposit(1)  # the writer lives on: a deposit commits (201)
     r = await players[0].get("/api/balance")
     assert r.status_code == 200 and r.json()["locked"] == 1_000_000
+
+
+# ── a fatal error: the writer stops, and readiness says so (issue 9, defect 9) ────────────────
+
+
+async def test_a_writer_stopped_by_a_broken_database_fails_readiness_and_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`EdgeServices.writer_alive` used to be never set: a dead writer left /readyz passing
+    while every bet queued forever. Now the writer's lifetime drives it: after a fatal error
+    /readyz and /healthz fail, writes answer 503 at once, reads and /livez still answer, and
+    the process ends with the error when it is stopped."""
+    broken = sqlite3.DatabaseError("database disk image is malformed")
+    broken.sqlite_errorcode = sqlite3.SQLITE_CORRUPT  # type: ignore[attr-defined]
+
+    def corrupt(*args: object, **kwargs: object) -> list[Committed]:
+        raise broken
+
+    checked = False
+    try:
+        async with serving(tmp_path) as server:
+            client = server.http()
+            assert (await client.get("/readyz")).status_code == 200
+            player = server.player()
+            await player.login()
+            await player.deposit(10_000_000)
+            monkeypatch.setattr(db, "apply_batch", corrupt)
+            cell = await pick_cell(server, min_lead_ms=3000)
+            r = await player.place(cell_id=cell["cell_id"], amount=1_000_000)
+            assert r.status_code == 202, r.text  # queued; its batch then meets the broken file
+            await wait_until(lambda: not server.running.services.writer_alive())
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and r.json()["checks"]["database"] == "fail", r.text
+            assert (await client.get("/healthz")).json()["status"] == "unhealthy"
+            assert (await client.get("/livez")).status_code == 200
+            other = next(
+                c
+                for c in placeable_cells(await server.grid(), after_ts=server.now() + 2000)
+                if c["cell_id"] != cell["cell_id"]
+            )
+            r = await player.place(cell_id=other["cell_id"], amount=1_000_000)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
+            r = await player.http.post("/api/deposits", json={"amount": 5}, headers=player.auth)
+            assert r.status_code == 503, r.text
+            assert (await player.get("/api/balance")).status_code == 200
+            checked = True
+    except BaseException as stopped:  # the server's own error, possibly in trio's groups
+        assert checked, "the assertions above failed"
+        while isinstance(stopped, BaseExceptionGroup) and len(stopped.exceptions) == 1:
+            stopped = stopped.exceptions[0]
+        assert isinstance(stopped, RuntimeError) and "fatal" in str(stopped), repr(stopped)
+        assert stopped.__cause__ is broken
+    else:
+        raise AssertionError("the server should have ended with the writer's error")

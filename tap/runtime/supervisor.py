@@ -281,8 +281,10 @@ async def _serve(
     try:
         async with trio.open_nursery() as core:
             writer_done = trio.Event()
+            writer_failure: list[Exception] = []
 
             async def run_writer(task_status: trio.TaskStatus[None]) -> None:
+                started = _Started(task_status)
                 try:
                     await batcher.run(
                         cfg.batcher,
@@ -290,8 +292,17 @@ async def _serve(
                         writer_input,
                         fanout.publish,
                         db_path,
-                        task_status=task_status,
+                        task_status=started,  # type: ignore[arg-type]
                     )
+                except Exception as e:
+                    if not started.done:
+                        raise  # the database did not even open: startup fails
+                    # A fatal database error (`db.is_fatal`; the batcher logged it critical).
+                    # Writes now fail fast (503) instead of queueing answers that never come,
+                    # readiness fails (`writer_alive`), and reads, prices and the grid stay up
+                    # for the operator until the process is stopped; it then exits with this.
+                    writer_failure.append(e)
+                    writer_input.close()
                 finally:
                     writer_done.set()
 
@@ -456,6 +467,7 @@ async def _serve(
                             writer_input.statistics().current_buffer_used,
                             cfg.batcher.queue_size,
                         ),
+                        writer_alive=lambda: not writer_done.is_set(),
                     )
                     app = create_app(svc)
                     hc = hypercorn_config(cfg)
@@ -503,10 +515,25 @@ async def _serve(
                     sender.close()
             await writer_done.wait()
             core.cancel_scope.cancel()  # the Redis gateway, if any
+        if writer_failure:
+            raise RuntimeError("the ledger writer stopped on a fatal error") from writer_failure[0]
     finally:
         fanout.close()
         reader.close()
         await hot.aclose()
+
+
+class _Started:
+    """A `task_status` that remembers whether `started()` was called (the writer's, so that a
+    failure after startup is told apart from one during it)."""
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        self.done = True
+        self.inner.started(value)
 
 
 async def _archive_now(cfg: Config, clock: Clock) -> dict[str, Any]:
