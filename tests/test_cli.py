@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tap.config import load_config
 from tap.runtime import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,3 +76,11 @@ def test_serve_with_a_bad_level_is_a_configuration_error(
     assert cli.main(["serve"]) == 2
     assert recorded.ran == []
     assert "server.log_level" in capsys.readouterr().err
+
+
+def test_a_play_money_server_says_so_and_the_production_example_does_not() -> None:
+    dev = cli.play_money_warnings(load_config(environ={}))
+    assert any("SIMULATED" in w for w in dev)
+    assert any("mock_deposits" in w for w in dev)
+    prod = load_config(ROOT / "configs" / "prod.example.toml", environ={})
+    assert cli.play_money_warnings(prod) == []

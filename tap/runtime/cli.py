@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tap.config import Config, ConfigError, load_config
 
+log = logging.getLogger("tap.cli")
+
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config)
@@ -34,9 +36,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"tap is serving on {running.url}  (Ctrl-C drains and stops)", flush=True)
             print(f"  try: curl -s {running.url}/api/grid/{cfg.markets[0].symbol} | head -c 300")
             print("  docs: README.md, docs/openapi.json, docs/websocket.md", flush=True)
+            for warning in play_money_warnings(cfg):
+                print(f"  WARNING: {warning}", flush=True)
+                log.warning("%s", warning)
 
     trio.run(serve_and_announce)
     return 0
+
+
+def play_money_warnings(cfg: Config) -> list[str]:
+    """What makes this server unfit for real money, said at startup so that it is never silent
+    (configs/prod.example.toml is the real-deployment overlay)."""
+    warnings = []
+    if cfg.feed.source in ("sim", "ws-sim", "manual"):
+        warnings.append(
+            f'feed.source = "{cfg.feed.source}": prices are SIMULATED, not a market '
+            "(see configs/prod.example.toml)"
+        )
+    if cfg.payments.mock_deposits:
+        warnings.append("payments.mock_deposits = true: anyone can credit themselves money")
+    return warnings
 
 
 def cmd_feed_sim(args: argparse.Namespace) -> int:
