@@ -118,6 +118,7 @@ class Send:
     bet_id: str | None = None
     multiplier_bps: int | None = None
     accepted_at: int | None = None  # from the answer: which request the stored bet is
+    answered: float | None = None  # trio.current_time() of the answer
     entry_id: int | None = None
 
 
@@ -545,6 +546,7 @@ class Campaign:
         self.cells: list[str] = []
         self.log = data_dir / "tap.log"
         self.spawned_at = 0.0
+        self.killed_at: dict[int, float] = {}  # epoch → trio.current_time() of its SIGKILL
 
     # ── the server ──
 
@@ -656,6 +658,7 @@ class Campaign:
             )
         else:
             proc.send_signal(signal.SIGKILL)
+            self.killed_at[self.epoch] = trio.current_time()
         with trio.fail_after(30):
             await proc.wait()
         self.kills += 1
@@ -796,6 +799,7 @@ class Campaign:
 
     def bet_answered(self, send: Send, outcome: str, code: str, bet: dict[str, Any] | None) -> None:
         send.outcome, send.code = outcome, code
+        send.answered = trio.current_time()
         if bet is not None:
             send.bet_id = bet.get("bet_id")
             send.multiplier_bps = bet.get("multiplier_bps")
@@ -1022,6 +1026,22 @@ class Campaign:
 
     # ── the report ──
 
+    def lost_answer_ages_ms(self) -> list[float]:
+        conn = open_ro(self.db)
+        try:
+            stored = set(conn.execute("SELECT address, nonce, accepted_at FROM bets"))
+        finally:
+            conn.close()
+        return [
+            (self.killed_at[s.epoch] - s.answered) * 1000
+            for s in self.record.sends
+            if s.kind == "bet"
+            and s.outcome == "accepted"
+            and s.answered is not None
+            and s.epoch in self.killed_at
+            and (self.record.addresses[s.user], s.key, s.accepted_at) not in stored
+        ]
+
     def summary(self, duration_s: float) -> dict[str, Any]:
         outcomes: dict[str, Counter[str]] = defaultdict(Counter)
         for s in self.record.sends:
@@ -1035,6 +1055,7 @@ class Campaign:
         finally:
             conn.close()
         kinds: Counter[str] = Counter()
+        lost_ms = self.lost_answer_ages_ms()
         answered = sum(
             1
             for s in self.record.sends
@@ -1054,6 +1075,12 @@ class Campaign:
             "ws_account_frames": sum(len(v) for v in self.record.ws_events.values()),
             "bets_in_ledger": statuses,
             "tap_check_runs": self.tap_checks,
+            # How long before its epoch's SIGKILL each lost 202 / bet_ack had been answered.
+            "lost_202_answered_ms_before_kill": {
+                "count": len(lost_ms),
+                "median": round(statistics.median(lost_ms), 1) if lost_ms else None,
+                "max": round(max(lost_ms), 1) if lost_ms else None,
+            },
             "restart_to_ready_s": {
                 "median": round(statistics.median(self.ready_s), 2) if self.ready_s else None,
                 "max": round(max(self.ready_s), 2) if self.ready_s else None,
