@@ -39,9 +39,10 @@ with plain `sqlite3` (not tap's own readers, so the check does not share the cod
   + settlements of the recorded items found in the database; `api_balance`: GET /api/balance on
   the restarted server differs from the database.
 - `unsettled` (final check only): a bet still `confirmed` well after its window ended.
-- `tap_check`: `tap check` failed; `server_5xx`: an answer 500 or another non-503 5xx;
-  `restart_failed`: the server did not come back on its database; `unclean_shutdown`: SIGTERM
-  did not exit 0.
+- `tap_check`: `tap check` failed; `replay_mismatch` (final): `tap replay` re-resolves every
+  window of the run from the stored ticks and disagrees with a stored outcome; `server_5xx`: an
+  answer 500 or another non-503 5xx; `server_died`: it exited before a kill; `restart_failed`:
+  it did not come back on its database; `unclean_shutdown`: SIGTERM did not exit 0.
 
 `tests/test_kill_loop.py` runs a short campaign in `make test` through `campaign()`, and shows
 on corrupted copies of its database that each main check fires.
@@ -546,6 +547,7 @@ class Campaign:
         self.cells: list[str] = []
         self.log = data_dir / "tap.log"
         self.spawned_at = 0.0
+        self.replayed: list[str] = []  # `tap replay`'s last line
         self.killed_at: dict[int, float] = {}  # epoch → trio.current_time() of its SIGKILL
 
     # ── the server ──
@@ -992,6 +994,32 @@ class Campaign:
         ):
             self.violate(category, text)
         self.tap_check()
+        self.tap_replay()
+
+    def tap_replay(self, db: Path | None = None) -> bool:
+        """`tap replay` over every window of the run: each stored outcome follows from the
+        stored ticks, whichever process (before or after which kill) decided it. `db`: another
+        file than the campaign's (a test's corrupted copy). False on a mismatch."""
+        db = db or self.db
+        conn = open_ro(db)
+        try:
+            start, end = conn.execute("SELECT min(t_start), max(t_end) FROM bets").fetchone()
+        finally:
+            conn.close()
+        if start is None:
+            return True
+        r = subprocess.run(
+            [sys.executable, "-m", TAP_CLI, "replay", "--from", str(start), "--to", str(end)],
+            env={**self.env(0), "TAP__SERVER__DB_PATH": json.dumps(str(db))},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        self.replayed = r.stdout.strip().splitlines()[-1:] or [r.stderr.strip()[-300:]]
+        if r.returncode != 0:
+            self.violate("replay_mismatch", (r.stdout + r.stderr).strip()[-2000:])
+        return r.returncode == 0
 
     def read_accounts(self) -> dict[str, tuple[int, int]]:
         conn = open_ro(self.db)
@@ -1075,6 +1103,7 @@ class Campaign:
             "ws_account_frames": sum(len(v) for v in self.record.ws_events.values()),
             "bets_in_ledger": statuses,
             "tap_check_runs": self.tap_checks,
+            "tap_replay": self.replayed[0] if self.replayed else None,
             # How long before its epoch's SIGKILL each lost 202 / bet_ack had been answered.
             "lost_202_answered_ms_before_kill": {
                 "count": len(lost_ms),

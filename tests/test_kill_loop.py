@@ -196,6 +196,7 @@ def test_the_server_survives_every_kill_and_loses_or_doubles_nothing(
     assert summary["kills"] == KILLS
     assert summary["kills_survived"] == KILLS, summary["violations"]
     assert summary["tap_check_runs"] == KILLS + 1
+    assert summary["tap_replay"].endswith(" 0 mismatch(es)"), summary["tap_replay"]
     bets = summary["requests"]["bet"]
     assert bets.get("accepted", 0) > 0 and bets.get("confirmed", 0) > 0, bets
     assert summary["requests"]["bet_refused"].get("replayed_nonce", 0) > 0, "replays ran"
@@ -265,3 +266,25 @@ def test_options_default_to_the_fifty_kill_campaign() -> None:
     # The CLI's `--kills` default; the test above runs the same code with fewer.
     assert Options().kills == 50
     assert replace(Options(), kills=KILLS).kills == KILLS
+
+
+@pytest.mark.slow
+def test_tap_replay_in_the_final_check_catches_a_rewritten_outcome(
+    short_campaign: tuple[dict[str, Any], Campaign], tmp_path: Path
+) -> None:
+    _, run = short_campaign
+    clean = corrupt_copy(run, tmp_path)
+    conn = sqlite3.connect(clean)
+    bet_id, status = conn.execute(
+        "SELECT bet_id, status FROM bets WHERE status IN ('won', 'lost', 'void')"
+    ).fetchone()
+    conn.close()
+    flipped = "lost" if status != "lost" else "won"
+    rewritten = corrupt_copy(
+        run, tmp_path, "UPDATE bets SET status = ? WHERE bet_id = ?", (flipped, bet_id)
+    )
+    before = len(run.violations)
+    assert run.tap_replay(clean)
+    assert not run.tap_replay(rewritten)
+    assert run.violations[before:] and run.violations[-1][1] == "replay_mismatch"
+    del run.violations[before:]  # the campaign's own record stays as it ran
