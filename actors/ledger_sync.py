@@ -16,21 +16,26 @@ read made after that commit (another admission got there first) already holds it
 When the hot state is unreachable an update is skipped: every skipped update leaves the hot
 balance *lower* than the ledger's, never higher, and the balance cache is rebuilt from the ledger
 when the store comes back.
-If this subscriber ever lags (it is sized far beyond a column's worth of events), it rebuilds the
-hot balances from the ledger and resubscribes instead of guessing.
+If this subscriber ever lags (it is sized far beyond a column's worth of events), it resubscribes
+and resyncs from the ledger instead of guessing: first the edge's pending bets — each one the
+ledger already decided is dropped (its verdict event was among those missed; a rejected one also
+frees its cell), and one the ledger never heard of long after its 202 was refused unstored — then
+the hot balances are rebuilt. A resync that fails (Redis down, a ledger read failing) is retried
+with backoff; the actor never dies of it, and never of one event it cannot apply.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
-from actors.batcher import CommittedFanout, Lagged
+from actors.batcher import CommittedFanout, Lagged, Subscription
 from tap.edge.desk import PendingBets
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import (
+    Bet,
     BetConfirmed,
     BetRejected,
     BetResolved,
@@ -46,7 +51,18 @@ log = logging.getLogger(__name__)
 CAPACITY = 65_536
 
 # The writer's refusals that stored nothing: the nonce was never burned in the ledger.
-UNSTORED_REFUSALS = frozenset({"overloaded", "internal_error"})
+UNSTORED_REFUSALS = frozenset({"overloaded", "internal_error", "invalid_request"})
+
+# A resync after a lag that fails is retried after 1 s, doubling up to 30 s.
+RESYNC_BACKOFF_S = (1.0, 30.0)
+# A pending bet the ledger does not hold this long after its 202 was refused without being
+# stored (busy lock, a bad item) and its refusal was among the events missed. The writer's
+# own worst case (every busy retry, a full queue) is a few seconds.
+STALE_PENDING_MS = 60_000
+RECONCILE_CHUNK = 500  # bet ids per ledger read
+
+# bet ids → the bets the ledger holds among them (any status), for a resync.
+CommittedBets = Callable[[Sequence[str]], Awaitable[Mapping[str, Bet]]]
 
 
 async def apply(hot: HotState, pending: PendingBets, event: Committed) -> None:
@@ -77,10 +93,13 @@ async def run(
     pending: PendingBets,
     rebuild: Callable[[], Awaitable[None]],
     *,
+    committed_bets: CommittedBets | None = None,
+    now_ms: Callable[[], int] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Follow every commit until the fan-out closes. `rebuild` reloads the hot balances from the
-    ledger (used after a lag)."""
+    """Follow every commit until the fan-out closes. After a lag: `committed_bets` reads the
+    ledger's verdicts on pending bets (`now_ms` dates the stale ones), then `rebuild` reloads
+    the hot balances from the ledger (module text)."""
     sub = fanout.subscribe(CAPACITY, "ledger-sync")
     task_status.started()
     while True:
@@ -90,8 +109,67 @@ async def run(
                     await apply(hot, pending, event)
                 except HotStateUnavailable:
                     metrics.REDIS_ERRORS.inc()  # safe direction; recovery rebuilds balances
+                except Exception:
+                    # A bug on one event must not stop the hot state following the ledger;
+                    # the next rebuild repairs whatever this one left.
+                    log.exception("ledger-sync could not apply %s", type(event).__name__)
             return
         except Lagged:
-            log.error("ledger-sync lagged; rebuilding hot balances from the ledger")
-            sub = fanout.subscribe(CAPACITY, "ledger-sync")
+            log.error("ledger-sync lagged; resyncing pending bets and hot balances from the ledger")
+            sub = await resync(fanout, hot, pending, rebuild, committed_bets, now_ms)
+
+
+async def resync(
+    fanout: CommittedFanout,
+    hot: HotState,
+    pending: PendingBets,
+    rebuild: Callable[[], Awaitable[None]],
+    committed_bets: CommittedBets | None,
+    now_ms: Callable[[], int] | None,
+) -> Subscription:
+    """Subscribe again, then read the ledger (so a commit from now on is in one or the other);
+    on failure drop that subscription and try again later, with backoff."""
+    delay, longest = RESYNC_BACKOFF_S
+    while True:
+        sub = fanout.subscribe(CAPACITY, "ledger-sync")
+        try:
+            if committed_bets is not None:
+                await reconcile_pending(hot, pending, committed_bets, now_ms)
             await rebuild()
+            return sub
+        except Exception as e:  # HotStateUnavailable, a ledger read failing: never fatal here
+            sub.close()
+            if isinstance(e, HotStateUnavailable):
+                metrics.REDIS_ERRORS.inc()
+            log.warning("ledger-sync resync failed (%r); retrying in %.0f s", e, delay)
+            await trio.sleep(delay)
+            delay = min(2 * delay, longest)
+
+
+async def reconcile_pending(
+    hot: HotState,
+    pending: PendingBets,
+    committed_bets: CommittedBets,
+    now_ms: Callable[[], int] | None,
+) -> None:
+    """Drop the pending bets whose verdict was missed (module text). Their holds are not given
+    back here: the rebuild that follows recomputes every balance without them."""
+    ids = list(pending.by_id)
+    decided: dict[str, Bet] = {}
+    for i in range(0, len(ids), RECONCILE_CHUNK):
+        decided.update(await committed_bets(ids[i : i + RECONCILE_CHUNK]))
+    stale_before = None if now_ms is None else now_ms() - STALE_PENDING_MS
+    for bet_id in ids:
+        admitted = pending.get(bet_id)
+        if admitted is None:
+            continue  # its verdict arrived meanwhile
+        stored = decided.get(bet_id)
+        if stored is not None:
+            pending.pop(bet_id)
+            if stored.status == "rejected":
+                try:  # the cell marker only: amount 0 (the hold goes with the rebuild)
+                    await hot.release(admitted.address, 0, cell_id=admitted.cell_id)
+                except HotStateUnavailable:
+                    pass  # the marker expires by itself
+        elif stale_before is not None and admitted.accepted_at < stale_before:
+            pending.pop(bet_id)

@@ -7,7 +7,9 @@ what the next request from the same player would be told.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
+from functools import partial
 
 import msgspec
 import pytest
@@ -308,3 +310,92 @@ async def test_a_lagging_subscriber_rebuilds_from_the_ledger_and_resubscribes(
     assert hot.rebuilt == [{ALICE: 5_000}]
     assert hot.spendable(ALICE) == 5_030
     assert fanout.dropped == 1
+
+
+# ── resync after a lag (issue 9, defect 9) ───────────────────────────────────────────────────
+
+
+async def test_a_resync_that_meets_redis_down_is_retried_until_it_succeeds(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`await rebuild()` after a lag used to be unguarded: Redis down then ended the actor, and
+    with it the process. Now the resync is retried with backoff, and the actor follows on."""
+    monkeypatch.setattr(ledger_sync, "CAPACITY", 4)
+    fanout = CommittedFanout()
+    hot = FlakyHotState(failures=0)
+    attempts: list[float] = []
+    rebuilt = trio.Event()
+
+    async def rebuild() -> None:
+        attempts.append(trio.current_time())
+        if len(attempts) <= 3:
+            raise HotStateUnavailable("Redis is down")
+        await hot.rebuild({ALICE: 5_000})
+        rebuilt.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger_sync.run, fanout, hot, PendingBets(), rebuild)
+        fanout.publish([deposit_posted(f"d{i}", 1) for i in range(10)])  # overflows: a lag
+        with trio.fail_after(60):
+            await rebuilt.wait()
+        fanout.publish([deposit_posted("after", 30)])
+        fanout.close()
+    assert len(attempts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps == sorted(gaps) and gaps[0] >= 1.0  # backing off, not spinning
+    assert hot.spendable(ALICE) == 5_030
+
+
+async def test_a_resync_drops_the_pending_bets_whose_verdict_was_missed(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`BetConfirmed` events lost in a lag used to leave their bets pending forever (GET kept
+    answering `pending`; every in-memory rebuild subtracted their stakes again). The resync
+    reads the ledger's verdicts: decided bets leave pending (a rejected one frees its cell), a
+    bet the ledger never stored, long after its 202, too; a fresh one in flight stays."""
+    monkeypatch.setattr(ledger_sync, "CAPACITY", 4)
+    d = Desk()
+    await d.fund()
+    for nonce, cell in (("conf", CELL), ("rej", OTHER_CELL), ("lost", "BTC-USD:100:9")):
+        assert (await d.admit(nonce, cell, at=NOW - 120_000)).ok
+    assert (await d.admit("fresh", "BTC-USD:100:10", at=NOW)).ok
+    ledger = {
+        "bet-conf": bet("conf", status="confirmed"),
+        "bet-rej": bet("rej", cell_id=OTHER_CELL, status="rejected", reason="insufficient_funds"),
+    }
+    asked: list[str] = []
+
+    async def committed_bets(ids: list[str]) -> dict[str, Bet]:
+        asked.extend(ids)
+        return {i: ledger[i] for i in ids if i in ledger}
+
+    rebuilt = trio.Event()
+
+    async def rebuild() -> None:  # the supervisor's in-memory rebuild: ledger minus pending holds
+        held = sum(b.amount for b in d.pending.by_id.values())
+        await d.hot.rebuild({ALICE: FUNDS - STAKE - held})  # the ledger holds bet-conf's stake
+        rebuilt.set()
+
+    fanout = CommittedFanout()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(
+                ledger_sync.run,
+                fanout,
+                d.hot,
+                d.pending,
+                rebuild,
+                committed_bets=committed_bets,
+                now_ms=lambda: NOW,
+            )
+        )
+        fanout.publish([deposit_posted(f"d{i}", 0) for i in range(10)])  # a lag
+        with trio.fail_after(5):
+            await rebuilt.wait()
+        fanout.close()
+    assert sorted(asked) == ["bet-conf", "bet-fresh", "bet-lost", "bet-rej"]
+    assert list(d.pending.by_id) == ["bet-fresh"]
+    assert d.spendable == FUNDS - 2 * STAKE  # bet-conf's stake (ledger) and bet-fresh's hold
+    # The rejected bet's cell is free again; the confirmed one's is not.
+    assert (await d.hot.admit_bet(ALICE, "again1", OTHER_CELL, 1, NOW)).ok
+    assert (await d.hot.admit_bet(ALICE, "again2", CELL, 1, NOW)).reason == "duplicate_cell_bet"

@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -275,6 +275,10 @@ async def _serve(
             await hot.rebuild(balances)
         await hot.remember_nonces(await recent_nonces(), clock.now_ms())
 
+    async def committed_bets(bet_ids: Sequence[str]) -> dict[str, Bet]:
+        ids = list(bet_ids)
+        return await reader.run(lambda c: db.bets_by_ids(c, ids))
+
     async def reload_open() -> list[Any]:
         return await reader.run(db.open_bets)
 
@@ -349,7 +353,17 @@ async def _serve(
                     committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Any](4096)
 
                     # ── actors, in dependency order ──
-                    await services.start(ledger_sync.run, fanout, hot, pending, rebuild_hot)
+                    await services.start(
+                        partial(
+                            ledger_sync.run,
+                            fanout,
+                            hot,
+                            pending,
+                            rebuild_hot,
+                            committed_bets=committed_bets,
+                            now_ms=clock.now_ms,
+                        )
+                    )
                     services.start_soon(_rebuild_on_recovery, recovered_rx, rebuild_hot)
                     # Maintenance: own connections, read-mostly; the writer has migrated already.
                     await services.start(maintenance.run_archiver, cfg, clock)

@@ -1022,6 +1022,17 @@ def get_bet(conn: sqlite3.Connection, bet_id: str) -> Bet | None:
     return None if row is None else _bet_from_row(row)
 
 
+def bets_by_ids(conn: sqlite3.Connection, bet_ids: Sequence[str]) -> dict[str, Bet]:
+    """The bets among `bet_ids` that the ledger holds, by id (at most 500 ids per call)."""
+    if len(bet_ids) > MAX_PAGE:
+        raise ValueError(f"at most {MAX_PAGE} ids per call")
+    if not bet_ids:
+        return {}
+    marks = ", ".join("?" * len(bet_ids))
+    rows = conn.execute(f"SELECT {_BET_COLUMNS} FROM bets WHERE bet_id IN ({marks})", bet_ids)
+    return {b.bet_id: b for b in map(_bet_from_row, rows)}
+
+
 def get_bet_by_nonce(conn: sqlite3.Connection, address: str, nonce: str) -> Bet | None:
     row = conn.execute(
         f"SELECT {_BET_COLUMNS} FROM bets WHERE address = ? AND nonce = ?", (address, nonce)
