@@ -136,6 +136,40 @@ async def test_rebuild_keeps_reservations_made_while_the_ledger_is_read(
         assert await hot.spendable(A) == 700  # 900 available − bet 3 still on its way
 
 
+async def test_a_release_after_a_rebuild_does_not_give_the_hold_back_twice(
+    redis_config: Config,
+) -> None:
+    """Issue 9 defect 9: a reservation made before a rebuild, refused by the writer after it.
+    The rebuild (ledger read + journal since its mark) already holds the money without that
+    reservation; `release.lua` used to add the amount once more, so the hot balance read above
+    the ledger. Releases of reservations made after the mark, or after the rebuild, still
+    count, and a second rebuild changes nothing."""
+    async with open_redis_hot_state(redis_config) as hot:
+        await hot.credit(A, 1_000)
+        assert (await hot.admit_bet(A, nonce(1), cell(1), 100, T0)).ok  # before the rebuild
+
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
+            assert (await hot.admit_bet(A, nonce(2), cell(2), 30, T0)).ok  # during it
+            return {A: (1_000, 0)}  # neither bet committed: the ledger still has 1000
+
+        await hot.rebuild_from(read_ledger)
+        assert await hot.spendable(A) == 970  # bet 1's hold dropped, bet 2's kept
+        assert (await hot.admit_bet(A, nonce(3), cell(3), 20, T0)).ok  # after it
+        assert await hot.spendable(A) == 950
+
+        await hot.release(A, 100, cell_id=cell(1))  # the writer refused bet 1
+        assert await hot.spendable(A) == 950  # already given back by the rebuild
+        await hot.release(A, 30, cell_id=cell(2))  # and bet 2
+        await hot.release(A, 20, cell_id=cell(3), nonce=nonce(3))  # and bet 3 (overloaded)
+        assert await hot.spendable(A) == 1_000  # == the ledger
+
+        async def read_again() -> Mapping[str, tuple[int, int]]:
+            return {A: (1_000, 0)}
+
+        await hot.rebuild_from(read_again)
+        assert await hot.spendable(A) == 1_000
+
+
 async def test_credit_during_a_rebuild_is_never_counted_twice(redis_config: Config) -> None:
     async with open_redis_hot_state(redis_config) as hot:
         await hot.credit(A, 1_000)

@@ -10,7 +10,7 @@ within `redis.request_timeout_ms`, every call raises `HotStateUnavailable` inste
 Keys (`p` = `redis.prefix`). Everything one admission touches carries the address as its hash tag,
 so each script works inside one slot (Redis Cluster-safe):
     p:{addr}:bal             hash  v = spendable units, t = ledger position (below),
-                                   mk = rebuild mark, j = journal (below)
+                                   mk = rebuild mark or era, f = folded era, j = journal (below)
     p:{addr}:rl              hash  rate bucket: g = level in grains, t = last now_ms
     p:{addr}:n:<nonce>       str   the nonce, remembered 2 × max_skew_ms (value: mark at admission)
     p:{addr}:c:<cell_id>     str   one bet per cell, remembered marker_ttl_ms (value: mark)
@@ -78,6 +78,10 @@ guarantees, against the ledger read at time T:
     by that stake, until the next rebuild; keep the mark→read window short (it is: the mark is
     pipelined, and the read follows at once). The writer's conditional deduction is the final
     authority (DESIGN rules 5–6): an over-admission it refuses is released, and nothing is paid.
+Each applied rebuild starts a new era of the balance (`mk` = "<mark>=", and `f` = the era whose
+journal it folded in): a release of a reservation from an older era is not added back, because
+the rebuild already dropped that hold (it was neither in the ledger read nor in the journal);
+adding it would count it twice and read high (release.lua).
 `rebuild(balances)` (the protocol's form, the ledger already read) marks and applies at once, so
 moves between the caller's read and the mark are not journalled; use it at a cold start, when no
 other edge is admitting, and `rebuild_from` otherwise.

@@ -19,9 +19,21 @@ if nonce then era = redis.call('GET', nonce) end
 if not era and cell then era = redis.call('GET', cell) end
 
 if redis.call('EXISTS', bal) == 1 then
-  redis.call('HINCRBY', bal, 'v', ARGV[1])
-  if era and era == (redis.call('HGET', bal, 'mk') or '') then
-    redis.call('HINCRBY', bal, 'j', ARGV[1])
+  local mk, folded = unpack(redis.call('HMGET', bal, 'mk', 'f'))
+  mk = mk or ''
+  -- Was the balance rebuilt from the ledger since this reservation? Then the rebuild already
+  -- dropped its hold (a reservation from before the rebuild's mark is in neither the ledger
+  -- read nor the journal): adding the amount again would count it twice. Eras (rebuild_apply):
+  -- a balance rebuilt by mark M is 'M=', having folded in era 'f'; 'new' is one seeded from the
+  -- ledger after its keys were lost; any other mark is a rebuild still in progress, whose apply
+  -- overwrites the balance anyway. An unknown era (its keys expired) is applied, as before.
+  local rebuilt = mk == 'new' or string.sub(mk, -1) == '='
+  local stale = era and era ~= mk and era ~= folded and rebuilt
+  if not stale then
+    redis.call('HINCRBY', bal, 'v', ARGV[1])
+    if era and era == mk then
+      redis.call('HINCRBY', bal, 'j', ARGV[1])
+    end
   end
 elseif ARGV[4] == '0' then
   redis.call('HSET', bal, 'v', ARGV[1], 'mk', 'new', 'j', '0')
