@@ -120,6 +120,7 @@ async def cmd_killloop(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         early_kill_share=args.early_kill_share,
         tap_check_each=not args.tap_check_at_end,
+        redis_url=args.redis_url,
         progress=None if args.quiet else lambda text: print(text, file=sys.stderr, flush=True),
     )
     summary, _ = await killloop.campaign(opts)
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     kl.add_argument("--players", type=int, default=4)
     kl.add_argument("--early-kill-share", type=float, default=0.1, help="kills during start-up")
     kl.add_argument("--tap-check-at-end", action="store_true", help="not after every kill")
+    kl.add_argument("--redis-url", help="hot state in this Redis (own key prefix, removed after)")
     kl.add_argument("--data-dir", help="database and server log (default data/killloop/…)")
     kl.add_argument("--out", help="write the JSON summary here too")
     kl.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -29,6 +29,8 @@ with plain `sqlite3` (not tap's own readers, so the check does not share the cod
 - `refused_took_effect`: a nonce whose every answer was a refusal has a non-rejected bet (a
   rejected one only after a `Prefer: wait` refusal, which is the writer's); `unexplained_row`:
   a bet, deposit or withdrawal of one of our players that no request of ours can explain.
+- `burned_nonce`: a bet answered 202 and lost to a kill, whose retry after the restart is refused
+  as `replayed_nonce` (pointing at a bet that does not exist).
 - `double_acceptance`: one nonce accepted twice (a replay that took effect); `double_effect`: a
   withdrawal nonce with two different entries, or a deposit stored twice.
 - `double_settlement` / `bad_settlement`: per bet, exactly one stake row unless rejected and
@@ -53,6 +55,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import sqlite3
 import statistics
@@ -65,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import trio
 import trio_websocket
 from eth_account import Account
@@ -248,6 +252,20 @@ def judge(
         if row is None:
             if announced and not any(s.outcome == "confirmed" for s in accepted):
                 v("lost_confirmed", f"bet {ids} (nonce {nonce}): bet_confirmed, not in the ledger")
+            # A client that lost its 202 to a crash retries with the same nonce; if the server
+            # then answers replayed_nonce, it points at a bet that does not exist: limbo.
+            last = max((s.epoch for s in sends if s.outcome != "refused"), default=None)
+            burned = [
+                s
+                for s in sends
+                if s.code == "replayed_nonce" and last is not None and s.epoch > last
+            ]
+            if accepted and burned:
+                v(
+                    "burned_nonce",
+                    f"nonce {nonce} of player {user}: accepted in epoch {accepted[0].epoch}, "
+                    f"never stored, yet refused as replayed_nonce in epoch {burned[0].epoch}",
+                )
             continue
         bet_id, _, _, status, amount, multiplier, payout, _t_end, _at = row
         if ids and ids != {bet_id}:
@@ -520,7 +538,11 @@ class Options:
     kill_after: tuple[int, int] = (5, 60)  # answered bets before a kill, per epoch
     kill_jitter_s: float = 0.05  # …plus up to this much
     early_kill_share: float = 0.1  # share of epochs killed during start-up instead
+    # Share of epochs that run this many seconds (uniform) before the kill instead: long
+    # enough for bets placed in them to resolve live, so kills also land amid settlements.
+    long_epochs: tuple[float, float, float] = (0.4, 2.0, 8.0)
     tap_check_each: bool = True  # `tap check` after every kill, not only at the end
+    redis_url: str | None = None  # admission's hot state in Redis (else in memory)
     progress: Callable[[str], None] | None = None
 
 
@@ -546,6 +568,10 @@ class Campaign:
         self.stopping = False  # set just before a kill: nothing new is sent
         self.cells: list[str] = []
         self.log = data_dir / "tap.log"
+        self.overrides = dict(SERVER_OVERRIDES)
+        self.redis_prefix = f"killloop-{os.getpid()}-{secrets.token_hex(4)}"
+        if opts.redis_url is not None:
+            self.overrides["redis"] = {"url": opts.redis_url, "prefix": self.redis_prefix}
         self.spawned_at = 0.0
         self.replayed: list[str] = []  # `tap replay`'s last line
         self.killed_at: dict[int, float] = {}  # epoch → trio.current_time() of its SIGKILL
@@ -553,7 +579,19 @@ class Campaign:
     # ── the server ──
 
     def env(self, port: int) -> dict[str, str]:
-        return {**os.environ, **tap_environment(port, self.data_dir, SERVER_OVERRIDES)}
+        return {**os.environ, **tap_environment(port, self.data_dir, self.overrides)}
+
+    def drop_redis_keys(self) -> None:
+        """The run's keys on the shared Redis (its own prefix): nothing is left behind."""
+        if self.opts.redis_url is None:
+            return
+        client = redis.Redis.from_url(self.opts.redis_url, socket_timeout=5)
+        try:
+            keys = list(client.scan_iter(match=f"{self.redis_prefix}:*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])
+        finally:
+            client.close()
 
     def tap_check(self) -> None:
         self.tap_checks += 1
@@ -634,6 +672,8 @@ class Campaign:
             self.answered_bets = 0
             self.stopping = False
             kill_after = self.rng.randint(*self.opts.kill_after)
+            share, lo_s, hi_s = self.opts.long_epochs
+            run_for = self.rng.uniform(lo_s, hi_s) if self.rng.random() < share else 0.0
             jitter = self.rng.uniform(0.0, self.opts.kill_jitter_s)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.load, port)
@@ -642,6 +682,7 @@ class Campaign:
                         await trio.sleep(0.005)
                 if scope.cancelled_caught:
                     self.stalled_epochs += 1
+                await trio.sleep(run_for)
                 await trio.sleep(jitter)
                 self.stopping = True
                 ok = await self.kill(proc)
@@ -1091,6 +1132,7 @@ class Campaign:
         )
         return {
             "seed": self.opts.seed,
+            "hot_state": "redis" if self.opts.redis_url else "memory",
             "kills": self.kills,
             "early_kills": self.early_kills,
             "kills_survived": self.survived,
@@ -1139,5 +1181,8 @@ async def campaign(opts: Options) -> tuple[dict[str, Any], Campaign]:
         (data_dir / f"tap.db{suffix}").unlink(missing_ok=True)
     run = Campaign(opts, data_dir)
     started = time.monotonic()
-    await run.run()
+    try:
+        await run.run()
+    finally:
+        await trio.to_thread.run_sync(run.drop_redis_keys)
     return run.summary(time.monotonic() - started), run

@@ -126,6 +126,19 @@ def test_an_acceptance_replaced_by_a_later_replay_is_a_lost_bet() -> None:
     assert categories(judge(record, bets, entries, accounts)) == {"lost_accepted"}
 
 
+def test_a_lost_202_whose_retry_is_refused_as_a_replay_is_a_burned_nonce() -> None:
+    record, bets, entries, accounts = world()
+    lost = Send("bet", 0, "n9", "http", 0, 100_000, "accepted", "202", "b9", 20000, accepted_at=1)
+    record.add(lost)
+    retry = replace(lost, via="replay-http", epoch=1, outcome="refused", code="replayed_nonce")
+    assert categories(judge(record, bets, entries, accounts)) == {"lost_accepted"}
+    record.add(retry)
+    assert categories(judge(record, bets, entries, accounts)) == {"lost_accepted", "burned_nonce"}
+    # The same refusal within the epoch of the acceptance is right: the bet was still queued.
+    record.sends[-1] = replace(retry, epoch=0)
+    assert categories(judge(record, bets, entries, accounts)) == {"lost_accepted"}
+
+
 def test_a_refused_bet_that_took_effect_is_caught() -> None:
     record, bets, entries, _ = world()
     bets.append(("b3", A, "n3", "confirmed", 300_000, 12000, None, 9_000, 300))
@@ -175,6 +188,7 @@ def short_campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[A
         players=3,
         data_dir=tmp_path_factory.mktemp("killloop"),
         kill_after=(5, 20),
+        long_epochs=(0.4, 2.0, 4.0),
         early_kill_share=0.2,
     )
     yield trio.run(campaign, opts)
