@@ -25,7 +25,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -233,10 +233,13 @@ def _count(events: Sequence[Committed]) -> None:
 
 
 def _timed_apply(
-    conn: sqlite3.Connection, batch: Sequence[WriterRequest], now_ms: int
+    conn: sqlite3.Connection,
+    batch: Sequence[WriterRequest],
+    now_ms: int,
+    cell_caps: Mapping[str, int] | None = None,
 ) -> list[Committed]:
     started = time.perf_counter()
-    events = db.apply_batch(conn, batch, now_ms)
+    events = db.apply_batch(conn, batch, now_ms, cell_caps=cell_caps)
     metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
     return events
 
@@ -255,7 +258,9 @@ class _Writer:
         conn: sqlite3.Connection,
         limiter: trio.CapacityLimiter,
         committed: CommittedSink,
+        cell_caps: Mapping[str, int] | None = None,
     ) -> None:
+        self.cell_caps = cell_caps
         self.cfg = cfg
         self.clock = clock
         self.conn = conn
@@ -284,7 +289,12 @@ class _Writer:
         while True:
             try:
                 events = await trio.to_thread.run_sync(
-                    _timed_apply, self.conn, batch, self.clock.now_ms(), limiter=self.limiter
+                    _timed_apply,
+                    self.conn,
+                    batch,
+                    self.clock.now_ms(),
+                    self.cell_caps,
+                    limiter=self.limiter,
                 )
             except sqlite3.OperationalError as e:
                 if not db.is_busy(e):
@@ -374,9 +384,13 @@ async def run(
     db_path: str | Path,
     *,
     synchronous: str = "FULL",
+    cell_caps: Mapping[str, int] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Write every request from `requests` until it closes; announce each commit to `committed`.
+
+    `cell_caps`: symbol → `max_cell_liability` (units, 0 = none), enforced on every bet; the
+    liability table is recomputed from the open bets before the first request.
 
     Ready (`task_status.started()`) once the database is open and migrated. `committed` is called
     in trio context after each commit with the batch's events (usually `CommittedFanout.publish`;
@@ -394,8 +408,11 @@ async def run(
         ),
         limiter=limiter,
     )
-    writer = _Writer(cfg, clock, conn, limiter, committed)
+    writer = _Writer(cfg, clock, conn, limiter, committed, cell_caps)
     try:
+        await trio.to_thread.run_sync(
+            partial(db.while_busy, partial(db.rebuild_cell_liability, conn)), limiter=limiter
+        )
         task_status.started()
         carried: list[WriterRequest] = []
         closed = False

@@ -53,6 +53,11 @@ class MarketConfig(Base, frozen=True):
     max_multiplier_bps: int = 1_000_000
     # The largest payout one bet may have (units), refused with 422 exposure_limit; 0 = no limit.
     max_bet_payout: int = 0
+    # The largest sum of potential payouts (amount × multiplier / 10000) of the open bets on one
+    # cell (units): a bet taking a cell past it is refused exposure_limit, by the writer (the
+    # final authority; 422 under Prefer: wait) and at once by the edge for a bet past it alone.
+    # 0 = no limit. Default 10,000.00: one max_stake bet at max_multiplier_bps fits.
+    max_cell_liability: int = 10_000_000_000
 
 
 class PricingConfig(Base, frozen=True):
@@ -291,6 +296,12 @@ def _validate(cfg: Config) -> None:
             f"at most {MAX_MULTIPLIER_BPS} (the wire bound of min_multiplier_bps)",
         )
         need(m.max_stake <= MAX_SAFE_INT, f"{k}.max_stake", m.max_stake, f"<= {MAX_SAFE_INT}")
+        need(
+            0 <= m.max_cell_liability <= MAX_SAFE_INT,
+            f"{k}.max_cell_liability",
+            m.max_cell_liability,
+            f"0 (no limit) .. {MAX_SAFE_INT}",
+        )
     p = cfg.pricing
     need(0 < p.vol_floor <= p.vol_cap, "pricing.vol_floor", p.vol_floor, "0 < floor <= vol_cap")
     need(p.refresh_ms > 0, "pricing.refresh_ms", p.refresh_ms, "a positive integer")

@@ -137,9 +137,15 @@ class BetDesk:
                 f"multiplier is {quoted.multiplier_bps} bps, below {req.min_multiplier_bps}",
                 multiplier_bps=quoted.multiplier_bps,
             )
+        payout = req.amount * quoted.multiplier_bps // 10_000
         limit = market.max_bet_payout
-        if limit and req.amount * quoted.multiplier_bps // 10_000 > limit:
+        if limit and payout > limit:
             raise ApiError("exposure_limit", f"a bet's payout may not exceed {limit}")
+        # The cell's sum is the writer's to judge (it sees every open bet); a bet past the cap
+        # on its own is refused here at once.
+        cap = market.max_cell_liability
+        if cap and payout > cap:
+            raise ApiError("exposure_limit", f"the payouts of one cell may not exceed {cap}")
         return quoted
 
     async def _refuse_replay(self, address: str, nonce: str) -> None:

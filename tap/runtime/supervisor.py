@@ -296,6 +296,7 @@ async def _serve(
                         writer_input,
                         fanout.publish,
                         db_path,
+                        cell_caps={m.symbol: m.max_cell_liability for m in cfg.markets},
                         task_status=started,  # type: ignore[arg-type]
                     )
                 except Exception as e:

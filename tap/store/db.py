@@ -25,7 +25,7 @@ import binascii
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -95,7 +95,7 @@ def open_connection(
     else:
         # Switching a fresh file to WAL needs a moment of exclusive access: another process
         # opening the same new file at the same instant makes it busy, so retry briefly.
-        mode = _while_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        mode = while_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             conn.close()
             raise sqlite3.OperationalError(f"{path}: could not switch to WAL (got {mode})")
@@ -114,14 +114,14 @@ def open_writer(
     # touch pages all over a large file; keeping them in memory keeps each batch CPU-bound.
     conn.execute("PRAGMA cache_size = -65536")
     try:
-        _while_busy(lambda: migrate(conn))  # two processes may start on one file at once
+        while_busy(lambda: migrate(conn))  # two processes may start on one file at once
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _while_busy(fn: Callable[[], T], within_s: float = 10.0) -> T:
+def while_busy(fn: Callable[[], T], within_s: float = 10.0) -> T:
     """Run a one-off statement that may meet another process's lock (startup only)."""
     deadline = time.monotonic() + within_s
     while True:
@@ -197,6 +197,14 @@ _CREDIT = (
     "RETURNING available, locked"
 )
 _INSERT_TICK = "INSERT OR IGNORE INTO ticks (symbol, ts, price) VALUES (?, ?, ?)"
+# The conditional liability update: a cell's first bet always fits (the caller checked it
+# against the cap alone); a further one only while the sum stays within the cap.
+_ADD_LIABILITY = (
+    "INSERT INTO cell_liability (cell_id, total) VALUES (?, ?) "
+    "ON CONFLICT (cell_id) DO UPDATE SET total = total + excluded.total WHERE total <= ? "
+    "RETURNING total"
+)
+EXPOSURE_LIMIT = "exposure_limit"
 _INSERT_ENTRY = (
     "INSERT INTO ledger (address, kind, amount, locked_delta, balance_after, ref, at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -457,9 +465,13 @@ def _refused_bet(req: PlaceBet, reason: str) -> Bet:
 class _BatchWriter:
     """One batch's work inside the open transaction; collects events and final balances."""
 
-    def __init__(self, conn: sqlite3.Connection, now_ms: int) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, now_ms: int, cell_caps: Mapping[str, int] | None = None
+    ) -> None:
         self.cur = conn.cursor()
         self.now_ms = now_ms
+        self.cell_caps = cell_caps or {}  # symbol → max_cell_liability (units); absent/0 = none
+        self.settled = False  # any settlement in this batch (cell_liability rows to tidy)
         self.events: list[Committed] = []
         self.balances: dict[str, tuple[int, int]] = {}  # address → (available, locked), last seen
         # Careful mode (`apply_batch`'s second pass): each item runs inside its own SAVEPOINT,
@@ -563,15 +575,16 @@ class _BatchWriter:
         except sqlite3.IntegrityError as conflict:
             self.bet_conflict(req, conflict)
             return
+        cap = self.cell_caps.get(req.symbol, 0)
+        liability = req.amount * req.multiplier_bps // 10_000
+        if cap and not self.add_liability(req.cell_id, liability, cap):
+            self.reject_stored(req, EXPOSURE_LIMIT)
+            return
         balance = self.move(req.address, stake)
         if isinstance(balance, str):
-            self.cur.execute(
-                "UPDATE bets SET status = 'rejected', reason = ?, confirmed_at = NULL "
-                "WHERE bet_id = ?",
-                (balance, req.bet_id),
-            )
-            bet = _refused_bet(req, balance)
-            self.events.append(BetRejected(bet=bet, reason=balance))
+            if cap:
+                self.add_liability(req.cell_id, -liability, cap)
+            self.reject_stored(req, balance)
             return
         self.post(req.address, stake, balance[0], req.bet_id)
         bet = Bet(
@@ -586,6 +599,23 @@ class _BatchWriter:
             confirmed_at=self.now_ms,
         )
         self.events.append(BetConfirmed(bet=bet))
+
+    def reject_stored(self, req: PlaceBet, reason: str) -> None:
+        """Turn the bet just inserted as confirmed into a stored rejection (nothing moved)."""
+        self.cur.execute(
+            "UPDATE bets SET status = 'rejected', reason = ?, confirmed_at = NULL WHERE bet_id = ?",
+            (reason, req.bet_id),
+        )
+        self.events.append(BetRejected(bet=_refused_bet(req, reason), reason=reason))
+
+    def add_liability(self, cell_id: str, payout: int, cap: int) -> bool:
+        """Add a bet's potential payout to its cell's liability if the sum stays within `cap`
+        (a negative `payout` takes one back); False, with nothing changed, if it would not.
+        Decided by SQLite under the write lock, like a balance (DESIGN rule 5)."""
+        if payout > cap:
+            return False  # also keeps the value bindable: cap <= 2**53 - 1
+        row = self.cur.execute(_ADD_LIABILITY, (cell_id, payout, cap - payout)).fetchone()
+        return row is not None
 
     def bet_conflict(self, req: PlaceBet, conflict: sqlite3.IntegrityError) -> None:
         """Which unique rule the insert broke, and what to answer (the first insert is undone)."""
@@ -674,6 +704,13 @@ class _BatchWriter:
             raise ledger.LedgerError(
                 f"bet {bet.bet_id}: account {bet.address} has less than {bet.amount} locked"
             )
+        liability = bet.amount * bet.multiplier_bps // 10_000
+        if liability <= MAX_BALANCE:  # a larger one was never admitted under any cap
+            self.cur.execute(
+                "UPDATE cell_liability SET total = total - ? WHERE cell_id = ?",
+                (liability, bet.cell_id),
+            )
+            self.settled = True
         decided = outcome.decided_by
         self.cur.execute(
             "UPDATE bets SET status = ?, resolved_at = ?, payout = ?, decided_ts = ?, "
@@ -890,7 +927,11 @@ class _BatchWriter:
 
 
 def apply_batch(
-    conn: sqlite3.Connection, requests: Sequence[WriterRequest], now_ms: int
+    conn: sqlite3.Connection,
+    requests: Sequence[WriterRequest],
+    now_ms: int,
+    *,
+    cell_caps: Mapping[str, int] | None = None,
 ) -> list[Committed]:
     """Apply `requests` in order in one `BEGIN IMMEDIATE` transaction; return the events to
     announce, in order, followed by one `BalanceChanged` per account the batch touched.
@@ -903,6 +944,8 @@ def apply_batch(
     are idempotent by `ref` (a repeat answers the original entry); ticks are insert-or-ignore.
     No movement takes a balance above `MAX_BALANCE`: such a bet, deposit, credit or withdrawal
     is answered `amount_out_of_range`, such a settlement leaves its bet open (see `settle`).
+    With `cell_caps` (symbol → `max_cell_liability`), a bet that would take its cell's sum of
+    potential payouts past its market's cap is rejected `exposure_limit` (stored, no money).
 
     One bad item never fails the batch: whatever it raises (a value that does not bind, a
     constraint, a bug in one path), the batch is applied again with a SAVEPOINT per item, and
@@ -915,14 +958,14 @@ def apply_batch(
     writing, run the integrity check).
     """
     try:
-        writer = _write(conn, requests, now_ms, careful=False)
+        writer = _write(conn, requests, now_ms, careful=False, cell_caps=cell_caps)
     except Exception as exc:
         if is_fatal(exc):
             raise
         # One item raised. Do the batch again with each item in its own SAVEPOINT, so that
         # item alone is refused and the rest commit. Only this rare pass pays the savepoints.
         log.error("batch of %d failed on one item (%r); applying item by item", len(requests), exc)
-        writer = _write(conn, requests, now_ms, careful=True)
+        writer = _write(conn, requests, now_ms, careful=True, cell_caps=cell_caps)
     events = writer.events
     for address, (available, locked) in writer.balances.items():
         events.append(
@@ -932,10 +975,15 @@ def apply_batch(
 
 
 def _write(
-    conn: sqlite3.Connection, requests: Sequence[WriterRequest], now_ms: int, *, careful: bool
+    conn: sqlite3.Connection,
+    requests: Sequence[WriterRequest],
+    now_ms: int,
+    *,
+    careful: bool,
+    cell_caps: Mapping[str, int] | None,
 ) -> _BatchWriter:
     """One attempt at the batch's transaction: committed, or rolled back and raised."""
-    writer = _BatchWriter(conn, now_ms)
+    writer = _BatchWriter(conn, now_ms, cell_caps)
     writer.careful = careful
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -944,12 +992,39 @@ def _write(
                 writer.apply_isolated(req)
             else:
                 writer.apply(req)
+        if writer.settled:  # cells whose open bets are all settled (a few hundred rows at most)
+            conn.execute("DELETE FROM cell_liability WHERE total <= 0")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return writer
+
+
+def rebuild_cell_liability(conn: sqlite3.Connection) -> int:
+    """Recompute `cell_liability` from the confirmed bets (a writer starting; the table is kept
+    in step by every batch after that). Returns the number of cells with open bets."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM cell_liability")
+        conn.execute(
+            "INSERT INTO cell_liability (cell_id, total) "
+            "SELECT cell_id, SUM(amount * multiplier_bps / 10000) FROM bets "
+            "WHERE status = 'confirmed' GROUP BY cell_id"
+        )
+        cells = int(conn.execute("SELECT count(*) FROM cell_liability").fetchone()[0])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return cells
+
+
+def cell_liability(conn: sqlite3.Connection, cell_id: str) -> int:
+    row = conn.execute("SELECT total FROM cell_liability WHERE cell_id = ?", (cell_id,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def refusals(requests: Sequence[WriterRequest], reason: str) -> list[Committed]:

@@ -29,6 +29,8 @@ Decisions worth knowing before you write SQL against these tables:
 - `challenges` and `sessions` are for an edge that wants logins to survive a restart.
 - `archived_nonces` keeps (address, nonce, bet_id) of every bet the archiver deleted, forever,
   and a trigger refuses a new bet on one: the nonce stays burned after its bet left.
+- `cell_liability` holds, per cell with open bets, Σ amount × multiplier_bps // 10000 of its
+  confirmed bets: what the writer checks `markets[].max_cell_liability` against.
 """
 
 from __future__ import annotations
@@ -171,6 +173,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHEN EXISTS (SELECT 1 FROM archived_nonces
                          WHERE address = NEW.address AND nonce = NEW.nonce)
             BEGIN SELECT RAISE(ABORT, 'nonce archived: replayed_nonce'); END""",
+    ),
+    # 4: per-cell liability, the sum of potential payouts of the open bets on each cell, kept in
+    # step by the writer in each batch's transaction (so several writers on one file agree) and
+    # recomputed from the open bets whenever a writer starts (`db.rebuild_cell_liability`).
+    (
+        """CREATE TABLE cell_liability (
+            cell_id TEXT PRIMARY KEY,
+            total   INTEGER NOT NULL
+        ) WITHOUT ROWID""",
     ),
 )
 
