@@ -129,6 +129,10 @@ def test_a_cell_takes_bets_up_to_its_cap_and_refuses_the_next(conn: sqlite3.Conn
         "bet-22": "exposure_limit",
     }
     assert integrity_check(conn) == []
+    conn.execute("UPDATE cell_liability SET total = total + 1 WHERE cell_id = ?", (CELL,))
+    assert integrity_check(conn) == [
+        f"cell {CELL}: liability {50_000 - PAYOUT + PAYOUT + 1} but its open bets may pay 50000"
+    ]
 
 
 def test_a_bet_refused_for_funds_takes_no_room_and_one_past_the_cap_alone_is_refused(

@@ -13,7 +13,8 @@ the sums the archiver moved to `archived_totals`); every row's `balance_after` f
 previous one; locked == Σ stakes of its confirmed bets. Per bet: its rows are exactly
 `ledger.bet_movements(status, …)` (confirmed: one stake; won: stake + payout; lost: stake + a
 payout of 0; void: stake + refund; rejected: none), on its own address, and its `payout` field
-matches. And no stake/payout/refund row points at a bet that does not exist.
+matches. And no stake/payout/refund row points at a bet that does not exist, and each cell's
+tracked liability is the sum of its open bets' potential payouts.
 
 The archiver's side of the bargain: it removes a resolved bet together with all its rows, and an
 address's rows only as a prefix in entry_id order, adding their sums to `archived_totals` in the
@@ -201,6 +202,21 @@ def _orphans(conn: sqlite3.Connection) -> Iterator[str]:
         yield f"entry {entry_id}: {kind} row for bet {ref}, which does not exist"
 
 
+def _cell_liability(conn: sqlite3.Connection) -> Iterator[str]:
+    """Each tracked cell's liability (schema 4) against its open bets' potential payouts."""
+    rows = conn.execute(
+        """
+        SELECT c.cell_id, c.total,
+               coalesce((SELECT sum(b.amount * b.multiplier_bps / 10000) FROM bets AS b
+                         WHERE b.cell_id = c.cell_id AND b.status = 'confirmed'), 0)
+        FROM cell_liability AS c ORDER BY c.cell_id
+        """
+    )
+    for cell_id, total, open_payouts in rows:
+        if total != open_payouts:
+            yield f"cell {cell_id}: liability {total} but its open bets may pay {open_payouts}"
+
+
 def _describe(movements: list[ledger.Movement] | tuple[ledger.Movement, ...]) -> str:
     return "[" + ", ".join(f"{m.kind}({m.amount:+}, {m.locked_delta:+})" for m in movements) + "]"
 
@@ -220,6 +236,7 @@ def integrity_check(conn: sqlite3.Connection) -> list[str]:
             *_balance_chains(conn),
             *_bets(conn),
             *_orphans(conn),
+            *_cell_liability(conn),
         ]
     finally:
         if own:
