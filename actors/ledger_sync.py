@@ -72,11 +72,13 @@ async def apply(hot: HotState, pending: PendingBets, event: Committed) -> None:
             if admitted is not None and admitted.accepted_at != bet.accepted_at:
                 # The writer answered a replay with the bet its nonce already made: no stake
                 # moved for this request, so give its hold back (the cell stays taken).
-                await hot.release(bet.address, admitted.amount)
+                await hot.release(bet.address, admitted.amount, held_by=bet.nonce)
         case BetRejected(bet=bet, reason=reason):
             pending.pop(bet.bet_id)
             nonce = bet.nonce if reason in UNSTORED_REFUSALS else None
-            await hot.release(bet.address, bet.amount, cell_id=bet.cell_id, nonce=nonce)
+            await hot.release(
+                bet.address, bet.amount, cell_id=bet.cell_id, nonce=nonce, held_by=bet.nonce
+            )
         case BetResolved(bet=bet, entry_id=entry_id):
             if bet.status in ("won", "void") and bet.payout:
                 await hot.credit(bet.address, bet.payout, entry_id=entry_id)

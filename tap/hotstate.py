@@ -59,10 +59,19 @@ class HotState(Protocol):
         ...
 
     async def release(
-        self, address: str, amount: int, *, cell_id: str | None = None, nonce: str | None = None
+        self,
+        address: str,
+        amount: int,
+        *,
+        cell_id: str | None = None,
+        nonce: str | None = None,
+        held_by: str | None = None,
     ) -> None:
         """Undo a reservation the writer refused or that never reached it. With `nonce`, the nonce
-        is forgotten too (the request never happened: the client may retry it, e.g. after 503)."""
+        is forgotten too (the request never happened: the client may retry it, e.g. after 503).
+        `held_by` names the nonce the reservation was admitted with when that nonce stays
+        remembered: a store that rebuilds balances reads from it which rebuild era the hold
+        belongs to, so a hold a rebuild already dropped is not given back twice."""
         ...
 
     async def credit(self, address: str, amount: int, *, entry_id: int | None = None) -> None:
@@ -150,8 +159,15 @@ class InMemoryHotState:
         return ADMITTED
 
     async def release(
-        self, address: str, amount: int, *, cell_id: str | None = None, nonce: str | None = None
+        self,
+        address: str,
+        amount: int,
+        *,
+        cell_id: str | None = None,
+        nonce: str | None = None,
+        held_by: str | None = None,
     ) -> None:
+        # `held_by` is not needed here: an in-memory rebuild subtracts the holds still pending.
         self._spendable[address] = self._spendable.get(address, 0) + amount
         if cell_id is not None:
             self._cells.forget(address, cell_id)

@@ -170,6 +170,31 @@ async def test_a_release_after_a_rebuild_does_not_give_the_hold_back_twice(
         assert await hot.spendable(A) == 1_000
 
 
+async def test_a_withdrawal_hold_released_after_a_rebuild_is_not_given_back_twice(
+    redis_config: Config,
+) -> None:
+    """The same for releases that keep their nonce burned (a refused withdrawal, a replay the
+    writer answered with the earlier bet): `held_by` names the nonce the era is read from."""
+    async with open_redis_hot_state(redis_config) as hot:
+        await hot.credit(A, 1_000)
+        assert (await hot.admit_withdrawal(A, nonce(1), 300, T0)).ok
+        assert (await hot.admit_bet(A, nonce(2), cell(2), 100, T0)).ok
+
+        async def read_ledger() -> Mapping[str, tuple[int, int]]:
+            return {A: (1_000, 0)}  # neither committed
+
+        await hot.rebuild_from(read_ledger)
+        assert await hot.spendable(A) == 1_000
+        await hot.release(A, 300, held_by=nonce(1))  # the writer refused the withdrawal
+        await hot.release(A, 100, held_by=nonce(2))  # a replay answered with an earlier bet
+        assert await hot.spendable(A) == 1_000
+        assert await hot.nonce_seen(A, nonce(1)) and await hot.nonce_seen(A, nonce(2))
+        # Without a rebuild in between, the same releases give the holds back.
+        assert (await hot.admit_withdrawal(A, nonce(3), 300, T0)).ok
+        await hot.release(A, 300, held_by=nonce(3))
+        assert await hot.spendable(A) == 1_000 and await hot.nonce_seen(A, nonce(3))
+
+
 async def test_credit_during_a_rebuild_is_never_counted_twice(redis_config: Config) -> None:
     async with open_redis_hot_state(redis_config) as hot:
         await hot.credit(A, 1_000)

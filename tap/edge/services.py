@@ -253,14 +253,16 @@ class EdgeServices:
                 await self._release(session.address, req.amount, nonce=req.nonce)
             raise
         if posted.entry is None:
-            await self._release(session.address, req.amount)  # the nonce stays burned
+            await self._release(session.address, req.amount, held_by=req.nonce)  # stays burned
             code = posted.error or "insufficient_funds"
             raise ApiError(code, f"withdrawal refused: {code}")
         return posted.entry
 
-    async def _release(self, address: str, amount: int, nonce: str | None = None) -> None:
+    async def _release(
+        self, address: str, amount: int, nonce: str | None = None, held_by: str | None = None
+    ) -> None:
         try:
-            await self.hot.release(address, amount, nonce=nonce)
+            await self.hot.release(address, amount, nonce=nonce, held_by=held_by)
         except HotStateUnavailable:
             pass  # safe direction: the hold stays until the balance cache is rebuilt
 

@@ -241,9 +241,15 @@ class RedisHotState:
         return await self._admit(address, command, undo)
 
     async def release(
-        self, address: str, amount: int, *, cell_id: str | None = None, nonce: str | None = None
+        self,
+        address: str,
+        amount: int,
+        *,
+        cell_id: str | None = None,
+        nonce: str | None = None,
+        held_by: str | None = None,
     ) -> None:
-        await self.gateway.call(self._release_command(address, amount, cell_id, nonce))
+        await self.gateway.call(self._release_command(address, amount, cell_id, nonce, held_by))
 
     async def credit(self, address: str, amount: int, *, entry_id: int | None = None) -> None:
         """Also takes a negative amount (a committed negative adjustment), as in memory. With
@@ -372,14 +378,22 @@ class RedisHotState:
         raise HotStateUnavailable(f"the balance of {address} vanished while being seeded")
 
     def _release_command(
-        self, address: str, amount: int, cell_id: str | None, nonce: str | None
+        self,
+        address: str,
+        amount: int,
+        cell_id: str | None,
+        nonce: str | None,
+        held_by: str | None = None,
     ) -> RedisCommand:
         keys = [self.balance_key(address)]
-        if nonce is not None:
-            keys.append(self._key(address, "n", nonce))
+        era_from = nonce if nonce is not None else held_by
+        if era_from is not None:
+            keys.append(self._key(address, "n", era_from))
         if cell_id is not None:
             keys.append(self._key(address, "c", cell_id))
-        flags = ("1" if nonce is not None else "0", "1" if cell_id is not None else "0")
+        # Nonce flag: '1' forget it, 'k' only read the reservation's era from it (release.lua).
+        nonce_flag = "1" if nonce is not None else ("k" if held_by is not None else "0")
+        flags = (nonce_flag, "1" if cell_id is not None else "0")
         return RedisCommand(
             (*keys, str(amount), *flags, self._unknown), script="release", numkeys=len(keys)
         )

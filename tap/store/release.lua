@@ -3,15 +3,16 @@
 -- under the balance's current rebuild mark (the mark stored with its nonce or cell marker): a
 -- reservation from before the mark is not in the journal, so its release must not be either.
 --
--- KEYS[1] balance hash; then KEYS[2..] the nonce key if ARGV[2] == '1', the cell key if ARGV[3] == '1'
--- ARGV[1] amount (units, > 0)
+-- KEYS[1] balance hash; then KEYS[2..] the nonce key if ARGV[2] is '1' (read the era, then
+-- forget the nonce) or 'k' (read the era, keep the nonce), the cell key if ARGV[3] == '1'
+-- ARGV[1] amount (units, >= 0)
 -- ARGV[4] '1': a missing balance is unknown (leave it missing: the ledger read that seeds it
 --         already counts this money); '0': it is 0 (create it)
 
 local bal = KEYS[1]
 local nonce, cell
 local i = 2
-if ARGV[2] == '1' then nonce = KEYS[i]; i = i + 1 end
+if ARGV[2] == '1' or ARGV[2] == 'k' then nonce = KEYS[i]; i = i + 1 end
 if ARGV[3] == '1' then cell = KEYS[i] end
 
 local era = false
@@ -39,5 +40,5 @@ elseif ARGV[4] == '0' then
   redis.call('HSET', bal, 'v', ARGV[1], 'mk', 'new', 'j', '0')
 end
 if cell then redis.call('DEL', cell) end
-if nonce then redis.call('DEL', nonce) end
+if nonce and ARGV[2] == '1' then redis.call('DEL', nonce) end
 return 1
