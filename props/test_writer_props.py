@@ -3,7 +3,8 @@ integers far past 2⁶³, negative stakes, lone surrogates, empty or huge string
 replays, exact duplicates, unknown accounts, settlements that fail half-way, ticks that do not
 bind — goes through the real SQLite write layer (`tap.store.db.apply_batch`) without raising:
 every valid item commits, every hostile one is refused (or, for a settlement or a tick, leaves
-no trace), each waiter gets its answer, and the ledger still reconciles (`integrity_check`).
+no trace), each waiter gets its answer, and the ledger still reconciles (`integrity_check`,
+which also checks each cell's liability against its open bets).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ NOW = 1_732_290_000_000
 FUNDED = ("0xa1", "0xa2", "0xa3")
 OPEN_BETS = 4  # confirmed before each example, for settlements to resolve
 STAKE = 1_000
+CAPS = {"BTC-USD": 10**12}
 
 # ── hostile values ────────────────────────────────────────────────────────────────────────────
 
@@ -240,6 +242,7 @@ def _template() -> Path:
         ]
         setup += [good_bet(9_000 + i, bet_id=f"open-{i}") for i in range(OPEN_BETS)]
         db.apply_batch(conn, setup, NOW)
+        db.rebuild_cell_liability(conn)  # as a starting writer does
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         _TEMPLATE.append(path)
@@ -265,7 +268,9 @@ def test_any_batch_commits_its_valid_items_and_refuses_the_rest(
 ) -> None:
     batch, expect = drawn
     with ledger_db() as conn:
-        events: list[Committed] = db.apply_batch(conn, batch, NOW)  # never raises
+        # Never raises. The cell cap is on (so its bookkeeping is exercised) but far above
+        # what the valid bets need: none of them may be refused for it.
+        events: list[Committed] = db.apply_batch(conn, batch, NOW, cell_caps=CAPS)
 
         bets: dict[Any, list[Committed]] = defaultdict(list)
         entries: dict[Any, list[EntryPosted]] = defaultdict(list)
@@ -299,5 +304,5 @@ def test_any_batch_commits_its_valid_items_and_refuses_the_rest(
         assert integrity_check(conn) == []
 
         # The writer carries on: the next batch is an ordinary one.
-        after = db.apply_batch(conn, [good_bet(99_999, "0xa3")], NOW)
+        after = db.apply_batch(conn, [good_bet(99_999, "0xa3")], NOW, cell_caps=CAPS)
         assert any(isinstance(e, BetConfirmed) for e in after)
