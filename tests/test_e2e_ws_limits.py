@@ -16,7 +16,8 @@ import trio
 import trio_websocket
 
 from tap.edge.ws import MAX_CHANNELS, MAX_FRAME_BYTES
-from tests.e2e import Server, WsClient, connect_ws, serving
+from tests.e2e import Server, WsClient, connect_ws, serving, wait_until
+from tests.ws_attack import send_raw_text, ws_frame
 
 
 async def close_code_of(ws: WsClient, within: float = 5.0) -> int:
@@ -99,6 +100,44 @@ async def test_frames_after_an_oversized_one_close_only_that_connection(
         assert await close_code_of(ws) == 1009
     await assert_server_serves(server)
     assert not server.done.is_set()
+
+
+async def test_after_a_1009_the_connection_really_ends(server: Server) -> None:
+    # Hypercorn 0.18 sent 1009 and then stopped reading the frames behind the oversized one —
+    # the client's close reply included: a subscribed client's socket and task stayed forever.
+    hub = server.running.services.hub
+    baseline = hub.clients
+    async with connect_ws(server) as ws:
+        await ws.subscribe(f"prices:{server.symbol}")  # subscribed: no hello timeout applies
+        # One write, so the server reads all three frames at once, as a fast client's would be.
+        burst = (
+            ws_frame(0x1, b"x" * (MAX_FRAME_BYTES + 1))
+            + ws_frame(0x1, b'{"type": "ping"}')
+            + ws_frame(0x8, (1000).to_bytes(2, "big"))
+        )
+        await ws.ws._stream.send_all(burst)  # raw frames, as in ws_attack
+        assert await close_code_of(ws) == 1009
+    await wait_until(lambda: hub.clients == baseline)
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_1007(server: Server) -> None:
+    # RFC 6455 §8.1: fail the connection with 1007. Hypercorn dropped the socket without the
+    # close frame (the client saw 1006).
+    async with connect_ws(server) as ws:
+        await ws.subscribe(f"prices:{server.symbol}")
+        await send_raw_text(ws.ws, b'{"type": "ping", "req_id": "\xff"}')
+        assert await close_code_of(ws) == 1007
+    await assert_server_serves(server)
+
+
+async def test_an_empty_binary_frame_is_an_error_frame(server: Server) -> None:
+    # Quart hands an empty binary frame over as None (`bytes or text`): old code passed it to
+    # the decoder and the connection's handler died (close 1000, no answer).
+    async with connect_ws(server) as ws:
+        await ws.send(b"")
+        error = await ws.next_of_type("error")
+        assert error["error"]["code"] == "invalid_request"
+        await ws.ping()
 
 
 # ── defect 3: subscribe ───────────────────────────────────────────────────────────────────────

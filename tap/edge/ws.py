@@ -100,8 +100,9 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
         nonlocal session, bad_frames, close_code
         while sub.close_code is None:  # closed (1013): the writer is closing; stop working
             raw = await websocket.receive()
-            if isinstance(raw, bytes):
-                if len(raw) > MAX_FRAME_BYTES:
+            if not isinstance(raw, str):
+                # Binary. (Quart hands an empty binary frame over as None: `bytes or text`.)
+                if raw is not None and len(raw) > MAX_FRAME_BYTES:
                     close_code = CLOSE_TOO_BIG
                     return
                 bad_frames += 1
