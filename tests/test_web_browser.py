@@ -1,7 +1,13 @@
 """The web client in a real browser (Debian's Chromium, driven by Playwright) against a real
-`tap serve` process: a player loads the page, signs in with the dev wallet, deposits, taps cells
-(keyboard and pointer), watches bets confirm and resolve, sees the breaker pause betting, and
-survives a server restart.
+`tap serve` process.
+
+- A whole game: the page loads, the line moves, the dev wallet signs in, deposits, taps cells
+  (keyboard and pointer), bets confirm and resolve, the breaker (admin override) pauses betting,
+  a server restart is survived, phone width fits.
+- The account protocol, frame by frame: an injected EIP-1193 wallet signs in (SIWE), then the
+  page's WebSocket is routed to a script that answers taps the `ack: "commit"` way and the
+  `bet_ack` way, with `balance` inside bet frames and standalone, rejections and errors, a 1013
+  close (reconnect + HTTP resync), and a breaker open for a stale feed.
 
 Screenshots of every step go to the test's tmp directory (`pytest --basetemp=DIR` keeps them
 somewhere known); the frame times measured in the page are printed and saved beside them as
@@ -328,7 +334,8 @@ def test_a_player_plays_the_game_in_a_real_browser(
         shot("server-down")
         server = TapProcess({**tap_env, "TAP__SERVER__PORT": str(port)}, tmp_path / "server.log")
         server.start()
-        page.wait_for_selector("#conn[data-state='live']", timeout=20_000)
+        # Bounded by the page's backoff (≤ 15 s between attempts) after a slow restart.
+        page.wait_for_selector("#conn[data-state='live']", timeout=45_000)
         page.wait_for_selector("#signed-in:not([hidden])")
         assert page.inner_text("#address") == address  # same dev wallet
         expect(page.locator("#available")).not_to_have_text("—")
@@ -406,3 +413,239 @@ def check_browser_crypto(page: Page) -> None:
     VerifyKey(bytes.fromhex(result["sessionKey"])).verify(
         payload, bytes.fromhex(result["betSignature"])
     )
+
+
+# ── the account protocol, from a scripted WebSocket ─────────────────────────────────────────
+
+
+class ScriptedWs:
+    """Stands in for the server's /ws (Playwright routes the page's WebSocket here; HTTP still
+    goes to the real server): records what the page sends, sends what the test scripts."""
+
+    def __init__(self, page: Page) -> None:
+        self.routes: list[Any] = []
+        self.received: list[dict[str, Any]] = []
+        page.route_web_socket(re.compile(r"/ws$"), self._connected)
+
+    def _connected(self, route: Any) -> None:
+        self.routes.append(route)
+        route.on_message(lambda message: self.received.append(json.loads(message)))
+
+    def send(self, **frame: Any) -> None:
+        self.routes[-1].send(json.dumps(frame))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.received if f["type"] == kind]
+
+
+def market_frames(ws: ScriptedWs, column_ms: int) -> int:
+    """A grid of open cells around 100,000.00 (multiplier 2.50×) and a tick; returns the first
+    placeable column."""
+    now = int(time.time() * 1000)
+    c = now // column_ms
+    price = 10_000_000
+    cells = [
+        {
+            "cell_id": f"BTC-USD:{col}:{row}",
+            "t_start": col * column_ms,
+            "t_end": (col + 1) * column_ms,
+            "price_lo": row * 1000,
+            "price_hi": (row + 1) * 1000,
+            "multiplier_bps": 25_000,
+            "placeable": col >= c + 2,
+        }
+        for col in range(c + 1, c + 13)
+        for row in range(price // 1000 - 8, price // 1000 + 8)
+    ]
+    ws.send(type="price", symbol="BTC-USD", ts=now, price=price)
+    ws.send(
+        type="grid",
+        symbol="BTC-USD",
+        as_of=now,
+        price=price,
+        volatility=0.3,
+        house_edge_bps=500,
+        monitoring_interval_ms=250,
+        breaker="closed",
+        cells=cells,
+    )
+    return c + 2
+
+
+def bet(place: dict[str, Any], status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "bet_id": "b-" + place["nonce"],
+        "address": "0x" + "00" * 20,
+        "cell_id": place["cell_id"],
+        "amount": place["amount"],
+        "multiplier_bps": 25_000,
+        "nonce": place["nonce"],
+        "status": status,
+        "accepted_at": place["timestamp"],
+        **extra,
+    }
+
+
+COLUMN_MS = 5000
+
+
+def test_an_injected_wallet_signs_in_and_the_page_follows_the_account_protocol(
+    browser: Browser, tap_env: dict[str, str], tmp_path: Path
+) -> None:
+    # 5 s columns: a scripted grid stays placeable from the frame to the keypress, however slow
+    # the machine.
+    server = TapProcess({**tap_env, "TAP__MARKETS__0__COLUMN_MS": "5000"}, tmp_path / "server.log")
+    server.start()
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+    ws = ScriptedWs(page)
+    # An injected EIP-1193 wallet: the page asks it for an account and a personal_sign; the key
+    # stays in Python (eth-account signs), as it would stay in a browser extension.
+    account = Account.create()
+    asked: list[str] = []
+
+    def wallet_request(method: str, params: list[str]) -> Any:
+        asked.append(method)
+        if method == "eth_requestAccounts":
+            return [account.address.lower()]
+        assert method == "personal_sign" and params[1].lower() == account.address.lower()
+        signed = account.sign_message(encode_defunct(hexstr=params[0]))
+        return "0x" + bytes(signed.signature).hex()
+
+    page.expose_function("__walletRequest", wallet_request)
+    page.add_init_script(
+        "window.ethereum = {request: ({method, params}) => window.__walletRequest(method, params)};"
+    )
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url.removeprefix(server.url)))
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    shot = Shots(page, tmp_path)
+    history = page.locator("#history li")
+
+    def tap() -> dict[str, Any]:
+        before = len(ws.of_type("place_bet"))
+        rows = history.count()
+        market_frames(ws, COLUMN_MS)
+        page.focus("#board")
+        page.keyboard.press("Enter")
+        expect(history).to_have_count(rows + 1)
+        expect(history.first).to_have_attribute("data-status", "pending")
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while len(ws.of_type("place_bet")) == before:
+            assert time.monotonic() < deadline, "no place_bet frame"
+            page.wait_for_timeout(20)
+        return ws.of_type("place_bet")[-1]
+
+    try:
+        page.goto(server.url + "/")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        ws.send(type="breaker", state="closed", reason="recovered")
+        market_frames(ws, COLUMN_MS)
+        expect(page.locator("#login-injected")).to_be_visible()
+        expect(page.locator("#dev-box")).to_be_hidden()  # a real wallet is there: no dev wallet
+        page.click("#login-injected")
+        expect(page.locator("#signed-in")).to_be_visible()
+        assert asked == ["eth_requestAccounts", "personal_sign"]
+        assert page.inner_text("#address") == account.address
+        assert page.inner_text("#wallet-kind").lower() == "wallet"
+        page.click("#deposit")
+        expect(page.locator("#available")).to_have_text("100.00")  # the real server's balance
+        assert ws.of_type("auth")
+        assert any("account" in f["channels"] for f in ws.of_type("subscribe"))
+
+        # ack:"commit" style: no bet_ack; bet_confirmed carries the req_id and the balance.
+        place = tap()
+        session = page.evaluate("() => JSON.parse(sessionStorage.getItem('tap.session.v1'))")
+        payload = bet_payload(
+            place["chain_id"],
+            session["address"],
+            place["cell_id"],
+            place["amount"],
+            place["nonce"],
+            place["timestamp"],
+            place["min_multiplier_bps"],
+        )
+        VerifyKey(bytes.fromhex(session["publicHex"])).verify(
+            payload, bytes.fromhex(place["signature"])
+        )
+        assert place["req_id"] == place["nonce"] and place["amount"] == 1_000_000
+        assert place["min_multiplier_bps"] == 25_000 * 3 // 4  # the slippage guard
+        ws.send(
+            type="bet_confirmed",
+            req_id=place["req_id"],
+            bet=bet(place, "confirmed", confirmed_at=place["timestamp"] + 5),
+            balance={"available": 99_000_000, "locked": 1_000_000},
+        )
+        expect(history.first).to_have_attribute("data-status", "confirmed")
+        expect(page.locator("#available")).to_have_text("99.00")
+        expect(page.locator("#locked")).to_have_text("1.00")
+        ws.send(
+            type="bet_resolved",
+            bet=bet(
+                place,
+                "won",
+                payout=2_500_000,
+                decided_by={"ts": place["timestamp"] + 900, "price": 10_000_100},
+                reason="touch",
+            ),
+            balance={"available": 101_500_000, "locked": 0},
+        )
+        expect(history.first).to_have_attribute("data-status", "won")
+        expect(history.first).to_contain_text("won +2.50")
+        expect(page.locator("#available")).to_have_text("101.50")
+        shot("scripted-won")
+
+        # bet_ack flow, then bet_rejected with its reason; balance as a standalone frame.
+        place = tap()
+        ws.send(type="bet_ack", req_id=place["req_id"], bet=bet(place, "pending"))
+        ws.send(type="bet_rejected", bet=bet(place, "rejected"), reason="insufficient_funds")
+        expect(history.first).to_have_attribute("data-status", "rejected")
+        expect(history.first).to_contain_text("insufficient funds")
+        ws.send(type="balance", available=123_000_000, locked=0)
+        expect(page.locator("#available")).to_have_text("123.00")
+
+        # An admission error answers the tap with its code.
+        place = tap()
+        ws.send(
+            type="error",
+            req_id=place["req_id"],
+            error={"code": "cell_not_placeable", "message": "column 5 is locked"},
+        )
+        expect(history.first).to_have_attribute("data-status", "rejected")
+        expect(history.first).to_contain_text("cell closed")
+        shot("scripted-rejected")
+
+        # Close 1013: the page reconnects by itself and resyncs over HTTP.
+        place = tap()  # left pending: the server (which never saw it) has no trace of it
+        requests.clear()
+        ws.routes[-1].close(code=1013, reason="fell behind")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "offline")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        assert len(ws.routes) == 2
+        expect(page.locator("#available")).to_have_text("100.00")  # the ledger's, over HTTP
+        assert "/api/balance" in requests and any(r.startswith("/api/bets?") for r in requests)
+        row = page.locator(f"#history li[data-nonce='{place['nonce']}']")
+        expect(row).to_have_attribute("data-status", "rejected")
+        expect(row).to_contain_text("not sent")
+        auths = ws.of_type("auth")
+        assert len(auths) == 2 and auths[-1]["token"] == session["token"]  # signed in again
+
+        # Breaker open (feed stale): the paused state, and a tap sends nothing.
+        ws.send(type="breaker", state="open", reason="stale_feed")
+        expect(page.locator("#paused")).to_be_visible()
+        expect(page.locator("#paused-text")).to_have_text("Betting paused: price feed stale")
+        sent = len(ws.of_type("place_bet"))
+        page.focus("#board")
+        page.keyboard.press("Enter")
+        expect(page.locator("#notice")).to_contain_text("tap refused")
+        assert len(ws.of_type("place_bet")) == sent
+        shot("scripted-paused")
+        # The one expected console error: the by-nonce lookup of the bet that was never sent.
+        assert [e for e in errors if "status of 404" not in e] == [], errors
+        assert any(r.startswith("/api/bets/by-nonce/") for r in requests)
+    finally:
+        page.close()
+        server.stop()

@@ -201,7 +201,11 @@ export class Board {
     }
     this.focus.col = Math.min(c1, Math.max(c0, this.focus.col));
     this.focus.row = Math.min(rows[1], Math.max(rows[0], this.focus.row));
-    if (announce || before !== `${this.focus.col}:${this.focus.row}`) this.onFocus(this.focusedCell());
+    const moved = before !== `${this.focus.col}:${this.focus.row}`;
+    // Told (a live region reads it out) when the player moved, or time moved a focus they hold.
+    if (announce || (moved && document.activeElement === this.canvas)) {
+      this.onFocus(this.focusedCell());
+    }
   }
 
   focusedCell() {

@@ -45,7 +45,7 @@ export class Feed {
       this.onOpen(reconnected, this.lastClose);
     };
     ws.onmessage = (event) => {
-      if (typeof event.data !== 'string' || event.data.length > 65_536) return;
+      if (typeof event.data !== 'string') return;
       let frame;
       try {
         frame = JSON.parse(event.data);
