@@ -467,6 +467,7 @@ class Player:
         self.bet_bodies: list[dict[str, Any]] = []
         self.withdrawal_bodies: list[dict[str, Any]] = []
         self.confirmed_bets: list[str] = []  # bet ids answered 201, for reads
+        self.cells_used: set[str] = set()
 
     @property
     def auth(self) -> bytes:
@@ -868,9 +869,12 @@ class Campaign:
         while not self.stopping:
             op = rng.choices(names, weights)[0]
             if op in ("bet", "bet-wait", "bet-ws") and self.cells:
-                body = player.sign_bet(
-                    rng.choice(self.cells), rng.randint(100, 2000) * 1000, self.nonce(rng, player)
-                )
+                # Mostly a cell this player has not bet on (one bet per cell: the rest would all
+                # be duplicate_cell_bet refusals), sometimes any (the duplicate path is exercised).
+                fresh = [c for c in self.cells if c not in player.cells_used]
+                cell = rng.choice(fresh if fresh and rng.random() < 0.9 else self.cells)
+                player.cells_used.add(cell)
+                body = player.sign_bet(cell, rng.randint(100, 2000) * 1000, self.nonce(rng, player))
                 player.bet_bodies.append(body)
                 del player.bet_bodies[:-300]
                 if op == "bet-ws" and link.ws is not None:
