@@ -154,16 +154,17 @@ class EdgeServices:
         return None
 
     async def bet(self, bet_id: str) -> Bet | None:
+        # The ledger first: ledger-sync drops a pending entry only when it reaches that commit,
+        # which under load is after the 201 went out. The pending entry is taken before the
+        # read, so a commit (and its drop) between the two still finds the bet in the ledger.
         pending = self.pending.get(bet_id)
-        if pending is not None:
-            return pending
-        return await self._read(self.reader.bet(bet_id))
+        stored = await self._read(self.reader.bet(bet_id))
+        return stored if stored is not None else pending
 
     async def bet_by_nonce(self, address: str, nonce: str) -> Bet | None:
         pending = self.pending.get(bet_id_for(address, nonce))
-        if pending is not None:
-            return pending
-        return await self._read(self.reader.bet_by_nonce(address, nonce))
+        stored = await self._read(self.reader.bet_by_nonce(address, nonce))
+        return stored if stored is not None else pending
 
     async def list_bets(
         self, address: str, status: str | None, limit: int, cursor: str | None
