@@ -363,8 +363,13 @@ export class Board {
 
   drawBets(ctx, L, colFirst, colLast, fontPx, wallMs) {
     const pulse = this.reducedMotion.matches ? 0 : (wallMs / 40) % 16;
+    const newest = new Map(); // one label per cell: the latest bet on it
     for (const bet of this.bets.values()) {
       if (bet.hidden || !bet.cell_id) continue;
+      const seen = newest.get(bet.cell_id);
+      if (!seen || bet.placed_at >= seen.placed_at) newest.set(bet.cell_id, bet);
+    }
+    for (const bet of newest.values()) {
       const [, colS, rowS] = bet.cell_id.split(':');
       const col = Number(colS);
       if (col < colFirst - 1 || col > colLast) continue;

@@ -272,6 +272,9 @@ function tap(cell) {
       return notice('You already have a bet on that cell.');
     }
   }
+  for (const r of state.bets.values()) {
+    if (r.cell_id === cell.cell_id && r.status === 'rejected') r.hidden = true; // the new tap shows
+  }
   const fields = {
     cell_id: cell.cell_id,
     amount: state.stake,
