@@ -2,7 +2,8 @@
 
 `serve_process` starts the server as `make run` does (simulated feed, embedded defaults, port 0)
 in a subprocess, so a crash is a dead process, not a dead test runner. `Bystander` is a second,
-well-behaved client on its own thread and trio loop: it polls `/livez` back to back (each round
+well-behaved client in its own process (`python -m tests.ws_attack URL SYMBOL`, so the attackers'
+CPU in the test process does not colour its figures): it polls `/livez` back to back (each round
 trip is a measure of how late the server's event loop answers) and records every `price` frame
 of its subscription, so a test can ask, for any window of wall time, "how long did the loop keep
 us waiting, and did the price stream skip?". `send_raw_text` writes a text frame whose payload is
@@ -100,63 +101,47 @@ def serve_process(tmp: Path, **overrides: str) -> Iterator[Served]:
 
 @dataclass
 class Bystander:
-    """A well-behaved client on its own thread: /livez round trips and the price stream."""
+    """A well-behaved client in its own process (so the attackers' CPU in the test process does
+    not colour its figures): /livez round trips and the price stream, streamed back as lines."""
 
     served: Served
     livez: list[tuple[float, float]] = field(default_factory=list)  # (monotonic at send, rtt s)
     prices: list[tuple[float, int]] = field(default_factory=list)  # (monotonic at receipt, ts)
     failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    _proc: subprocess.Popen[str] | None = None
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.ws_attack", self.served.url, self.served.symbol],
+            cwd=str(ROOT),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while not (self.prices and self.livez):
             assert time.monotonic() < deadline, f"bystander never got going: {self.failures}"
             time.sleep(0.05)
 
+    def _collect(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:  # CLOCK_MONOTONIC is one clock for every process
+            kind, a, b = line.split(" ", 2)
+            if kind == "livez":
+                self.livez.append((float(a), float(b)))
+            elif kind == "price":
+                self.prices.append((float(a), int(b)))
+            else:
+                self.failures.append(f"{a} {b}".strip())
+
     def stop(self) -> None:
-        self._stop.set()
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
         if self._thread is not None:
             self._thread.join(10)
-
-    async def _main(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._poll_livez)
-            nursery.start_soon(self._read_prices)
-            await trio.to_thread.run_sync(self._stop.wait, abandon_on_cancel=True)
-            nursery.cancel_scope.cancel()
-
-    async def _poll_livez(self) -> None:
-        async with httpx.AsyncClient(base_url=self.served.url, timeout=30) as client:
-            while True:
-                sent = time.monotonic()
-                try:
-                    r = await client.get("/livez")
-                except httpx.HTTPError as e:
-                    self.failures.append(f"/livez: {e!r}")
-                    await trio.sleep(0.1)
-                    continue
-                self.livez.append((sent, time.monotonic() - sent))
-                if r.status_code != 200:
-                    self.failures.append(f"/livez answered {r.status_code}")
-                await trio.sleep(0.01)
-
-    async def _read_prices(self) -> None:
-        try:
-            async with trio_websocket.open_websocket_url(
-                self.served.ws_url, connect_timeout=10, disconnect_timeout=1
-            ) as ws:
-                channel = f"prices:{self.served.symbol}"
-                await ws.send_message(json.dumps({"type": "subscribe", "channels": [channel]}))
-                while True:
-                    frame = json.loads(await ws.get_message())
-                    if frame["type"] == "price":
-                        self.prices.append((time.monotonic(), frame["ts"]))
-        except trio_websocket.ConnectionClosed as e:
-            self.failures.append(f"the bystander's price stream was closed: {e.reason}")
 
     def window(self, start: float, end: float) -> dict[str, Any]:
         """What the bystander saw between two `time.monotonic()` readings."""
@@ -170,6 +155,47 @@ class Bystander:
             "price_frames": len(ts),
             "max_price_gap_ms": max(gaps, default=0),
         }
+
+
+async def _bystander(url: str, symbol: str) -> None:
+    """The bystander process: one line per /livez round trip, price frame or failure."""
+
+    def emit(kind: str, a: object, b: object) -> None:
+        print(kind, a, b, flush=True)
+
+    async def poll_livez() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            while True:
+                sent = time.monotonic()
+                try:
+                    r = await client.get("/livez")
+                except httpx.HTTPError as e:
+                    emit("failure", "/livez", repr(e).replace("\n", " "))
+                    await trio.sleep(0.1)
+                    continue
+                emit("livez", sent, time.monotonic() - sent)
+                if r.status_code != 200:
+                    emit("failure", "/livez", r.status_code)
+                await trio.sleep(0.01)
+
+    async def read_prices() -> None:
+        ws_url = "ws" + url.removeprefix("http") + "/ws"
+        try:
+            async with trio_websocket.open_websocket_url(
+                ws_url, connect_timeout=10, disconnect_timeout=1
+            ) as ws:
+                channel = f"prices:{symbol}"
+                await ws.send_message(json.dumps({"type": "subscribe", "channels": [channel]}))
+                while True:
+                    frame = json.loads(await ws.get_message())
+                    if frame["type"] == "price":
+                        emit("price", time.monotonic(), frame["ts"])
+        except trio_websocket.ConnectionClosed as e:
+            emit("failure", "price stream closed:", e.reason)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poll_livez)
+        nursery.start_soon(read_prices)
 
 
 @contextmanager
@@ -202,3 +228,8 @@ async def send_raw_text(ws: trio_websocket.WebSocketConnection, payload: bytes) 
     WebSocket: the client library would refuse to encode it, a hostile client would not."""
     with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await ws._stream.send_all(ws_frame(0x1, payload))
+
+
+if __name__ == "__main__":
+    with suppress(KeyboardInterrupt):
+        trio.run(_bystander, sys.argv[1], sys.argv[2])
