@@ -217,19 +217,19 @@ class CommittedFanout:
 def _count(events: Sequence[Committed]) -> None:
     """Bets confirmed / rejected by reason / resolved by outcome, one `inc` per label per batch
     (a labelled counter takes a lock per call; a batch holds hundreds of events)."""
-    tally: Counter[tuple[Any, str]] = Counter()
+    tally: Counter[tuple[Any, tuple[str, ...]]] = Counter()
     for event in events:
         match event:
             case BetConfirmed():
-                tally[(metrics.BETS, "confirmed")] += 1
+                tally[(metrics.BETS, ("confirmed", ""))] += 1
             case BetRejected():
-                tally[(metrics.BETS, f"rejected:{event.reason}")] += 1
+                tally[(metrics.BETS, ("rejected", event.reason))] += 1
             case BetResolved():
-                tally[(metrics.BETS_RESOLVED, event.bet.status)] += 1
+                tally[(metrics.BETS_RESOLVED, (event.bet.status,))] += 1
             case _:
                 pass
-    for (metric, label), n in tally.items():
-        metric.labels(label).inc(n)
+    for (metric, labels), n in tally.items():
+        metric.labels(*labels).inc(n)
 
 
 def _timed_apply(

@@ -149,6 +149,7 @@ async def run_integrity(
     async def one(now: int) -> None:
         violations = await trio.to_thread.run_sync(job, cfg, abandon_on_cancel=True)
         metrics.INTEGRITY_VIOLATIONS.set(len(violations))
+        metrics.INTEGRITY_TIMESTAMP.set(clock.now_ms() / 1000)  # it ran to the end
         for v in violations:
             log.error("integrity violation: %s", v)
         if violations:
@@ -167,18 +168,24 @@ async def run_backups(
     job: BackupJob = _backup,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Back the database up every `archive.backup_interval_s` into `archive.backup_dir`."""
+    """Back the database up every `archive.backup_interval_s` into `archive.backup_dir`.
+
+    `tap_last_successful_backup_timestamp_seconds` is the newest backup's time (its name says
+    when it was taken), whoever wrote it: what an operator restoring now would get."""
     interval_ms = cfg.archive.backup_interval_s * 1000
     if interval_ms <= 0:
         task_status.started()
         return
     last = await trio.to_thread.run_sync(backup.newest_backup_ms, cfg)
+    if last is not None:
+        metrics.BACKUP_TIMESTAMP.set(last / 1000)
 
     async def one(now: int) -> None:
         # Several processes may serve one database: a backup another one made within the
         # interval counts, and one being written right now (its lock held) is not an error.
         newest = await trio.to_thread.run_sync(backup.newest_backup_ms, cfg)
         if newest is not None and now - newest < interval_ms:
+            metrics.BACKUP_TIMESTAMP.set(newest / 1000)
             log.info(
                 "backup: one from %d ms ago is recent enough; skipping this slot", now - newest
             )
@@ -187,6 +194,8 @@ async def run_backups(
             await trio.to_thread.run_sync(job, cfg, now)  # `backup_now` logs the file it wrote
         except backup.LockHeld:
             log.info("backup: another process is writing one now; skipping this slot")
+            return
+        metrics.BACKUP_TIMESTAMP.set(now / 1000)
 
     task_status.started()
     await _every("backup", clock, interval_ms, _first_due(last, interval_ms, clock.now_ms()), one)

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e import Server
+
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "deploy" / "prometheus"
 RULES = PROM / "rules.yml"
@@ -55,6 +57,7 @@ REQUIRED_PANEL_METRICS = {
     "Redis": "tap_redis_errors_total",
 }
 METRIC_NAME = re.compile(r"\b(tap_[a-z0-9_]+|up)\b")
+SERIES_SUFFIXES = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("", "_total")}
 
 
 def promtool() -> str:
@@ -183,3 +186,32 @@ def test_a_query_that_does_not_parse_is_caught(tmp_path: Path) -> None:
     rules = {"groups": [{"name": "x", "rules": [{"record": "r", "expr": "sum(rate(x[1m])"}]}]}
     (tmp_path / "bad.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
     assert run_promtool("check", "rules", "bad.yml", cwd=tmp_path).returncode != 0
+
+
+# ── against the server ──────────────────────────────────────────────────────────────────────
+
+
+def exported_names(metrics_text: str) -> set[str]:
+    """Every series name a scrape can carry, from the `# TYPE` lines: a histogram `x` gives
+    `x_bucket`, `x_count`, `x_sum`; labelled families appear before their first sample."""
+    names: set[str] = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics_text, flags=re.MULTILINE):
+        names.update(name + suffix for suffix in SERIES_SUFFIXES.get(kind, ("",)))
+    return names
+
+
+def test_exported_names_reads_type_lines() -> None:
+    text = "# TYPE a_seconds histogram\n# TYPE b_total counter\n# TYPE c gauge\nc 1.0\n"
+    assert exported_names(text) >= {"a_seconds_bucket", "a_seconds_sum", "b_total", "c"}
+    assert "a_seconds" not in exported_names(text)
+
+
+async def test_every_metric_the_rules_and_dashboard_read_is_exported(server: Server) -> None:
+    text = (await server.http().get("/metrics")).text
+    exported = exported_names(text) | {"up"}  # `up` is Prometheus's own, per target
+    read = {name for rule in alert_rules() for name in METRIC_NAME.findall(rule["expr"])}
+    read |= {name for _, expr in dashboard_exprs() for name in METRIC_NAME.findall(expr)}
+    assert read - exported == set()
+    assert re.search(r'^tap_build_info\{.*version="[^"]+".*\} 1\.0$', text, re.MULTILINE)
+    assert re.search(r"^tap_db_size_bytes [1-9]", text, re.MULTILINE)
+    assert re.search(r"^tap_disk_free_bytes [1-9]", text, re.MULTILINE)

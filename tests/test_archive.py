@@ -359,7 +359,7 @@ def test_ticks_past_retention_are_purged_but_an_open_bet_keeps_its_ticks(cfg: Co
 
 def test_a_verified_run_sets_the_archive_timestamp_metric(cfg: Config) -> None:
     archive.run_archive(cfg, NOW)
-    value = REGISTRY.get_sample_value("tap_last_successful_archive_timestamp")
+    value = REGISTRY.get_sample_value("tap_last_successful_archive_timestamp_seconds")
     assert value == NOW / 1000
     assert archive.last_successful_run_ms(cfg) == NOW
 

@@ -123,22 +123,22 @@ async def test_metrics_expose_the_seed_metrics_and_move_with_traffic(server: Ser
         assert clients == metric(before, "tap_ws_clients") + 1
     for name in (
         "tap_http_requests_total",
-        "tap_http_request_seconds_bucket",
+        "tap_http_request_duration_seconds_bucket",
         "tap_bets_total",
         "tap_batch_size_bucket",
         "tap_breaker_open",
         "tap_ws_clients",
-        "tap_commit_seconds_bucket",
+        "tap_commit_duration_seconds_bucket",
         "tap_batch_queue_depth",
         "tap_feed_staleness_seconds",
         "tap_ticks_total",
     ):
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
-    assert metric(text, "tap_bets_total", status="accepted") == (
-        metric(before, "tap_bets_total", status="accepted") + 1
+    assert metric(text, "tap_bets_total", status="accepted", reason="") == (
+        metric(before, "tap_bets_total", status="accepted", reason="") + 1
     )
-    assert metric(text, "tap_bets_total", status="confirmed") == (
-        metric(before, "tap_bets_total", status="confirmed") + 1
+    assert metric(text, "tap_bets_total", status="confirmed", reason="") == (
+        metric(before, "tap_bets_total", status="confirmed", reason="") + 1
     )
     assert metric(text, "tap_breaker_open", symbol=server.symbol) == 0
     ok = metric(text, "tap_http_requests_total", route="/api/bets", method="POST", status="201")

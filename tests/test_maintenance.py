@@ -115,7 +115,10 @@ async def test_the_archiver_resumes_its_schedule_and_metric_from_the_last_run(
         clock = Clock(epoch_ms=NOW)
         job = runs.wrap(no_report)
         await nursery.start(partial(maintenance.run_archiver, cfg, clock, job=job))
-        assert REGISTRY.get_sample_value("tap_last_successful_archive_timestamp") == last / 1000
+        assert (
+            REGISTRY.get_sample_value("tap_last_successful_archive_timestamp_seconds")
+            == last / 1000
+        )
         assert await runs.times(2) == [last + WEEK, last + 2 * WEEK]
         nursery.cancel_scope.cancel()
 
@@ -151,7 +154,9 @@ async def test_the_archiver_archives_a_real_database_and_sets_the_metric(
         (first,) = await runs.times(1)
         nursery.cancel_scope.cancel()
     assert first == NOW + 40 * DAY
-    assert REGISTRY.get_sample_value("tap_last_successful_archive_timestamp") == first / 1000
+    assert (
+        REGISTRY.get_sample_value("tap_last_successful_archive_timestamp_seconds") == first / 1000
+    )
     conn = sqlite3.connect(cfg.server.db_path)
     try:
         assert conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 0
@@ -205,6 +210,9 @@ async def test_the_integrity_check_runs_daily(
         await runs.times(3)
         nursery.cancel_scope.cancel()
     assert seen == [NOW, NOW + DAY, NOW + 2 * DAY]
+    # Completion is what the integrity-overdue alert watches.
+    completed = REGISTRY.get_sample_value("tap_last_successful_integrity_check_timestamp_seconds")
+    assert completed is not None and completed >= (NOW + 2 * DAY) / 1000
 
 
 async def test_backups_are_taken_hourly_and_only_the_newest_are_kept(
@@ -235,8 +243,36 @@ async def test_backups_resume_from_the_newest_backup_on_disk(
         clock = Clock(epoch_ms=NOW)
         job = runs.wrap(lambda cfg, now: backup.backup_now(cfg, None, now_ms=now))
         await nursery.start(partial(maintenance.run_backups, cfg, clock, job=job))
+        # Right from the start the gauge says how old the newest backup on disk is.
+        assert backup_gauge() == (NOW - 20 * 60_000) / 1000
         assert await runs.times(1) == [NOW + 40 * 60_000]
+        await trio.sleep(1)  # the gauge is set once the job's thread has returned
+        assert backup_gauge() == (NOW + 40 * 60_000) / 1000
         nursery.cancel_scope.cancel()
+
+
+def backup_gauge() -> float | None:
+    return REGISTRY.get_sample_value("tap_last_successful_backup_timestamp_seconds")
+
+
+async def test_a_failed_backup_leaves_the_backup_gauge_where_it_was(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    cfg = make_cfg(tmp_path)
+    make_db(cfg)
+    backup.backup_now(cfg, None, now_ms=NOW - 2 * HOUR)
+
+    def failing(cfg: Config, now: int) -> object:
+        raise OSError("disk full")
+
+    runs = Runs()
+    async with trio.open_nursery() as nursery:
+        clock = Clock(epoch_ms=NOW)
+        await nursery.start(partial(maintenance.run_backups, cfg, clock, job=runs.wrap(failing)))
+        await runs.times(1)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert backup_gauge() == (NOW - 2 * HOUR) / 1000
 
 
 async def test_an_interval_of_zero_disables_a_job(
@@ -289,5 +325,7 @@ async def test_a_backup_another_process_made_or_is_making_counts_for_this_slot(
         # Synchronously, on purpose: in a worker thread the mock clock could jump to our next
         # slot meanwhile and the two backups would meet at the lock.
         backup.backup_now(cfg, None, now_ms=NOW + 30 * 60_000)
+        await clock.sleep_until_ms(NOW + HOUR + 1000)  # past the skipped slot
+        assert backup_gauge() == (NOW + 30 * 60_000) / 1000  # the other process's counts
         assert await runs.times(1) == [NOW + 2 * HOUR]
         nursery.cancel_scope.cancel()

@@ -355,7 +355,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.errorhandler(ApiError)
     async def on_api_error(err: ApiError) -> Response:
         if request.path == "/api/bets" and request.method == "POST":
-            metrics.BETS.labels(f"refused:{err.code}").inc()
+            metrics.BETS.labels("refused", err.code).inc()
         return error_response(err)
 
     @app.errorhandler(HTTPException)

@@ -243,7 +243,7 @@ class BetDesk:
             raise ApiError(
                 "overloaded", "bet queue is full; retry shortly", retry_after_s=1
             ) from None
-        metrics.BETS.labels("accepted").inc()
+        metrics.BETS.labels("accepted", "").inc()
         return bet
 
 

@@ -433,8 +433,10 @@ class EdgeServices:
         return status, checks
 
     def refresh_gauges(self) -> None:
-        depth, _ = self.writer_depth()
+        depth, capacity = self.writer_depth()
         metrics.BATCH_QUEUE_DEPTH.set(depth)
+        metrics.BATCH_QUEUE_CAPACITY.set(capacity)
+        metrics.observe_database(self.cfg.server.db_path)
         now = self.clock.now_ms()
         for m in self.cfg.markets:
             tick = self.market.last_tick(m.symbol)
