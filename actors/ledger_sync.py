@@ -65,15 +65,26 @@ RECONCILE_CHUNK = 500  # bet ids per ledger read
 CommittedBets = Callable[[Sequence[str]], Awaitable[Mapping[str, Bet]]]
 
 
+def _log_commit(pending: PendingBets, bet: Bet, what: str, reason: str | None) -> None:
+    """The writer's verdict on a bet this process accepted, under the request id of its 202
+    (this task is not the request's: the id comes from the pending entry)."""
+    rid = pending.request_id(bet.bet_id)
+    if rid is None:
+        return  # accepted by another process, or before a restart: its log has no 202 here
+    log.info(what, extra={"request_id": rid, "bet_id": bet.bet_id, "reason": reason})
+
+
 async def apply(hot: HotState, pending: PendingBets, event: Committed) -> None:
     match event:
         case BetConfirmed(bet=bet):
+            _log_commit(pending, bet, "bet confirmed", None)
             admitted = pending.pop(bet.bet_id)  # counted in tap_bets_total by the writer
             if admitted is not None and admitted.accepted_at != bet.accepted_at:
                 # The writer answered a replay with the bet its nonce already made: no stake
                 # moved for this request, so give its hold back (the cell stays taken).
                 await hot.release(bet.address, admitted.amount, held_by=bet.nonce)
         case BetRejected(bet=bet, reason=reason):
+            _log_commit(pending, bet, "bet rejected", reason)
             pending.pop(bet.bet_id)
             nonce = bet.nonce if reason in UNSTORED_REFUSALS else None
             await hot.release(

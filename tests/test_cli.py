@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tap.config import load_config
-from tap.runtime import cli
+from tap.runtime import cli, logs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 class Recorded:
     def __init__(self) -> None:
         self.levels: list[int] = []
+        self.as_json: list[bool] = []
         self.ran: list[str] = []
 
-    def basic_config(self, **kwargs: object) -> None:
-        level = kwargs["level"]
-        assert isinstance(level, int)
+    def configure(self, level: int, *, as_json: bool) -> None:
         self.levels.append(level)
+        self.as_json.append(as_json)
 
     def command(self, args: argparse.Namespace) -> int:
         self.ran.append(args.command)
@@ -32,9 +32,9 @@ class Recorded:
 
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Recorded:
-    """`logging.basicConfig` and every command replaced by recorders: nothing starts."""
+    """`logs.configure` and every command replaced by recorders: nothing starts."""
     rec = Recorded()
-    monkeypatch.setattr(logging, "basicConfig", rec.basic_config)
+    monkeypatch.setattr(logs, "configure", rec.configure)
     for name in cli.COMMANDS:
         monkeypatch.setitem(cli.COMMANDS, name, rec.command)
     for key in [k for k in os.environ if k.startswith("TAP__")]:
@@ -67,6 +67,12 @@ def test_other_commands_log_at_info_whatever_the_server_level(
     assert cli.main(["check"]) == 0
     assert cli.main(["migrate"]) == 0
     assert recorded.levels == [logging.INFO, logging.INFO]
+    assert recorded.as_json == [False, False]  # a report for a terminal, not a log stream
+
+
+def test_serve_logs_json_lines(recorded: Recorded) -> None:
+    assert cli.main(["serve"]) == 0
+    assert recorded.as_json == [True]
 
 
 def test_serve_with_a_bad_level_is_a_configuration_error(

@@ -9,7 +9,6 @@ runs in `app.nursery` (DESIGN rule 3).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -39,11 +38,12 @@ from tap.messages import (
     WithdrawalRequest,
 )
 from tap.ratelimit import KeyedLimiter, client_address, client_key, parse_networks
-from tap.runtime import metrics
+from tap.runtime import logs, metrics
 from tap.sessions import CapacityExceeded, Session
 from tap.wire import WireError, decode_untrusted
 
 log = logging.getLogger("tap.edge")
+access_log = logging.getLogger("tap.access")
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
@@ -209,6 +209,7 @@ def _with_request_id(scope: Any, send: Any) -> Any:
         (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), ""
     )
     rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)
+    logs.REQUEST_ID.set(rid)  # the connection's tasks inherit it: every line it logs has it
 
     async def send_with_id(message: Any) -> None:
         if message["type"] == "websocket.accept":
@@ -300,6 +301,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     async def stamp_request() -> None:
         rid = request.headers.get("X-Request-ID", "")
         request.request_id = rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)  # type: ignore[attr-defined]
+        logs.REQUEST_ID.set(request.request_id)  # type: ignore[attr-defined]
         request.started = time.perf_counter()  # type: ignore[attr-defined]
         length = request.content_length
         if length is not None and length > cfg.limits.max_body_bytes:
@@ -334,22 +336,21 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         status = response.status_code
         metrics.HTTP_REQUESTS.labels(rule, request.method, str(status)).inc()
         started = getattr(request, "started", None)
-        if started is not None:
-            metrics.HTTP_LATENCY.labels(rule).observe(time.perf_counter() - started)
-        if status >= 400:
-            level = logging.ERROR if status >= 500 else logging.INFO
-            log.log(
-                level,
-                json.dumps(
-                    {
-                        "msg": "request refused",
-                        "request_id": rid,
-                        "method": request.method,
-                        "path": request.path,
-                        "status": status,
-                    }
-                ),
-            )
+        elapsed = time.perf_counter() - started if started is not None else None
+        if elapsed is not None:
+            metrics.HTTP_LATENCY.labels(rule).observe(elapsed)
+        # The access log: one line per request, request id from the context (logs.REQUEST_ID).
+        access_log.log(
+            logging.ERROR if status >= 500 else logging.INFO,
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "route": rule,
+                "status": status,
+                "duration_ms": None if elapsed is None else round(elapsed * 1000, 3),
+            },
+        )
         return response
 
     @app.errorhandler(ApiError)
@@ -371,7 +372,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.errorhandler(Exception)
     async def on_unexpected(err: Exception) -> Response:
         rid = getattr(request, "request_id", "-")
-        log.exception(json.dumps({"msg": "unhandled error", "request_id": rid}))
+        log.exception("unhandled error", extra={"request_id": rid})
         return json_response(
             {"error": {"code": "internal_error", "message": "internal error", "request_id": rid}},
             500,

@@ -27,6 +27,7 @@ decides all four atomically; a bet refused by the breaker or the grid therefore 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,8 +40,10 @@ from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import Bet, BetRequest, PlaceBet, WriterRequest
 from tap.quotes import Quote, QuoteRefusal
-from tap.runtime import metrics
+from tap.runtime import logs, metrics
 from tap.sessions import Session
+
+log = logging.getLogger("tap.desk")
 
 
 class MarketView(Protocol):
@@ -62,15 +65,23 @@ def bet_id_for(address: str, nonce: str) -> str:
 
 @dataclass
 class PendingBets:
-    """Bets answered 202 but not yet committed, so GET can show them as `pending`."""
+    """Bets answered 202 but not yet committed, so GET can show them as `pending`, with the
+    request id that placed each, so the commit's log line names it too."""
 
     by_id: dict[str, Bet] = field(default_factory=dict)
+    request_ids: dict[str, str] = field(default_factory=dict)
 
-    def add(self, bet: Bet) -> None:
+    def add(self, bet: Bet, request_id: str | None = None) -> None:
         self.by_id[bet.bet_id] = bet
+        if request_id is not None:
+            self.request_ids[bet.bet_id] = request_id
 
     def pop(self, bet_id: str) -> Bet | None:
+        self.request_ids.pop(bet_id, None)
         return self.by_id.pop(bet_id, None)
+
+    def request_id(self, bet_id: str) -> str | None:
+        return self.request_ids.get(bet_id)
 
     def get(self, bet_id: str) -> Bet | None:
         return self.by_id.get(bet_id)
@@ -231,7 +242,7 @@ class BetDesk:
             status="pending",
             accepted_at=now,
         )
-        self.pending.add(bet)
+        self.pending.add(bet, logs.REQUEST_ID.get())
         try:
             self.writer.send_nowait(request)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -244,6 +255,7 @@ class BetDesk:
                 "overloaded", "bet queue is full; retry shortly", retry_after_s=1
             ) from None
         metrics.BETS.labels("accepted", "").inc()
+        log.info("bet accepted", extra={"bet_id": bet_id, "address": address})
         return bet
 
 

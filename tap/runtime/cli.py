@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tap.config import Config, ConfigError, load_config
+from tap.runtime import logs
 
 log = logging.getLogger("tap.cli")
 
@@ -221,7 +222,7 @@ def log_level(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logging.basicConfig(level=log_level(args), format="%(message)s")
+        logs.configure(log_level(args), as_json=args.command == "serve")
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)

@@ -26,7 +26,6 @@ pyproject) with a copy that fixes two things a hostile client reaches:
 
 from __future__ import annotations
 
-import json
 import logging
 
 import hypercorn.trio.run as hypercorn_run
@@ -47,8 +46,8 @@ class GuardedTCPServer(TCPServer):
         except* Exception as group:
             first = group.exceptions[0]
             log.warning(
-                '{"msg": "connection dropped after a protocol error", "error": %s}',
-                json.dumps(f"{type(first).__name__}: {first}"[:200]),
+                "connection dropped after a protocol error",
+                extra={"error": f"{type(first).__name__}: {first}"[:200]},
             )
 
 
