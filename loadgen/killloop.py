@@ -559,7 +559,7 @@ class Campaign:
         self.violations: list[tuple[int, str, str]] = []  # (epoch, category, text)
         self._seen: set[tuple[str, str]] = set()  # each finding once, not at every later check
         self.survived = 0  # kills after which the server came back ready
-        self.ready_s: list[float] = []  # spawn → /readyz 200, per start
+        self.ready_s: list[float] = []  # spawn → /healthz pass (bets taken), per start
         self.epoch = 0
         self.kills = 0
         self.early_kills = 0
@@ -663,7 +663,13 @@ class Campaign:
                 return await self.kill(proc)
             try:
                 await wait_ready(
-                    "127.0.0.1", port, proc, self.log, path="/readyz", within=READY_WITHIN_S
+                    "127.0.0.1",
+                    port,
+                    proc,
+                    self.log,
+                    path="/healthz",
+                    within=READY_WITHIN_S,
+                    want_status="pass",  # bets are taken (breaker closed), not only serving
                 )
             except Exception as e:
                 self.violate("restart_failed", f"epoch {self.epoch}: {e}")
@@ -1000,7 +1006,13 @@ class Campaign:
         try:
             try:
                 await wait_ready(
-                    "127.0.0.1", port, proc, self.log, path="/readyz", within=READY_WITHIN_S
+                    "127.0.0.1",
+                    port,
+                    proc,
+                    self.log,
+                    path="/healthz",
+                    within=READY_WITHIN_S,
+                    want_status="pass",  # bets are taken (breaker closed), not only serving
                 )
             except Exception as e:
                 self.violate("restart_failed", f"final start: {e}")

@@ -4,8 +4,8 @@ This is the one seam between `loadgen` and the tap server: `start_tap_server` ru
 `python -m tap.runtime.cli migrate` then `… serve` (the same commands as `tap migrate` /
 `tap serve`) with `TAP__…` environment overrides — the port, a private data directory and
 whatever the bench needs (`config_overrides`, a nested dict in the shape of `configs/*.toml`) —
-and waits until `GET /readyz` answers 200. Everything in `loadgen` that needs tap goes through
-it; nothing imports tap's server code.
+and waits until `GET /healthz` says `pass` (bets are taken). Everything in `loadgen` that needs
+tap goes through it; nothing imports tap's server code.
 
 The baselines (`loadgen.servers`: bare ASGI, minimal Quart-trio, WebSocket echo) and the naive
 peer (`loadgen.naive`) are started the same way, so every target in a bench pays the same
@@ -130,8 +130,18 @@ def tap_unavailable() -> str | None:
 
 
 async def wait_ready(
-    host: str, port: int, process: trio.Process, log: Path, *, path: str, within: float
+    host: str,
+    port: int,
+    process: trio.Process,
+    log: Path,
+    *,
+    path: str,
+    within: float,
+    want_status: str | None = None,
 ) -> None:
+    """Poll `path` until it answers 200 (and, with `want_status`, a JSON body whose
+    `status` is that: tap's `/healthz` says `pass` once bets can be taken, i.e. the breaker
+    has closed; `/readyz` only says the process can serve)."""
     conn = HttpConnection(host, port)
     last = "no answer"
     try:
@@ -144,7 +154,9 @@ async def wait_ready(
                 try:
                     with trio.fail_after(2.0):
                         resp = await conn.request("GET", path)
-                    if resp.status == 200:
+                    if resp.status == 200 and (
+                        want_status is None or _json_status(resp.body) == want_status
+                    ):
                         return
                     last = f"{resp.status} {resp.body[:200]!r}"
                 except (OSError, HttpError, trio.TooSlowError, trio.BrokenResourceError) as e:
@@ -154,6 +166,13 @@ async def wait_ready(
     finally:
         conn.close()
     raise ServerFailed(f"not ready after {within:.0f} s (last: {last}):\n{_tail(log)}")
+
+
+def _json_status(body: bytes) -> object:
+    try:
+        return json.loads(body).get("status")
+    except (ValueError, AttributeError):
+        return None
 
 
 async def _run_to_completion(argv: Sequence[str], env: Mapping[str, str], log: Path) -> None:
@@ -174,6 +193,7 @@ async def serve_process(
     *,
     env: Mapping[str, str] | None = None,
     ready_path: str = "/readyz",
+    ready_status: str | None = None,
     ready_timeout: float = 60.0,
     stop_timeout: float = 15.0,
 ) -> AsyncIterator[RunningServer]:
@@ -185,7 +205,15 @@ async def serve_process(
             list(argv), env=full_env, stdout=out, stderr=out, stdin=None
         )
     try:
-        await wait_ready("127.0.0.1", port, process, log, path=ready_path, within=ready_timeout)
+        await wait_ready(
+            "127.0.0.1",
+            port,
+            process,
+            log,
+            path=ready_path,
+            within=ready_timeout,
+            want_status=ready_status,
+        )
         yield RunningServer(name, "127.0.0.1", port, process, log)
     finally:
         with trio.CancelScope(shield=True):
@@ -255,7 +283,15 @@ async def start_tap_server(
     config = ["--config", str(config_path)] if config_path is not None else []
     log = data_dir / "tap.log"
     await _run_to_completion(_python(TAP_CLI, "migrate", *config), env, log)
+    # Ready for bets: /healthz `pass` (the breaker closed), not merely /readyz.
     async with serve_process(
-        "tap", _python(TAP_CLI, "serve", *config), port, log, env=env, ready_timeout=ready_timeout
+        "tap",
+        _python(TAP_CLI, "serve", *config),
+        port,
+        log,
+        env=env,
+        ready_path="/healthz",
+        ready_status="pass",
+        ready_timeout=ready_timeout,
     ) as server:
         yield server

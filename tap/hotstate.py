@@ -36,6 +36,10 @@ class Admit(msgspec.Struct, frozen=True):
     ok: bool
     reason: AdmitReason | None = None
     retry_after_ms: int = 0  # for rate_limited: time until the next token
+    # For an admitted bet: whole rate tokens left after it, and ms until the bucket is full
+    # again (the `RateLimit-Remaining` / `RateLimit-Reset` a client paces itself by).
+    tokens_left: int | None = None
+    full_in_ms: int = 0
 
 
 ADMITTED = Admit(True)
@@ -145,7 +149,10 @@ class InMemoryHotState:
             self._nonces.forget(address, nonce)
             return Admit(False, "insufficient_funds")
         self._spendable[address] -= amount
-        return ADMITTED
+        bucket = self._limiter.bucket(address, now_ms)
+        return Admit(
+            True, tokens_left=bucket.remaining(now_ms), full_in_ms=bucket.full_in_ms(now_ms)
+        )
 
     async def admit_withdrawal(self, address: str, nonce: str, amount: int, now_ms: int) -> Admit:
         if amount <= 0:

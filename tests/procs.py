@@ -1,11 +1,11 @@
 """Real `tap serve` processes and the players that talk to them over HTTP (not a test module).
 
 `server_env` is the environment a test server runs with (`TAP__…` overrides on the embedded
-defaults: a database, archive and backups under the test's directory, a quick breaker, no rate
-limit to speak of, mock deposits); `ServerProcess` starts `python -m tap.runtime.cli serve` in a
-nursery and returns once it announced its URL and `/readyz` answers 200. `Client` is one wallet's
-session on one server: SIWE login with an Ed25519 session key, mock deposits, signed bets. Two
-clients may share one wallet (`wallet=`), one session per server, as a player of two processes
+defaults: a database, archive and backups under the test's directory, a quick breaker, no rate limit
+to speak of, mock deposits); `ServerProcess` starts `python -m tap.runtime.cli serve` in a nursery
+and returns once it announced its URL and `/healthz` says `pass` (bets are taken). `Client` is one
+wallet's session on one server: SIWE login with an Ed25519 session key, mock deposits, signed bets.
+Two clients may share one wallet (`wallet=`), one session per server, as a player of two processes
 needs: sessions live in each process's memory.
 
 Every wait is bounded by `trio.fail_after`; nothing sleeps to let time pass except the short
@@ -107,7 +107,8 @@ class ServerProcess:
         self.url = m.group(1)
         async with httpx.AsyncClient(base_url=self.url) as c:
             with trio.fail_after(READY_WITHIN_S):
-                while (await c.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                # Ready for bets: /healthz `pass` (breaker closed), more than /readyz's "serving".
+                while (await c.get("/healthz")).json()["status"] != "pass":  # noqa: ASYNC110
                     await trio.sleep(0.1)
 
     def log_tail(self) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.e2e import pick_cell, serving
+from tests.e2e import pick_cell, placeable_cells, serving
 from tests.test_e2e_journey import DEPOSIT, STAKE
 
 
@@ -30,7 +30,8 @@ async def test_a_replay_is_409_even_while_the_breaker_is_open(tmp_path: Path) ->
 
 
 async def test_readyz_503_says_when_to_retry(tmp_path: Path) -> None:
-    async with serving(tmp_path, breaker="open") as server, server.http() as http:
+    async with serving(tmp_path) as server, server.http() as http:
+        server.running.services.writer_alive = lambda: False  # this process cannot write
         r = await http.get("/readyz")
         assert r.status_code == 503
         assert int(r.headers["Retry-After"]) >= 1
@@ -109,3 +110,21 @@ async def test_a_bet_whose_payout_exceeds_the_limit_is_refused(tmp_path: Path) -
         cell = await pick_cell(server)
         r = await player.place(cell_id=cell["cell_id"], amount=STAKE)  # multiplier > 1×
         assert r.status_code == 422 and r.json()["error"]["code"] == "exposure_limit"
+
+
+async def test_an_accepted_bet_carries_ratelimit_headers_to_pace_by(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        player = server.player()
+        await player.login()
+        await player.deposit(DEPOSIT)
+        burst = server.cfg.limits.burst
+        seen = []
+        cells = placeable_cells(await server.grid(), after_ts=server.now() + 3000)[:2]
+        for cell in cells:
+            r = await player.place(cell_id=cell["cell_id"], amount=STAKE)
+            assert r.status_code == 202, r.text
+            seen.append(r.headers)
+        assert [h["RateLimit-Limit"] for h in seen] == [str(burst)] * 2
+        first, second = (int(h["RateLimit-Remaining"]) for h in seen)
+        assert first == burst - 1 and second <= first  # one token per bet, refilled over time
+        assert all(int(h["RateLimit-Reset"]) >= 1 for h in seen)

@@ -31,7 +31,12 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_livez_and_readyz_follow_the_breaker_and_the_feed(tmp_path: Path) -> None:
+async def test_readyz_is_this_process_while_breaker_and_feed_only_warn_in_healthz(
+    tmp_path: Path,
+) -> None:
+    """Readiness used to fail while the breaker was open or the feed stale: both are the same
+    for every process, so a load balancer took the whole fleet out at once, reads included.
+    Now they are `warn` checks of /healthz, and /readyz is about this process only."""
     async with serving(tmp_path, breaker=None, price=None) as server:
         client = server.http()
         r = await client.get("/livez")
@@ -39,68 +44,88 @@ async def test_livez_and_readyz_follow_the_breaker_and_the_feed(tmp_path: Path) 
         assert r.json() == {"status": "pass"}
         assert r.headers["content-type"].startswith("application/health+json")
 
-        # No price yet, breaker open since startup.
-        r = await client.get("/readyz")
-        assert r.status_code == 503
-        assert r.headers["content-type"].startswith("application/health+json")
-        assert r.json()["status"] == "fail"
-        assert r.json()["checks"]["circuit_breaker"] == "fail"
-        assert r.json()["checks"]["price_feed"] == "fail"
-
-        # A price, but the breaker is still open (hysteresis not served yet).
-        server.push(10_000_000)
-        await server.settled_feed()
-        r = await client.get("/readyz")
-        assert r.status_code == 503
-        assert r.json()["checks"] == {
-            "database": "pass",
-            "redis": "skipped",
-            "price_feed": "pass",
-            "circuit_breaker": "fail",
-            "accepting": "pass",
-        }
-        await server.set_breaker("closed")
+        # No price yet, breaker open since startup: the process serves (reads work).
         r = await client.get("/readyz")
         assert r.status_code == 200, r.text
-        assert r.json()["status"] == "pass"
+        assert r.headers["content-type"].startswith("application/health+json")
+        assert r.json() == {
+            "status": "pass",
+            "checks": {"database": "pass", "redis": "pass", "accepting": "pass"},
+        }
+        r = await client.get("/healthz")
+        assert r.status_code == 200
+        health = r.json()
+        assert health["status"] == "warn"
+        assert health["checks"]["circuit_breaker"]["status"] == "warn"
+        assert health["checks"]["circuit_breaker"]["state"] == "open"
+        assert health["checks"]["price_feed"]["status"] == "warn"
+        assert (await client.get("/api/markets")).status_code == 200
+
+        server.push(10_000_000)
+        await server.settled_feed()
+        await server.set_breaker("closed")
+        health = (await client.get("/healthz")).json()
+        assert health["status"] == "pass", health
+        assert {c["status"] for c in health["checks"].values()} == {"pass"}
 
 
-async def test_readyz_fails_while_the_last_price_is_stale(tmp_path: Path) -> None:
+async def test_a_stale_price_warns_in_healthz_and_the_process_stays_ready(tmp_path: Path) -> None:
     async with serving(tmp_path, price=None) as server:
         client = server.http()
         stale_after = server.cfg.breaker.stale_after_ms
         server.push(10_000_000, server.now() - stale_after - 5_000)  # an old price
         await server.settled_feed()
         r = await client.get("/readyz")
-        assert r.status_code == 503
-        assert r.json()["checks"]["price_feed"] == "fail"
-        assert r.json()["checks"]["circuit_breaker"] == "pass"  # overridden closed
+        assert r.status_code == 200, r.text
         health = (await client.get("/healthz")).json()
-        assert health["status"] == "degraded"
+        assert health["status"] == "warn"
+        assert health["checks"]["price_feed"]["status"] == "warn"
         assert health["checks"]["price_feed"]["stale_for_ms"] >= stale_after
+        assert health["checks"]["circuit_breaker"]["status"] == "pass"  # overridden closed
         server.push(10_000_000)
         await server.settled_feed()
+        assert (await client.get("/healthz")).json()["status"] == "pass"
+
+
+async def test_readyz_and_healthz_fail_when_the_writer_is_gone(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        client = server.http()
+        server.running.services.writer_alive = lambda: False
         r = await client.get("/readyz")
-        assert r.status_code == 200, r.text
+        assert r.status_code == 503
+        assert r.json()["checks"]["database"] == "fail"
+        assert int(r.headers["Retry-After"]) >= 1
+        r = await client.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "fail"
 
 
 async def test_healthz_has_the_documented_shape(server: Server) -> None:
     r = await server.http().get("/healthz")
     assert r.status_code == 200
     body = r.json()
-    assert body["status"] == "healthy"
+    assert body["status"] == "pass"
     assert isinstance(body["timestamp"], int)
     checks = body["checks"]
-    assert checks["database"]["status"] == "pass"
-    assert checks["redis"]["status"] == "skipped"
+    assert checks["database"] == {"status": "pass"}
+    assert checks["redis"] == {"status": "pass", "configured": False}
+    assert checks["accepting"] == {"status": "pass"}
     assert checks["price_feed"]["last_update"] == server.feed_ts
     assert isinstance(checks["price_feed"]["stale_for_ms"], int)
-    assert checks["circuit_breaker"]["status"] == "closed"
-    assert checks["batcher"] == {"queue_depth": 0, "capacity": server.cfg.batcher.queue_size}
+    assert checks["circuit_breaker"]["status"] == "pass"
+    assert checks["circuit_breaker"]["state"] == "closed"
+    assert checks["batcher"] == {
+        "status": "pass",
+        "queue_depth": 0,
+        "capacity": server.cfg.batcher.queue_size,
+    }
     await server.set_breaker("open")
     body = (await server.http().get("/healthz")).json()
-    assert body["status"] == "degraded"
-    assert body["checks"]["circuit_breaker"] == {"status": "open", "reason": "override"}
+    assert body["status"] == "warn"
+    assert body["checks"]["circuit_breaker"] == {
+        "status": "warn",
+        "state": "open",
+        "reason": "override",
+    }
 
 
 async def test_metrics_expose_the_seed_metrics_and_move_with_traffic(server: Server) -> None:

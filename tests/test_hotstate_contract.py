@@ -65,7 +65,7 @@ async def spendable(hot: Any, address: str) -> int:
 
 async def test_admitted_bet_reserves_its_stake(hot: HotState) -> None:
     await hot.credit(A, 1_000)
-    assert await hot.admit_bet(A, nonce(1), CELL, 300, T0) == ADMITTED
+    assert (await hot.admit_bet(A, nonce(1), CELL, 300, T0)).ok
     assert await spendable(hot, A) == 700
     assert await hot.nonce_seen(A, nonce(1))
 
@@ -99,7 +99,7 @@ async def test_insufficient_funds_undoes_the_nonce_and_the_cell(hot: HotState) -
     assert await hot.admit_bet(A, nonce(1), CELL, 101, T0) == Admit(False, "insufficient_funds")
     assert not await hot.nonce_seen(A, nonce(1))
     assert await spendable(hot, A) == 100
-    assert await hot.admit_bet(A, nonce(1), CELL, 100, T0) == ADMITTED  # same nonce, same cell
+    assert (await hot.admit_bet(A, nonce(1), CELL, 100, T0)).ok  # same nonce, same cell
     assert await spendable(hot, A) == 0
 
 
@@ -119,8 +119,20 @@ async def test_rate_limit_answers_when_the_next_token_comes(hot: HotState) -> No
         False, "rate_limited", 1
     )
     assert not await hot.nonce_seen(A, nonce(10))  # a rate refusal remembers nothing
-    assert await hot.admit_bet(A, nonce(10), "BTC-USD:2:0", 1, T0 + 100) == ADMITTED
+    assert (await hot.admit_bet(A, nonce(10), "BTC-USD:2:0", 1, T0 + 100)).ok
     assert await spendable(hot, A) == 1_000_000 - BURST - 1
+
+
+async def test_an_admitted_bet_says_how_many_rate_tokens_are_left(hot: HotState) -> None:
+    """What `RateLimit-Remaining` / `RateLimit-Reset` on a 202 are made of: both backends
+    count the same tokens, and the time until the bucket is full again."""
+    await hot.credit(A, 1_000)
+    first = await hot.admit_bet(A, nonce(1), CELL, 1, T0)
+    assert (first.tokens_left, first.full_in_ms) == (BURST - 1, 100)
+    second = await hot.admit_bet(A, nonce(2), OTHER_CELL, 1, T0 + 50)
+    assert (second.tokens_left, second.full_in_ms) == (BURST - 2, 150)
+    refused = await hot.admit_bet(A, nonce(2), OTHER_CELL, 1, T0 + 50)  # a replay
+    assert refused.tokens_left is None
 
 
 async def test_rate_token_is_kept_when_a_later_step_refuses(hot: HotState) -> None:
@@ -154,7 +166,7 @@ async def test_release_with_nonce_forgets_it_and_clears_the_cell(hot: HotState) 
     await hot.release(A, 400, cell_id=CELL, nonce=nonce(1))
     assert await spendable(hot, A) == 1_000
     assert not await hot.nonce_seen(A, nonce(1))
-    assert await hot.admit_bet(A, nonce(1), CELL, 400, T0) == ADMITTED  # the client may retry
+    assert (await hot.admit_bet(A, nonce(1), CELL, 400, T0)).ok  # the client may retry
 
 
 async def test_release_without_nonce_keeps_it_remembered(hot: HotState) -> None:

@@ -30,7 +30,7 @@ async def funded(
 
 async def test_an_admitted_bet_reserves_its_stake() -> None:
     hot = await funded(1_000)
-    assert await hot.admit_bet(A, N1, "c1", 400, 0) == ADMITTED
+    assert (await hot.admit_bet(A, N1, "c1", 400, 0)).ok
     assert hot.spendable(A) == 600
     assert await hot.nonce_seen(A, N1)
 

@@ -108,7 +108,7 @@ async def desk() -> Desk:
 async def test_a_confirmed_bet_leaves_pending_and_keeps_its_hold_cell_and_nonce(
     desk: Desk,
 ) -> None:
-    assert await desk.admit() == ADMITTED
+    assert (await desk.admit()).ok
     await desk.apply(BetConfirmed(bet=bet(status="confirmed", confirmed_at=NOW + 5)))
     assert desk.pending.get("bet-n1") is None
     assert desk.spendable == FUNDS - STAKE  # the hold is now the ledger's stake
@@ -126,25 +126,25 @@ async def test_a_confirmation_nobody_here_was_waiting_for_moves_nothing(desk: De
 async def test_a_stored_rejection_releases_hold_and_cell_but_keeps_the_nonce_burned(
     desk: Desk, reason: str
 ) -> None:
-    assert await desk.admit() == ADMITTED
+    assert (await desk.admit()).ok
     await desk.apply(BetRejected(bet=bet(status="rejected", reason=reason), reason=reason))
     assert desk.pending.get("bet-n1") is None
     assert desk.spendable == FUNDS
     assert await desk.hot.nonce_seen(ALICE, "n1")
     assert (await desk.admit("n1", OTHER_CELL)).reason == "replayed_nonce"
-    assert await desk.admit("n2") == ADMITTED  # the cell is free again
+    assert (await desk.admit("n2")).ok  # the cell is free again
 
 
 @pytest.mark.parametrize("reason", sorted(ledger_sync.UNSTORED_REFUSALS))
 async def test_an_unstored_refusal_also_forgets_the_nonce_so_the_client_may_retry_it(
     desk: Desk, reason: str
 ) -> None:
-    assert await desk.admit() == ADMITTED
+    assert (await desk.admit()).ok
     await desk.apply(BetRejected(bet=bet(status="rejected", reason=reason), reason=reason))
     assert desk.pending.get("bet-n1") is None
     assert desk.spendable == FUNDS
     assert not await desk.hot.nonce_seen(ALICE, "n1")
-    assert await desk.admit("n1") == ADMITTED  # the same request, retried
+    assert (await desk.admit("n1")).ok  # the same request, retried
 
 
 async def test_a_replay_answered_with_the_earlier_bet_gives_the_replays_hold_back(
@@ -152,7 +152,7 @@ async def test_a_replay_answered_with_the_earlier_bet_gives_the_replays_hold_bac
 ) -> None:
     # Redis lost its memory, so admission let a replay of n1 through and reserved for it again;
     # the writer answers with the bet that nonce made earlier (an older accepted_at).
-    assert await desk.admit("n1", at=NOW + 60_000) == ADMITTED
+    assert (await desk.admit("n1", at=NOW + 60_000)).ok
     assert desk.spendable == FUNDS - STAKE
     earlier = bet(status="confirmed", accepted_at=NOW, confirmed_at=NOW + 5)
     await desk.apply(BetConfirmed(bet=earlier))
@@ -165,7 +165,7 @@ async def test_a_replay_answered_with_the_earlier_bet_gives_the_replays_hold_bac
 async def test_the_replay_release_happens_once_even_if_the_confirmation_comes_twice(
     desk: Desk,
 ) -> None:
-    assert await desk.admit("n1", at=NOW + 60_000) == ADMITTED
+    assert (await desk.admit("n1", at=NOW + 60_000)).ok
     earlier = BetConfirmed(bet=bet(status="confirmed", accepted_at=NOW, confirmed_at=NOW + 5))
     await desk.apply(earlier)
     await desk.apply(earlier)  # a redelivered confirmation finds nothing pending
@@ -182,7 +182,7 @@ async def test_the_replay_release_happens_once_even_if_the_confirmation_comes_tw
 async def test_a_resolution_credits_its_payout_or_refund(
     desk: Desk, status: str, payout: int, credited: int
 ) -> None:
-    assert await desk.admit() == ADMITTED
+    assert (await desk.admit()).ok
     await desk.apply(BetConfirmed(bet=bet(status="confirmed")))
     resolved = bet(status=status, payout=payout, resolved_at=NOW + 10_000)
     await desk.apply(BetResolved(bet=resolved))

@@ -18,7 +18,7 @@ import trio
 
 from actors import breaker_override
 from tap.config import Config
-from tap.hotstate import ADMITTED, HotStateUnavailable
+from tap.hotstate import HotStateUnavailable
 from tap.messages import BreakerMode
 from tap.store.redis_hot import RedisHotState, open_redis_hot_state
 from tests.redis_fixtures import ThrowawayRedis, hot_config, throwaway_redis
@@ -115,7 +115,7 @@ async def test_killed_redis_is_answered_at_once_and_healed_after_restart(
     owner = Owner(ledger={A: 1_000})
     async with owned_hot_state(outage_config(throwaway_redis.url), owner) as hot:
         await hot.rebuild_from(owner.read_ledger)  # startup
-        assert await hot.admit_bet(A, nonce(1), cell(1), 100, T0) == ADMITTED
+        assert (await hot.admit_bet(A, nonce(1), cell(1), 100, T0)).ok
         owner.ledger[A] = 900  # the writer committed that bet
 
         throwaway_redis.kill()
@@ -130,7 +130,7 @@ async def test_killed_redis_is_answered_at_once_and_healed_after_restart(
         assert await hot.ping()
         assert await hot.spendable(A) == 900  # from the ledger, via the recovery hook
         assert not await hot.nonce_seen(A, nonce(1))  # gone: the ledger's UNIQUE is the backstop
-        assert await hot.admit_bet(A, nonce(2), cell(2), 100, T0) == ADMITTED
+        assert (await hot.admit_bet(A, nonce(2), cell(2), 100, T0)).ok
 
 
 async def test_blackholed_redis_is_answered_in_time_and_healed_after_it_resumes(
@@ -139,7 +139,7 @@ async def test_blackholed_redis_is_answered_in_time_and_healed_after_it_resumes(
     owner = Owner(ledger={A: 1_000, B: 1_000})
     async with owned_hot_state(outage_config(throwaway_redis.url), owner) as hot:
         await hot.rebuild_from(owner.read_ledger)
-        assert await hot.admit_bet(B, nonce(1), cell(1), 100, T0) == ADMITTED
+        assert (await hot.admit_bet(B, nonce(1), cell(1), 100, T0)).ok
 
         throwaway_redis.stop()
         # (A stopped server still completes TCP handshakes: only deadlines can tell.)
@@ -152,7 +152,7 @@ async def test_blackholed_redis_is_answered_in_time_and_healed_after_it_resumes(
         with trio.fail_after(RECOVER_WITHIN_S):
             await owner.wait_rebuilt()
         assert "reconnected" in owner.reasons
-        assert await hot.admit_bet(B, nonce(2), cell(2), 100, T0) == ADMITTED
+        assert (await hot.admit_bet(B, nonce(2), cell(2), 100, T0)).ok
         assert await hot.spendable(B) == 900  # B was untouched by the outage
 
 
@@ -162,7 +162,7 @@ async def test_flushed_redis_is_noticed_and_rebuilt_without_a_reconnect(
     owner = Owner(ledger={A: 1_000})
     async with owned_hot_state(outage_config(throwaway_redis.url), owner) as hot:
         await hot.rebuild_from(owner.read_ledger)
-        assert await hot.admit_bet(A, nonce(1), cell(1), 100, T0) == ADMITTED
+        assert (await hot.admit_bet(A, nonce(1), cell(1), 100, T0)).ok
         owner.ledger[A] = 900
 
         throwaway_redis.flushall()
@@ -171,7 +171,7 @@ async def test_flushed_redis_is_noticed_and_rebuilt_without_a_reconnect(
         assert owner.reasons == ["data_lost"]
         assert not await hot.nonce_seen(A, nonce(1))  # gone: the ledger's UNIQUE is the backstop
         assert await hot.spendable(A) == 900
-        assert await hot.admit_bet(A, nonce(2), cell(1), 900, T0) == ADMITTED
+        assert (await hot.admit_bet(A, nonce(2), cell(1), 900, T0)).ok
 
 
 async def test_hot_state_starts_while_redis_is_down_and_joins_when_it_comes(
@@ -187,7 +187,7 @@ async def test_hot_state_starts_while_redis_is_down_and_joins_when_it_comes(
         throwaway_redis.start()
         with trio.fail_after(RECOVER_WITHIN_S):
             await owner.wait_rebuilt()
-        assert await hot.admit_bet(A, nonce(1), cell(1), 500, T0) == ADMITTED
+        assert (await hot.admit_bet(A, nonce(1), cell(1), 500, T0)).ok
 
 
 async def test_override_subscriber_reconnects_after_a_restart(

@@ -107,7 +107,7 @@ class TapProcess:
             buf += chunk
         self.url = m.group(1)
         with httpx.Client(base_url=self.url, timeout=5) as c:
-            while c.get("/readyz").status_code != 200:
+            while c.get("/healthz").json()["status"] != "pass":  # breaker closed: bets taken
                 assert time.monotonic() < deadline, f"server never ready\n{self.tail()}"
                 time.sleep(0.1)
 

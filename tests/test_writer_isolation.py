@@ -307,7 +307,7 @@ async def test_a_writer_stopped_by_a_broken_database_fails_readiness_and_writes(
             await wait_until(lambda: not server.running.services.writer_alive())
             r = await client.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["database"] == "fail", r.text
-            assert (await client.get("/healthz")).json()["status"] == "unhealthy"
+            assert (await client.get("/healthz")).json()["status"] == "fail"
             assert (await client.get("/livez")).status_code == 200
             other = next(
                 c

@@ -435,8 +435,13 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     async def place_bet() -> Response:
         session = session_or_401()
         req = decode_body(BetRequest, await body(), cfg.limits.max_body_bytes)
-        bet = await svc.desk.place(session, req)
+        bet, admit = await svc.desk.place_with_admission(session, req)
         headers: dict[str, str] = {}
+        if admit.tokens_left is not None:
+            # The same headers a 429 carries, so a client can pace itself before it is refused.
+            headers["RateLimit-Limit"] = str(cfg.limits.burst)
+            headers["RateLimit-Remaining"] = str(admit.tokens_left)
+            headers["RateLimit-Reset"] = str(-(-admit.full_in_ms // 1000))
         wait_s = _prefer_wait(request.headers.get("Prefer"))
         if wait_s:
             final = await svc.wait_for_bet(bet.bet_id, wait_s)
@@ -594,7 +599,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         status, checks = await svc.health()
         return Response(
             _encoder.encode({"status": status, "timestamp": svc.clock.now_ms(), "checks": checks}),
-            503 if status == "unhealthy" else 200,
+            503 if status == "fail" else 200,
             content_type="application/health+json",
         )
 

@@ -37,7 +37,7 @@ import trio
 from tap.admission import SessionKey, verify_bet
 from tap.config import Config, MarketConfig
 from tap.errors import ApiError
-from tap.hotstate import HotState, HotStateUnavailable
+from tap.hotstate import Admit, HotState, HotStateUnavailable
 from tap.messages import Bet, BetRequest, PlaceBet, WriterRequest
 from tap.quotes import Quote, QuoteRefusal
 from tap.runtime import logs, metrics
@@ -170,6 +170,11 @@ class BetDesk:
             )
 
     async def place(self, session: Session, req: BetRequest) -> Bet:
+        bet, _ = await self.place_with_admission(session, req)
+        return bet
+
+    async def place_with_admission(self, session: Session, req: BetRequest) -> tuple[Bet, Admit]:
+        """`place`, and the hot state's answer (rate tokens left, for `RateLimit-*`)."""
         address = session.address
         now = self.now_ms()
         if session.expires_at <= now:  # a WS session outlives its token otherwise
@@ -256,7 +261,7 @@ class BetDesk:
             ) from None
         metrics.BETS.labels("accepted", "").inc()
         log.info("bet accepted", extra={"bet_id": bet_id, "address": address})
-        return bet
+        return bet, admit
 
 
 def signed_request_error(code: str, cfg: Config, now: int) -> ApiError:

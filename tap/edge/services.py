@@ -378,58 +378,61 @@ class EdgeServices:
         return False
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Can this process serve? Its database (and writer), Redis when configured, and not
+        draining. The breaker and the feed are not here: they are the same for every process,
+        so failing readiness on them would take the whole fleet out of rotation at once and
+        stop reads that still work. They are in `health` (status `warn`)."""
         db_ok = await self._db_ok()
         redis_ok = await self._redis_ok()
-        feed_ok, _ = self._feed_check()
-        breaker_ok = all(self.breaker_state(m.symbol) == "closed" for m in self.cfg.markets)
         checks = {
             "database": "pass" if db_ok else "fail",
-            "redis": "skipped" if redis_ok is None else ("pass" if redis_ok else "fail"),
-            "price_feed": "pass" if feed_ok else "fail",
-            "circuit_breaker": "pass" if breaker_ok else "fail",
+            "redis": "fail" if redis_ok is False else "pass",  # None: not configured
             "accepting": "fail" if self.stopping.is_set() else "pass",
         }
-        ready = (
-            db_ok
-            and redis_ok is not False
-            and feed_ok
-            and breaker_ok
-            and not self.stopping.is_set()
-        )
+        ready = db_ok and redis_ok is not False and not self.stopping.is_set()
         return ready, checks
 
     async def health(self) -> tuple[str, dict[str, Any]]:
-        db_ok = await self._db_ok()
-        redis_ok = await self._redis_ok()
+        """Every check in the health+json vocabulary (`pass | warn | fail`). Overall: `fail`
+        (503) when the database (or its writer) is gone; `warn` when this process serves
+        degraded: Redis down or draining (it is also not ready), breaker open, feed stale,
+        writer queue over half full; else `pass`."""
+        _, ready_checks = await self.readiness()
         feed_ok, feeds = self._feed_check()
         depth, capacity = self.writer_depth()
         symbol = self.cfg.markets[0].symbol
+        breaker_state = self.breaker_state(symbol)
+        queue_warn = capacity > 0 and depth * 2 > capacity
+        redis: dict[str, Any] = {"status": ready_checks["redis"]}
+        if not self.redis_configured:
+            redis["configured"] = False  # in-memory hot state: one process, nothing to reach
+        elif redis["status"] == "fail":
+            redis["reason"] = "Redis did not answer; bets refuse with 503"
         checks: dict[str, Any] = {
-            "database": {"status": "pass" if db_ok else "fail"},
-            "redis": {
-                "status": "skipped" if redis_ok is None else ("pass" if redis_ok else "fail"),
-                **(
-                    {}
-                    if redis_ok is not False
-                    else {"reason": "Redis did not answer; bets refuse with 503"}
-                ),
-            },
+            "database": {"status": ready_checks["database"]},
+            "redis": redis,
+            "accepting": {"status": ready_checks["accepting"]},
             "price_feed": feeds.get(symbol, {"last_update": None, "stale_for_ms": None})
-            | {"status": "pass" if feed_ok else "fail"},
+            | {"status": "pass" if feed_ok else "warn"},
             "circuit_breaker": {
-                "status": self.breaker_state(symbol),
+                "status": "pass" if breaker_state == "closed" else "warn",
+                "state": breaker_state,
                 "reason": self.breaker_reason(symbol),
             },
-            "batcher": {"queue_depth": depth, "capacity": capacity},
+            "batcher": {
+                "status": "warn" if queue_warn else "pass",
+                "queue_depth": depth,
+                "capacity": capacity,
+            },
         }
         if len(self.cfg.markets) > 1:
             checks["price_feeds"] = feeds
-        if not db_ok:
-            status = "unhealthy"
-        elif redis_ok is False or not feed_ok or checks["circuit_breaker"]["status"] != "closed":
-            status = "degraded"
+        if ready_checks["database"] == "fail":
+            status = "fail"  # the ledger is out of reach: nothing this process does is right
+        elif any(c.get("status", "pass") != "pass" for c in checks.values() if _is_check(c)):
+            status = "warn"  # serving, degraded: reads work; bets may be refused (503)
         else:
-            status = "healthy"
+            status = "pass"
         return status, checks
 
     def refresh_gauges(self) -> None:
@@ -442,6 +445,10 @@ class EdgeServices:
             tick = self.market.last_tick(m.symbol)
             if tick is not None:
                 metrics.FEED_STALENESS.labels(m.symbol).set(max(0, now - tick.ts) / 1000)
+
+
+def _is_check(value: Any) -> bool:
+    return isinstance(value, dict) and "status" in value
 
 
 _LOGIN_TEXT = {

@@ -11,7 +11,8 @@
 -- ARGV[5] grains gained per ms         ARGV[6] grains per token
 -- ARGV[7] bucket capacity in grains    ARGV[8] ms an empty bucket takes to fill
 -- ARGV[9] '1': a missing balance is unknown (answer 'unknown', change nothing); '0': it is 0
--- Returns {code, retry_after_ms}; code is 'ok', 'unknown' or an `AdmitReason`.
+-- Returns {code, retry_after_ms}; code is 'ok', 'unknown' or an `AdmitReason`. On 'ok':
+-- {'ok', tokens left, ms until the bucket is full} (the client's RateLimit-* headers).
 
 local function ceil_div(a, b)
   -- exact for integers below 2^53: the float quotient is off by at most one
@@ -68,4 +69,4 @@ if spendable < amount then
 end
 redis.call('HINCRBY', bal, 'v', '-' .. ARGV[1])
 redis.call('HINCRBY', bal, 'j', '-' .. ARGV[1])
-return {'ok', 0}
+return {'ok', math.floor(level / per_token), ceil_div(capacity - level, per_ms)}

@@ -365,9 +365,12 @@ class RedisHotState:
 
     async def _admit(self, address: str, command: RedisCommand, undo: redis_gateway.Undo) -> Admit:
         for _ in range(SEED_ATTEMPTS):
-            code, retry_after_ms = await self.gateway.call(command, undo=undo)
+            reply = await self.gateway.call(command, undo=undo)
+            code, retry_after_ms = reply[0], reply[1]
             if code == "ok":
-                return ADMITTED
+                if len(reply) < 3:  # admit_withdrawal: no rate token taken
+                    return ADMITTED
+                return Admit(True, tokens_left=int(reply[1]), full_in_ms=int(reply[2]))
             if code in _REASONS:
                 reason: AdmitReason = code
                 return Admit(False, reason, int(retry_after_ms))
