@@ -22,6 +22,8 @@ COPY pyproject.toml README.md ./
 COPY tap ./tap
 COPY actors ./actors
 COPY loadgen ./loadgen
+# tap/edge/openapi.json links docs/openapi.json, which the package ships.
+COPY docs/openapi.json ./docs/openapi.json
 RUN /opt/venv/bin/pip install --only-binary=:all: --upgrade "pip>=24" \
     && /opt/venv/bin/pip install --prefer-binary . \
     && /opt/venv/bin/tap --version

@@ -28,7 +28,9 @@ from referencing.jsonschema import DRAFT202012
 
 from tap import messages
 from tap.config import MarketConfig
+from tap.edge.openapi import GENERATED, authored, build_spec
 from tap.errors import STATUS
+from tests.e2e import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.json"
@@ -85,8 +87,8 @@ RESPONSE_BODIES: dict[str, type[msgspec.Struct]] = {
 
 
 def load_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
-    return spec
+    """The document the server serves at /openapi.json (authored paths, generated schemas)."""
+    return build_spec()
 
 
 # ── the app's route table, from its source ───────────────────────────────────────────────────
@@ -203,6 +205,37 @@ def test_openapi_json_is_a_valid_openapi_3_1_document() -> None:
     spec = load_spec()
     assert spec["openapi"].startswith("3.1.")
     validate(spec, cls=OpenAPIV31SpecValidator)
+
+
+def test_the_authored_document_is_valid_openapi_and_the_package_ships_it() -> None:
+    spec = authored()
+    validate(spec, cls=OpenAPIV31SpecValidator)
+    assert spec == json.loads(SPEC_PATH.read_text(encoding="utf-8"))  # the link, followed
+
+
+BOUNDS = ("minimum", "maximum", "minLength", "maxLength", "pattern", "maxItems", "minItems")
+
+
+def test_served_body_schemas_carry_the_bounds_the_decoder_enforces() -> None:
+    """Generated, not copied: every bound in a Struct's msgspec schema is in the document."""
+    served = load_spec()["components"]["schemas"]
+    _, generated = msgspec.json.schema_components(list(GENERATED.values()))
+    checked = 0
+    for name, struct in GENERATED.items():
+        for prop, sub in generated[struct.__name__]["properties"].items():
+            for bound in BOUNDS:
+                if bound in sub:
+                    assert served[name]["properties"][prop][bound] == sub[bound], (name, prop)
+                    checked += 1
+    assert checked >= 10  # the request bodies are bounded (amounts, nonces, strings)
+    assert served["BetRequest"]["properties"]["amount"]["maximum"] == 2**53 - 1
+
+
+async def test_the_server_serves_the_built_document(server: Server) -> None:
+    r = await server.http().get("/openapi.json")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json() == json.loads(json.dumps(build_spec()))
 
 
 def test_spec_documents_exactly_the_apps_http_routes() -> None:

@@ -10,6 +10,7 @@ missing `configs/default.toml`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,13 +27,14 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["pyproject.toml", "README.md", "tap", "actors", "loadgen"]
+SOURCES = ["pyproject.toml", "README.md", "tap", "actors", "loadgen", "docs"]
 SERVING = re.compile(r"tap is serving on (http://\S+)")
 # Files the code opens at run time; a package-data glob that matches nothing loses them silently.
 DATA_FILES = {
     "tap/configs/default.toml",
     "tap/store/admit_bet.lua",
     "loadgen/scenarios/smoke.toml",
+    "tap/edge/openapi.json",  # a link to docs/openapi.json in the tree: the wheel holds a copy
     "tap/web/static/index.html",  # the app reads the web client's files when it is created
     "tap/web/static/vendor/noble-curves/ed25519.js",
 }
@@ -163,6 +165,8 @@ def test_installed_wheel_migrates_and_serves_from_another_directory(
         with urllib.request.urlopen(f"{url}/livez", timeout=10) as resp:
             assert resp.status == 200
             assert b'"pass"' in resp.read()
+        with urllib.request.urlopen(f"{url}/openapi.json", timeout=10) as resp:
+            assert json.loads(resp.read())["openapi"].startswith("3.1")  # shipped in the wheel
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
     finally:

@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from tap import siwe, web
 from tap.admission import valid_address
+from tap.edge import openapi
 from tap.edge.services import EdgeServices
 from tap.edge.ws import serve_websocket
 from tap.errors import STATUS, ApiError
@@ -602,6 +603,12 @@ def create_app(svc: EdgeServices) -> QuartTrio:
             503 if status == "fail" else 200,
             content_type="application/health+json",
         )
+
+    spec = _encoder.encode(openapi.build_spec())  # built once: the Structs do not change
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        return Response(spec, 200, content_type="application/json")
 
     @app.get("/metrics")
     async def metrics_text() -> Response:

@@ -36,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             running = await nursery.start(run_server, cfg)
             print(f"tap is serving on {running.url}  (Ctrl-C drains and stops)", flush=True)
             print(f"  try: curl -s {running.url}/api/grid/{cfg.markets[0].symbol} | head -c 300")
-            print("  docs: README.md, docs/openapi.json, docs/websocket.md", flush=True)
+            print(f"  docs: {running.url}/openapi.json, docs/API.md, docs/websocket.md", flush=True)
             for warning in play_money_warnings(cfg):
                 print(f"  WARNING: {warning}", flush=True)
                 log.warning("%s", warning)
