@@ -19,7 +19,7 @@ from actors import breaker_override, ledger_sync
 from actors.redis_gateway import RedisCommand
 from tap.config import Config
 from tap.edge.desk import PendingBets
-from tap.hotstate import ADMITTED, Admit
+from tap.hotstate import Admit
 from tap.messages import (
     BetConfirmed,
     BetResolved,
@@ -97,7 +97,7 @@ async def test_unknown_balance_is_seeded_once_and_takes_one_rate_token(
     async with open_redis_hot_state(cfg, balance_source=ledger_available) as hot:
         await hot.credit(A, 1_000)  # unknown: the ledger read that seeds it counts this money
         assert await hot.spendable(A) is None
-        assert await hot.admit_bet(A, nonce(1), cell(1), 200, T0) == ADMITTED
+        assert (await hot.admit_bet(A, nonce(1), cell(1), 200, T0)).ok
         assert reads == [A]
         assert await hot.spendable(A) == 300
         await hot.credit(A, 50)
@@ -312,7 +312,7 @@ async def test_a_credit_sent_after_a_seed_that_already_read_it_is_not_counted_tw
     cfg = hot_config(redis_url, redis_prefix)
     pending = PendingBets()
     async with open_redis_hot_state(cfg, balance_source=ledger_available) as hot:
-        assert await hot.admit_bet(A, "nonce-000000000002", cell(2), STAKE, T0) == ADMITTED
+        assert (await hot.admit_bet(A, "nonce-000000000002", cell(2), STAKE, T0)).ok
         await ledger_sync.apply(hot, pending, late)  # the credit, a moment late
         [confirmed, *_] = commit(writer, placed_bet(2, A, STAKE))
         assert isinstance(confirmed, BetConfirmed)
