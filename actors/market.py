@@ -1,11 +1,18 @@
 """The market actor: turns ticks into volatility, cached quote grids and market-data frames.
 
-It owns one `GridBook` and one `EwmaVolatility` per configured market. For every tick it updates
-σ, publishes a `price` frame on `prices:{symbol}` and refreshes the grid; every grid it computes is
-published on `grid:{symbol}` — at most once per `pricing.refresh_ms` from ticks, at once on a
-column roll or a breaker change, and at least once a second even when no tick comes. The edge
-reads the same grids through the `MarketHandle` it hands to `task_status.started`, so the quote a
-bet locks is the grid a player was shown.
+It owns one `GridBook`, one `EwmaVolatility` and one `TickInterval` per configured market. For
+every tick it updates σ and the tick interval, publishes a `price` frame on `prices:{symbol}` and
+refreshes the grid; every grid it computes is published on `grid:{symbol}` — at most once per
+`pricing.refresh_ms` from ticks, at once on a column roll or a breaker change, and at least once a
+second even when no tick comes. The edge reads the same grids through the `MarketHandle` it hands
+to `task_status.started`.
+
+Quote age: a grid may be up to `refresh_ms` older than the newest tick, and every tick goes out to
+players at once, so a player could see the price move toward a cell and bet on the older, now
+too generous, quote (the audit measures that adverse selection at well above 1 − edge for the
+cells the price moved toward: docs/pricing.md). So admission never quotes from an older tick:
+`MarketHandle.quote_cell` requotes the whole grid from the newest tick first when the cached one
+is older (at most once per tick; a bet then locks exactly the price every player has seen).
 
 A tick older than the market's last one is skipped (the grid must not move back to an older
 price). The breaker is taken as open until the breaker actor says closed. `BreakerChanged` names no
@@ -21,8 +28,8 @@ import trio
 from tap.config import Config, MarketConfig, PricingConfig
 from tap.grid import current_column
 from tap.messages import BreakerChanged, BreakerStateName, GridView, Tick, WsGrid, WsOut, WsPrice
-from tap.pricing import EwmaVolatility
-from tap.quotes import GridBook, Quote, QuoteRefusal
+from tap.pricing import EwmaVolatility, TickInterval
+from tap.quotes import GridBook, Quote, QuoteRefusal, fixed_monitoring_interval
 from tap.runtime.clock import Clock
 
 # A grid goes out at least this often with no tick at all (API.md: "at least 1 Hz").
@@ -37,6 +44,8 @@ class _Market:
     __slots__ = (
         "book",
         "breaker",
+        "fixed_interval",
+        "interval",
         "last_tick",
         "published",
         "published_at",
@@ -44,21 +53,43 @@ class _Market:
         "volatility",
     )
 
-    def __init__(self, market: MarketConfig, pricing: PricingConfig) -> None:
-        self.book = GridBook(market, pricing)
+    def __init__(self, market: MarketConfig, cfg: Config) -> None:
+        pricing: PricingConfig = cfg.pricing
+        self.fixed_interval = fixed_monitoring_interval(cfg)
+        self.book = GridBook(market, pricing, self.fixed_interval)
         self.volatility = EwmaVolatility(pricing)
+        # The stream's own cadence, for feeds whose cadence the configuration does not fix.
+        self.interval = TickInterval(cfg.feed.sim_tick_ms, cfg.feed.max_gap_ms)
         self.last_tick: Tick | None = None
         self.breaker: BreakerStateName = "open"
         self.published: GridView | None = None
         self.published_at = 0
         self.published_column = 0
 
-    def publish_grid(self, now_ms: int, publish: Publish, *, heartbeat: bool = False) -> None:
-        """Refresh the grid and publish it if it is new (or, for a heartbeat, in any case)."""
+    @property
+    def interval_ms(self) -> int:
+        """The tick interval the grid prices with: fixed by the configuration, or measured."""
+        return self.fixed_interval or self.interval.interval_ms
+
+    def refresh(self, now_ms: int, *, force: bool = False) -> GridView | None:
         tick = self.last_tick
         if tick is None:
+            return None
+        return self.book.refresh(
+            now_ms,
+            tick.price,
+            tick.ts,
+            self.volatility.sigma,
+            self.breaker,
+            interval_ms=self.interval_ms,
+            force=force,
+        )
+
+    def publish_grid(self, now_ms: int, publish: Publish, *, heartbeat: bool = False) -> None:
+        """Refresh the grid and publish it if it is new (or, for a heartbeat, in any case)."""
+        view = self.refresh(now_ms)
+        if view is None:
             return
-        view = self.book.refresh(now_ms, tick.price, tick.ts, self.volatility.sigma, self.breaker)
         if not heartbeat:
             if view is self.published:
                 return
@@ -81,7 +112,9 @@ class _Market:
                 price=view.price,
                 volatility=view.volatility,
                 house_edge_bps=view.house_edge_bps,
+                pricing_model=view.pricing_model,
                 monitoring_interval_ms=view.monitoring_interval_ms,
+                next_tick_ms=view.next_tick_ms,
                 breaker=view.breaker,
                 cells=view.cells,
             ),
@@ -95,7 +128,8 @@ class MarketHandle:
     """The edge's read-only window on the market actor's state (no awaits, no copies).
 
     `quote_cell` is the admission call: it routes by the symbol in the cell id and answers from the
-    cached grid, re-checking the column rule at `now_ms`.
+    cached grid — requoted first from the newest tick if the cache is older — re-checking the
+    column rule at `now_ms`.
     """
 
     __slots__ = ("_markets",)
@@ -116,6 +150,10 @@ class MarketHandle:
         market = self._markets.get(cell_id.partition(":")[0])
         if market is None:
             return QuoteRefusal("cell_not_placeable", f"cell {cell_id[:80]!r} is in no market")
+        tick = market.last_tick
+        if tick is not None and (tick.ts, tick.price) != market.book.priced_tick:
+            # A tick newer than the cached quote is already on the players' screens: requote.
+            market.refresh(now_ms, force=True)
         return market.book.quote(cell_id, now_ms)
 
     def last_tick(self, symbol: str) -> Tick | None:
@@ -142,7 +180,7 @@ async def run(
     task_status: trio.TaskStatus[MarketHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `ticks` ends. `publish` is the hub's synchronous, non-blocking fan-out."""
-    markets = {m.symbol: _Market(m, cfg.pricing) for m in cfg.markets}
+    markets = {m.symbol: _Market(m, cfg) for m in cfg.markets}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_follow_breaker, markets, clock, breaker_states, publish)
         for market in markets.values():
@@ -157,6 +195,7 @@ async def run(
                 if last is not None and tick.ts < last.ts:
                     continue  # older than the price we already quote from: it must not win
                 quoted.volatility.update(tick.ts, tick.price)
+                quoted.interval.update(tick.ts)
                 quoted.last_tick = tick
                 publish(
                     f"prices:{tick.symbol}",

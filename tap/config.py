@@ -66,7 +66,9 @@ class PricingConfig(Base, frozen=True):
     vol_cap: float = 3.00
     vol_halflife_ms: int = 60_000  # EWMA half-life of the variance estimate
     refresh_ms: int = 500  # grid recomputed at most this often (DESIGN rule 10)
-    monitoring_interval_ms: int = 0  # 0 = continuous monitoring, no discrete correction
+    # The tick interval Δ quotes assume (docs/pricing.md). 0 = the feed's own: `feed.sim_tick_ms`
+    # for the built-in simulator, else estimated from the stream (EWMA of inter-arrival gaps).
+    monitoring_interval_ms: int = 0
 
 
 class AuthConfig(Base, frozen=True):
@@ -305,6 +307,12 @@ def _validate(cfg: Config) -> None:
     p = cfg.pricing
     need(0 < p.vol_floor <= p.vol_cap, "pricing.vol_floor", p.vol_floor, "0 < floor <= vol_cap")
     need(p.refresh_ms > 0, "pricing.refresh_ms", p.refresh_ms, "a positive integer")
+    need(
+        0 <= p.monitoring_interval_ms <= 3_600_000,
+        "pricing.monitoring_interval_ms",
+        p.monitoring_interval_ms,
+        "0 (the feed's own tick interval) or 1..3600000 ms",
+    )
     need(cfg.auth.max_skew_ms > 0, "auth.max_skew_ms", cfg.auth.max_skew_ms, "a positive integer")
     need(cfg.limits.rate_per_s > 0, "limits.rate_per_s", cfg.limits.rate_per_s, "> 0")
     need(cfg.limits.burst >= 1, "limits.burst", cfg.limits.burst, ">= 1")

@@ -379,7 +379,11 @@ class GridView(msgspec.Struct, kw_only=True):
     price: int
     volatility: float
     house_edge_bps: int
+    # The pricing parameters beyond σ, price and as_of (docs/pricing.md): the method's name, the
+    # tick interval Δ the quotes assume (ms) and its first tick: ticks at next_tick_ms + k·Δ.
+    pricing_model: str  # "discrete_ticks": P is the chance that a tick lands in the band
     monitoring_interval_ms: int
+    next_tick_ms: int
     breaker: BreakerStateName
     cells: list[GridCell]
 
@@ -390,7 +394,11 @@ class WsGrid(WsOut, tag="grid"):
     price: int
     volatility: float
     house_edge_bps: int
+    # The pricing parameters beyond σ, price and as_of (docs/pricing.md): the method's name, the
+    # tick interval Δ the quotes assume (ms) and its first tick: ticks at next_tick_ms + k·Δ.
+    pricing_model: str  # "discrete_ticks": P is the chance that a tick lands in the band
     monitoring_interval_ms: int
+    next_tick_ms: int
     breaker: BreakerStateName
     cells: list[GridCell]
 

@@ -1,18 +1,27 @@
-"""Pricing: how likely a price path is to touch a cell, what multiplier that earns, and σ.
+"""Pricing: how likely a tick is to land in a cell, what multiplier that earns, σ and tick rate.
 
-Decides three things, exactly as API.md "Pricing" publishes them so anyone can check a quote:
-the probability that a driftless log-price Brownian motion touches a price band during a future
-time window (continuous monitoring, closed form through bivariate normal CDFs), the house
-multiplier in integer basis points, and the annualized volatility estimated from ticks by an
-EWMA. It leaves to its caller which cells to price, when to recompute and what to cache
-(`tap.quotes`); it reads no clock — every time is an argument in ms.
+Decides, exactly as API.md "Pricing" and docs/pricing.md publish them so anyone can check a quote:
 
-Pure Python and `math`: no numpy, so the published formula has no hidden dependency.
+- `tick_touch_probabilities`: the probability of the win rule that is actually used — some
+  *tick* of the feed's schedule inside the window lands in the closed band — for a driftless
+  log-price Brownian motion, by an exact numerical recursion over the tick times (the quotes);
+- `touch_probability`: the continuous-monitoring touch probability in closed form (bivariate
+  normal CDFs) — the small-interval limit of the above, kept as its reference and check;
+- the house multiplier in integer basis points;
+- the annualized volatility (EWMA of log-returns) and the feed's effective tick interval (EWMA
+  of inter-arrival gaps).
+
+It leaves to its caller which cells to price, when to recompute and what to cache (`tap.quotes`);
+it reads no clock — every time is an argument in ms. The recursion uses numpy's FFT: a full grid
+is 16 rows × 20 convolutions of ~2000 points, which pure Python cannot do within a refresh.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+import numpy as np
 
 from tap.config import PricingConfig
 
@@ -232,6 +241,182 @@ def _clamped_bvn(h: float, k: float, r: float) -> float:
     return min(1.0, max(0.0, _bvn_upper(-h, -k, r)))
 
 
+# ── the discrete-tick win rule ────────────────────────────────────────────────────────────────
+
+# Grid step of the recursion, in standard deviations of one tick's log-return. The error of the
+# trapezoid rule with the band's jump on a node is O(h²): at 0.05 a probability is within ~3e-5
+# of its limit (measured in props/test_pricing_props.py); halving it doubles the cost.
+TICK_GRID_STEP = 0.05
+# Absorbed mass further than this many √n tick deviations from the band is below 1e-15: the grid
+# ends there.
+_GRID_REACH_SD = 8.0
+# The Gaussian kernel is cut at ±9 sd (its tail mass is 2e-19).
+_KERNEL_REACH_SD = 9.0
+# A window with more ticks than this is priced on a coarser schedule (every j-th tick, the band
+# widened by the Broadie–Glasserman–Kou shift of the skipped ticks): a dense exchange stream would
+# otherwise cost one convolution per tick. With 250 ms ticks and 5 s columns (20) it never applies.
+MAX_WINDOW_STEPS = 64
+# Grid points across the band at most (a band hundreds of tick deviations wide needs no 0.05).
+_MAX_BAND_POINTS = 2000
+
+
+def tick_touch_probabilities(
+    spot: int,
+    bands: Sequence[tuple[int, int]],
+    sigma: float,
+    interval_ms: int,
+    windows: Sequence[tuple[int, int]],
+) -> list[list[float]]:
+    """P[i][j]: the chance that a tick in window j lands in band i (the win rule of API.md).
+
+    The model (docs/pricing.md): log price X is a driftless Brownian motion with annualized
+    volatility `sigma`, starting at log(`spot`) at `as_of`; ticks are observed at
+    `as_of + k·interval_ms` for k = 1, 2, …; a tick's price is X's price rounded to the nearest
+    increment, so it lies in the closed integer band [lo, hi] iff exp(X) ∈ [lo − ½, hi + ½].
+    Window j = (t0, t1) is in ms relative to `as_of` (t0 = t_start − as_of, t1 = t_end − as_of),
+    half-open like a cell's window; with t0 ≤ 0 the `as_of` tick itself is inside it.
+
+    Method: in units of one tick's standard deviation, with the band at [0, w], let R_m(v) be the
+    chance that at least one of the next m window ticks lands in the band, given the first of them
+    lands at v. Then R_1 = 1_band and R_{m+1}(v) = 1_band(v) + 1_out(v)·E[R_m(v + Z)] — one
+    convolution with the unit Gaussian per tick, done by FFT on a uniform grid whose nodes fall on
+    both band edges (the trapezoid rule then takes the jump's mean at the edge: O(h²)). R depends
+    on the band and the tick count only, so one recursion per row serves every column; each cell
+    is then one Gaussian integral of R_n against the position of the window's first tick,
+    N(log spot, σ²·k0·interval). All rows run as one batched FFT.
+    """
+    if not spot > 0:
+        raise ValueError(f"spot must be positive, got {spot!r}")
+    if not sigma >= 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+    if interval_ms <= 0:
+        raise ValueError(f"interval_ms must be positive, got {interval_ms!r}")
+    for lo, hi in bands:
+        if not 0 <= lo <= hi:
+            raise ValueError(f"band [{lo!r}, {hi!r}] must satisfy 0 <= lo <= hi")
+    out = [[0.0] * len(windows) for _ in bands]
+    # Per window: index of its first tick and its tick count (0: no tick falls inside).
+    firsts: list[int] = []
+    counts: list[int] = []
+    for j, (t0, t1) in enumerate(windows):
+        k0 = max(1, -(-t0 // interval_ms))
+        k1 = -(-t1 // interval_ms) - 1
+        firsts.append(k0)
+        counts.append(max(0, k1 - k0 + 1))
+        if t0 <= 0 < t1:  # the as_of tick is in the window: a band holding the spot is won
+            for i, (lo, hi) in enumerate(bands):
+                if lo <= spot <= hi:
+                    out[i][j] = 1.0
+    if sigma == 0.0:
+        for i, (lo, hi) in enumerate(bands):
+            for j in range(len(windows)):
+                if counts[j] and lo <= spot <= hi:
+                    out[i][j] = 1.0
+        return out
+    if max(counts, default=0) == 0 or not bands:
+        return out
+    tick_sd = sigma * math.sqrt(interval_ms / YEAR_MS)  # log-return sd of one tick
+    log_spot = math.log(spot)
+    log_lo = [math.log(lo - 0.5) - log_spot if lo > 0.5 else -math.inf for lo, _ in bands]
+    log_hi = [math.log(hi + 0.5) - log_spot for _, hi in bands]
+    # Windows of at most MAX_WINDOW_STEPS ticks are priced exactly, together. A window of n more
+    # ticks is priced on MAX_WINDOW_STEPS steps from its first to its last tick, each the
+    # variance of q = (n−1)/(MAX_WINDOW_STEPS−1) ticks, with the band widened per side by
+    # β·(√q − 1)·tick_sd (Broadie–Glasserman–Kou: monitoring every q ticks behaves like
+    # monitoring every tick with the band that much wider). One group per distinct n.
+    groups: dict[int, list[int]] = {}
+    for j, n in enumerate(counts):
+        if n:
+            groups.setdefault(0 if n <= MAX_WINDOW_STEPS else n, []).append(j)
+    for n_coarse, members in groups.items():
+        q = 1.0 if n_coarse == 0 else (n_coarse - 1) / (MAX_WINDOW_STEPS - 1)
+        unit = tick_sd * math.sqrt(q)  # log-return sd of one step
+        widen = DISCRETE_MONITORING_BETA * (unit - tick_sd)
+        steps = {j: counts[j] if n_coarse == 0 else MAX_WINDOW_STEPS for j in members}
+        start_sd = {j: math.sqrt(firsts[j] / q) for j in members}
+        lows = np.array([(x - widen) / unit for x in log_lo])
+        highs = np.array([(x + widen) / unit for x in log_hi])
+        chances = _absorbed_chances(lows, highs, steps, start_sd)
+        for j, p in chances.items():
+            for i in range(len(bands)):
+                if out[i][j] < 1.0:
+                    out[i][j] = min(1.0, max(0.0, float(p[i])))
+    return out
+
+
+def _absorbed_chances(
+    lows: np.ndarray, highs: np.ndarray, steps: dict[int, int], start_sd: dict[int, float]
+) -> dict[int, np.ndarray]:
+    """For each window j: per band i (edges `lows[i]`, `highs[i]`, in units of one step's sd,
+    relative to the spot), the chance that one of `steps[j]` steps lands in the band when the
+    first lands at N(0, start_sd[j]²). The recursion of `tick_touch_probabilities`."""
+    reach = _GRID_REACH_SD * math.sqrt(max(steps.values())) + 2.0
+    # A band reaching down to price 0 is cut where no path can go: below the spot by more than
+    # every window's reach.
+    floor = -(reach + _GRID_REACH_SD * max(start_sd.values()) + 10.0)
+    lows = np.maximum(lows, np.minimum(floor, highs - 1.0))
+    widths = highs - lows
+    # Each row's own grid: its band edges fall on nodes `origin` and `origin + points[i]`, so a
+    # cell priced alone gets the same grid as in a batch (only the zero padding differs).
+    points = np.clip(np.ceil(widths / TICK_GRID_STEP), 2, _MAX_BAND_POINTS).astype(np.int64)
+    h = widths / points
+    origin = math.ceil(reach / float(h.min()))
+    size_n = origin + int((points + np.ceil(reach / h)).max()) + 1
+    half_kernel = math.ceil(_KERNEL_REACH_SD / float(h.min()))
+    fft_n = _fft_size(size_n + half_kernel)
+    # The unit Gaussian on each row's grid, wrapped around index 0 (circular = linear here:
+    # fft_n ≥ size_n + half_kernel, and R is ~0 near both ends of the grid).
+    offsets = np.zeros(fft_n)
+    offsets[: half_kernel + 1] = np.arange(half_kernel + 1)
+    offsets[fft_n - half_kernel :] = np.arange(-half_kernel, 0)
+    kernel = (h[:, None] / _SQRT_TWO_PI) * np.exp(-0.5 * (offsets[None, :] * h[:, None]) ** 2)
+    kernel[:, half_kernel + 1 : fft_n - half_kernel] = 0.0
+    kernel_f = np.fft.rfft(kernel, axis=1)
+    row_ids = np.arange(len(widths))
+    top = origin + points  # per row: the node on the band's upper edge
+    index = np.arange(size_n)[None, :]
+    inside = (index > origin) & (index < top[:, None])
+    needed = set(steps.values())
+    absorbed: dict[int, np.ndarray] = {}
+    spread = np.zeros((len(widths), size_n))  # E[R_m(v + Z)]: the smooth part outside the band
+    for m in range(1, max(needed) + 1):
+        r = spread
+        r[inside] = 1.0
+        r[:, origin] = 0.5 * (1.0 + r[:, origin])
+        r[row_ids, top] = 0.5 * (1.0 + r[row_ids, top])
+        if m in needed:
+            absorbed[m] = r.copy()
+        if m < max(needed):
+            spread = np.fft.irfft(np.fft.rfft(r, fft_n, axis=1) * kernel_f, fft_n, axis=1)
+            spread = spread[:, :size_n]
+    nodes = (index - origin) * h[:, None]  # v, band at [0, width]
+    spot_at = -lows[:, None]  # the spot's position on each row's axis
+    chances = {}
+    for j, n in steps.items():
+        s = start_sd[j]
+        z = (nodes - spot_at) / s
+        weights = np.exp(-0.5 * z * z) * (h[:, None] / (s * _SQRT_TWO_PI))
+        chances[j] = np.einsum("ij,ij->i", absorbed[n], weights)
+    return chances
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n: pocketfft is fastest on those."""
+    best = 1 << (n - 1).bit_length()
+    p2 = 1
+    while p2 < best:
+        p3 = p2
+        while p3 < best:
+            p5 = p3
+            while p5 < best:
+                if p5 >= n:
+                    best = p5
+                p5 *= 5
+            p3 *= 3
+        p2 *= 2
+    return best
+
+
 def multiplier_bps(p: float, house_edge_bps: int, max_multiplier_bps: int) -> int:
     """The multiplier a cell with touch probability `p` pays, in integer basis points.
 
@@ -294,3 +479,41 @@ class EwmaVolatility:
         self._rate = keep * self._rate + (1.0 - keep) * (r * r / dt)
         self._last_ts, self._last_price = ts_ms, price
         return self.sigma
+
+
+class TickInterval:
+    """The effective tick interval of a stream: an EWMA of the gaps between tick timestamps.
+
+    For a regular feed it is the cadence exactly; for an irregular, gap-free stream (an exchange's
+    trades) it is the mean gap, and the grid prices that stream as if its ticks came regularly at
+    that interval (docs/pricing.md says what that approximation costs). Each positive gap counts
+    with weight `1/GAP_WEIGHT`; a tick at or before the previous one adds no monitoring moment of
+    its own (same-millisecond trades are one observation for pricing) and is skipped. A gap
+    longer than `cap_ms` — a feed outage, which voids bets anyway — counts as `cap_ms`, so one
+    outage cannot make the grid assume minutes between ticks; the estimate is at least 1 ms.
+    """
+
+    GAP_WEIGHT = 32  # ~ the last 32 gaps: 8 s of a 250 ms feed, under a second of a busy exchange
+
+    __slots__ = ("_cap", "_last_ts", "_mean")
+
+    def __init__(self, initial_ms: int, cap_ms: int) -> None:
+        if initial_ms <= 0 or cap_ms <= 0:
+            raise ValueError("initial_ms and cap_ms must be positive")
+        self._mean = float(min(initial_ms, cap_ms))
+        self._cap = cap_ms
+        self._last_ts: int | None = None
+
+    @property
+    def interval_ms(self) -> int:
+        """The estimate rounded to a whole millisecond (what the grid publishes and prices)."""
+        return max(1, round(self._mean))
+
+    def update(self, ts_ms: int) -> int:
+        last = self._last_ts
+        if last is None or ts_ms > last:
+            if last is not None:
+                gap = min(ts_ms - last, self._cap)
+                self._mean += (gap - self._mean) / self.GAP_WEIGHT
+            self._last_ts = ts_ms
+        return self.interval_ms

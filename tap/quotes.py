@@ -1,19 +1,21 @@
 """The cached quote grid of one market: the grid everyone sees and the quotes bets are admitted on.
 
-Decides when a market's grid is recomputed (at most every `pricing.refresh_ms`, and at once when
-the column rolls or the breaker changes), what each cell's multiplier and placeability are, and
-what a bet on a cell id is quoted: the locked multiplier and the cell's bounds, or the API.md
-refusal. Admission uses the cached quote, not a fresh price (DESIGN rule 10), so what a player
-saw on the last published grid is what a bet locks. It leaves to its caller the price, its
-timestamp, σ and the breaker state, when to call `refresh` and what to publish; `now_ms` is an
-argument everywhere.
+Decides when a market's grid is recomputed (at most every `pricing.refresh_ms`, at once when the
+column rolls or the breaker changes, and whenever the caller forces it), what each cell's
+multiplier and placeability are — priced for the win rule actually used, a tick in the band
+(`tap.pricing.tick_touch_probabilities`) — and what a bet on a cell id is quoted: the locked
+multiplier and the cell's bounds, or the API.md refusal. Admission uses the cached quote (DESIGN
+rule 10); the market actor forces a requote before admitting on a grid older than the newest
+tick, so no bet is ever quoted on a price a player has already seen move (docs/pricing.md,
+"quote age"). It leaves to its caller the price, its timestamp, σ, the tick interval and the
+breaker state, when to call `refresh` and what to publish; `now_ms` is an argument everywhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tap.config import MarketConfig, PricingConfig
+from tap.config import Config, MarketConfig, PricingConfig
 from tap.grid import (
     CellBounds,
     CellId,
@@ -24,7 +26,25 @@ from tap.grid import (
     unplaceable_reason,
 )
 from tap.messages import BreakerStateName, GridCell, GridView
-from tap.pricing import multiplier_bps, touch_probability
+from tap.pricing import multiplier_bps, tick_touch_probabilities
+
+PRICING_MODEL = "discrete_ticks"  # GridView.pricing_model: docs/pricing.md describes it
+# The tick interval a book assumes when its caller names none (the default simulator's cadence).
+DEFAULT_INTERVAL_MS = 250
+
+
+def fixed_monitoring_interval(cfg: Config) -> int | None:
+    """The tick interval the grid must assume, when the configuration knows it; None: estimate it.
+
+    `pricing.monitoring_interval_ms` > 0 is an operator's override; otherwise the built-in
+    simulator's cadence is known exactly, and any other feed's is measured from its stream.
+    """
+    if cfg.pricing.monitoring_interval_ms > 0:
+        return cfg.pricing.monitoring_interval_ms
+    if cfg.feed.source == "sim":
+        return cfg.feed.sim_tick_ms
+    return None
+
 
 # A refusal is the grid's own verdict: `code` is the API.md error code, `message` the reason.
 QuoteRefusal = NotPlaceable
@@ -72,16 +92,24 @@ class GridBook:
         "_breaker",
         "_column",
         "_computed_at",
+        "_interval_ms",
         "_market",
+        "_priced_tick",
         "_pricing",
         "_quotes",
         "_rows",
         "_view",
     )
 
-    def __init__(self, market: MarketConfig, pricing: PricingConfig) -> None:
+    def __init__(
+        self, market: MarketConfig, pricing: PricingConfig, interval_ms: int | None = None
+    ) -> None:
+        """`interval_ms`: the tick interval `refresh` prices with when not told one; by default
+        `pricing.monitoring_interval_ms`, or the default simulator's cadence when that is 0."""
         self._market = market
         self._pricing = pricing
+        self._interval_ms = interval_ms or pricing.monitoring_interval_ms or DEFAULT_INTERVAL_MS
+        self._priced_tick: tuple[int, int] | None = None
         self._view: GridView | None = None
         self._quotes: dict[str, Quote] = {}
         self._rows = range(0)
@@ -107,43 +135,58 @@ class GridBook:
             or breaker != self._breaker
         )
 
+    @property
+    def priced_tick(self) -> tuple[int, int] | None:
+        """The tick `(ts, price)` the cached grid is priced from (None before the first
+        `refresh`): a caller holding a newer tick forces a requote before admitting on it."""
+        return self._priced_tick
+
     def refresh(
-        self, now_ms: int, price: int, ts: int, sigma: float, breaker: BreakerStateName
+        self,
+        now_ms: int,
+        price: int,
+        ts: int,
+        sigma: float,
+        breaker: BreakerStateName,
+        *,
+        interval_ms: int | None = None,
+        force: bool = False,
     ) -> GridView:
         """The grid at `now_ms` for the latest tick (`ts`, `price`) and volatility `sigma`.
 
-        Recomputed only when `is_due`; otherwise the cached view is returned unchanged (a new
-        price alone waits for `refresh_ms`). The grid is priced as of the tick's time, not
-        `now_ms` (`as_of = min(ts, now_ms)`): `price` is known exactly at `ts`, so anyone can
-        check a quote against the tick log. How far `ts` trails `now_ms` is bounded elsewhere:
+        Recomputed when `is_due` or `force`; otherwise the cached view is returned unchanged (a
+        new price alone waits for `refresh_ms` unless forced). The grid is priced as of the
+        tick's time, not `now_ms` (`as_of = min(ts, now_ms)`): `price` is known exactly at `ts`,
+        so anyone can check a quote against the tick log, and the modelled ticks follow it every
+        `interval_ms` (default: the book's). How far `ts` trails `now_ms` is bounded elsewhere:
         the grid refreshes on ticks, and a stale feed opens the breaker.
         """
         # A book's time never runs backwards: callers' clocks may disagree by a rounding
         # millisecond, and a grid must not roll back to the column it just left.
         now_ms = max(now_ms, self._computed_at)
-        if self._view is not None and not self.is_due(now_ms, breaker):
+        if self._view is not None and not force and not self.is_due(now_ms, breaker):
             return self._view
         market = self._market
         edge, cap = market.house_edge_bps, market.max_multiplier_bps
-        monitoring_ms = self._pricing.monitoring_interval_ms
+        interval = interval_ms or self._interval_ms
         as_of = min(ts, now_ms)
         column = current_column(now_ms, market.column_ms)
         rows = published_rows(price, market.row_height, market.rows)
+        columns = range(column + 1, column + 1 + market.columns_ahead)
+        bands = [(row * market.row_height, (row + 1) * market.row_height) for row in rows]
+        windows = [
+            (col * market.column_ms - as_of, (col + 1) * market.column_ms - as_of)
+            for col in columns
+        ]
+        chances = tick_touch_probabilities(price, bands, sigma, interval, windows)
         cells: list[GridCell] = []
         quotes: dict[str, Quote] = {}
-        for col in range(column + 1, column + 1 + market.columns_ahead):
-            t_start = col * market.column_ms
-            t0 = max(0, t_start - as_of)
-            t1 = t_start + market.column_ms - as_of
-            for row in rows:
+        for j, col in enumerate(columns):
+            for i, row in enumerate(rows):
                 cell = CellId(market.symbol, col, row)
                 cell_id = str(cell)
                 bounds = cell_bounds(col, row, market.column_ms, market.row_height)
-                p = touch_probability(
-                    price, bounds.price_lo, bounds.price_hi, sigma, t0, t1,
-                    monitoring_ms=monitoring_ms,
-                )  # fmt: skip
-                m = multiplier_bps(p, edge, cap)
+                m = multiplier_bps(chances[i][j], edge, cap)
                 refusal = unplaceable_reason(cell, market, now_ms, rows, m, breaker)
                 cells.append(
                     GridCell(
@@ -174,11 +217,14 @@ class GridBook:
             price=price,
             volatility=sigma,
             house_edge_bps=edge,
-            monitoring_interval_ms=monitoring_ms,
+            pricing_model=PRICING_MODEL,
+            monitoring_interval_ms=interval,
+            next_tick_ms=as_of + interval,
             breaker=breaker,
             cells=cells,
         )
         self._quotes = quotes
+        self._priced_tick = (ts, price)
         self._rows = rows
         self._column = column
         self._computed_at = now_ms

@@ -53,7 +53,9 @@ def grid(i: int) -> WsGrid:
         price=10_000_000,
         volatility=0.6,
         house_edge_bps=500,
-        monitoring_interval_ms=0,
+        pricing_model="discrete_ticks",
+        monitoring_interval_ms=250,
+        next_tick_ms=T0 + i + 250,
         breaker="closed",
         cells=[],
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 
 from actors import market
@@ -195,4 +196,62 @@ async def test_a_tick_older_than_the_last_is_skipped(
         await trio.sleep(0.001)
         assert h.handle.last_tick("BTC-USD") == newest
         assert [p.price for p in h.prices()] == [PRICE]
+        nursery.cancel_scope.cancel()
+
+
+async def test_admission_requotes_from_a_tick_newer_than_the_cached_grid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Quote age (docs/pricing.md): every tick reaches players at once, so a bet must never lock
+    a quote priced before the newest tick — the price may have moved toward the cell."""
+    cfg = Config(pricing=PricingConfig(refresh_ms=500))
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery, cfg)
+        await _close_breaker(h)
+        await h.tick(PRICE)
+        cached = h.handle.grid("BTC-USD")
+        assert cached is not None
+        await trio.sleep(0.1)
+        moved = PRICE + 4_000  # four rows up, 100 ms later: inside refresh_ms, grid not due
+        await h.tick(moved)
+        assert h.handle.grid("BTC-USD") is cached  # the eager refresh still waits for 500 ms
+        far = f"BTC-USD:{C + 3}:{moved // 1_000 + 2}"
+        quote = h.handle.quote_cell(far, h.clock.now_ms())
+        assert isinstance(quote, Quote)
+        newest = h.handle.last_tick("BTC-USD")
+        assert newest is not None and quote.as_of == newest.ts
+        fresh = h.handle.grid("BTC-USD")
+        assert fresh is not cached and fresh is not None and fresh.price == moved
+        shown = next(c for c in cached.cells if c.cell_id == far)
+        assert quote.multiplier_bps < shown.multiplier_bps  # the stale quote overpaid
+        again = h.handle.quote_cell(far, h.clock.now_ms())
+        assert h.handle.grid("BTC-USD") is fresh and again == quote  # once per tick, not per bet
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_grid_publishes_the_tick_interval_it_prices_with(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The simulator's cadence is known; any other feed's is measured from its ticks."""
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery, Config())
+        await _close_breaker(h)
+        await h.tick()
+        view = h.handle.grid("BTC-USD")
+        assert view is not None and view.monitoring_interval_ms == 250
+        assert view.pricing_model == "discrete_ticks"
+        assert view.next_tick_ms == view.as_of + 250
+        nursery.cancel_scope.cancel()
+    cfg = msgspec.structs.replace(
+        Config(), feed=msgspec.structs.replace(Config().feed, source="manual")
+    )
+    async with trio.open_nursery() as nursery:
+        h = await _start(nursery, cfg)
+        await _close_breaker(h)
+        for _ in range(200):
+            await h.tick()
+            await trio.sleep(0.099)  # a tick every 100 ms (the helper sleeps 1 ms itself)
+        await trio.sleep(1)  # the heartbeat grid carries the estimate
+        view = h.handle.grid("BTC-USD")
+        assert view is not None and view.monitoring_interval_ms == 100
         nursery.cancel_scope.cancel()

@@ -15,6 +15,7 @@ from tap.pricing import (
     _GL20,
     YEAR_MS,
     EwmaVolatility,
+    TickInterval,
     bivariate_normal_cdf,
     multiplier_bps,
     normal_cdf,
@@ -330,3 +331,33 @@ def test_volatility_skips_ticks_that_do_not_move_time_forward() -> None:
     # the reference is still (1000, S): the next return spans the whole move
     after = vol.update(1_250, S)
     assert after < before  # S → S over 250 ms is no move at all
+
+
+# ── the tick interval ────────────────────────────────────────────────────────────────────────
+
+
+def test_tick_interval_of_a_regular_feed_is_its_cadence() -> None:
+    estimate = TickInterval(initial_ms=1_000, cap_ms=2_000)
+    for k in range(400):
+        estimate.update(1_700_000_000_000 + 250 * k)
+    assert estimate.interval_ms == 250
+
+
+def test_tick_interval_of_an_irregular_stream_is_its_mean_gap_and_ignores_repeats() -> None:
+    rng = random.Random(5)
+    estimate = TickInterval(initial_ms=250, cap_ms=2_000)
+    ts = 0
+    for _ in range(5_000):
+        ts += rng.choice((20, 60, 100))  # mean 60 ms
+        estimate.update(ts)
+        estimate.update(ts)  # a second trade in the same millisecond is no new observation
+        estimate.update(ts - 5)  # nor is an older one
+    assert 50 <= estimate.interval_ms <= 70
+
+
+def test_tick_interval_counts_an_outage_as_at_most_the_cap() -> None:
+    estimate = TickInterval(initial_ms=250, cap_ms=2_000)
+    for k in range(100):
+        estimate.update(250 * k)
+    estimate.update(250 * 99 + 3_600_000)  # an hour of silence
+    assert estimate.interval_ms == round(250 + (2_000 - 250) / TickInterval.GAP_WEIGHT)

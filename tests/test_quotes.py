@@ -7,7 +7,7 @@ import pytest
 from tap.config import MarketConfig, PricingConfig
 from tap.grid import CellId, current_column, published_rows, unplaceable_reason
 from tap.messages import GridView
-from tap.pricing import multiplier_bps, touch_probability
+from tap.pricing import multiplier_bps, tick_touch_probabilities
 from tap.quotes import GridBook, Quote, QuoteRefusal
 
 MARKET = MarketConfig()
@@ -35,20 +35,20 @@ def test_grid_has_every_published_row_of_every_column_ahead() -> None:
         NOW - 40,
         0.6,
     )
-    assert (view.house_edge_bps, view.monitoring_interval_ms, view.breaker) == (500, 0, "closed")
+    assert (view.house_edge_bps, view.monitoring_interval_ms, view.breaker) == (500, 250, "closed")
+    assert (view.pricing_model, view.next_tick_ms) == ("discrete_ticks", NOW - 40 + 250)
 
 
 def test_cell_multiplier_is_the_published_formula_priced_as_of_the_tick() -> None:
+    """Each cell, priced alone from the published fields, gets the grid's own multiplier."""
     _, view = _book()
-    as_of = NOW - 40
     for cell in view.cells:
-        p = touch_probability(
-            PRICE,
-            cell.price_lo,
-            cell.price_hi,
-            0.6,
-            max(0, cell.t_start - as_of),
-            cell.t_end - as_of,
+        [[p]] = tick_touch_probabilities(
+            view.price,
+            [(cell.price_lo, cell.price_hi)],
+            view.volatility,
+            view.monitoring_interval_ms,
+            [(cell.t_start - view.as_of, cell.t_end - view.as_of)],
         )
         assert cell.multiplier_bps == multiplier_bps(p, 500, 1_000_000)
         assert cell.t_end - cell.t_start == 5_000 and cell.price_hi - cell.price_lo == 1_000

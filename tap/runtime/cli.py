@@ -1,4 +1,5 @@
-"""`tap` — the command line: serve, feed-sim, migrate, backup, restore, archive, check, replay.
+"""`tap` — the command line: serve, feed-sim, migrate, backup, restore, archive, check, replay,
+audit.
 
 Each command loads the same configuration (embedded defaults ← `--config FILE` ← `TAP__…`
 environment) and exits non-zero when something is wrong, so it can gate scripts and cron jobs.
@@ -161,6 +162,26 @@ def tap_version() -> str:
         return version("tap")
     except PackageNotFoundError:
         return "unknown"
+def cmd_audit(args: argparse.Namespace) -> int:
+    import time
+
+    from tap.audit import format_report, run_rtp_audit
+
+    cfg = _config(args)
+    bets = args.bets if args.bets is not None else (QUICK_AUDIT_BETS if args.quick else 1_000_000)
+    started = time.perf_counter()
+    report = run_rtp_audit(cfg, bets=bets, seed=args.seed)
+    elapsed = time.perf_counter() - started
+    if args.json:
+        print(json.dumps(report.as_dict() | {"elapsed_s": round(elapsed, 1)}, indent=2))
+    else:
+        print(format_report(report))
+        print(f"\n({elapsed:.0f} s)")
+    return 0
+
+
+# `tap audit rtp --quick`: enough bets for a ±0.03 interval in well under 30 s.
+QUICK_AUDIT_BETS = 60_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay", "Re-resolve bets from stored ticks; exits 1 on any mismatch.")
     p.add_argument("--from", dest="from_ms", type=int, required=True, help="window start, ms")
     p.add_argument("--to", dest="to_ms", type=int, required=True, help="window end, ms")
+    p = add("audit", "Audits of the house's promises (`rtp`: realized return to player).")
+    p.add_argument("what", choices=["rtp"], help="rtp: Monte Carlo of the fairness promise")
+    p.add_argument("--bets", type=int, help="bets to place (default 1,000,000; --quick 60,000)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated path (default 1)")
+    p.add_argument("--quick", action="store_true", help="a small run (the make-test size)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -207,6 +234,7 @@ COMMANDS = {
     "archive": cmd_archive,
     "check": cmd_check,
     "replay": cmd_replay,
+    "audit": cmd_audit,
 }
 
 
