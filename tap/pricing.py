@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -247,11 +248,11 @@ def _clamped_bvn(h: float, k: float, r: float) -> float:
 # trapezoid rule with the band's jump on a node is O(h²): at 0.05 a probability is within ~3e-5
 # of its limit (measured in props/test_pricing_props.py); halving it doubles the cost.
 TICK_GRID_STEP = 0.05
-# Absorbed mass further than this many √n tick deviations from the band is below 1e-15: the grid
+# Absorbed mass further than this many √n tick deviations from the band is below 3e-12: the grid
 # ends there.
-_GRID_REACH_SD = 8.0
-# The Gaussian kernel is cut at ±9 sd (its tail mass is 2e-19).
-_KERNEL_REACH_SD = 9.0
+_GRID_REACH_SD = 7.0
+# The Gaussian kernel is cut at ±8.5 sd (its tail mass is 2e-17).
+_KERNEL_REACH_SD = 8.5
 # A window with more ticks than this is priced on a coarser schedule (every j-th tick, the band
 # widened by the Broadie–Glasserman–Kou shift of the skipped ticks): a dense exchange stream would
 # otherwise cost one convolution per tick. With 250 ms ticks and 5 s columns (20) it never applies.
@@ -266,6 +267,7 @@ def tick_touch_probabilities(
     sigma: float,
     interval_ms: int,
     windows: Sequence[tuple[int, int]],
+    cache: AbsorptionCache | None = None,
 ) -> list[list[float]]:
     """P[i][j]: the chance that a tick in window j lands in band i (the win rule of API.md).
 
@@ -283,7 +285,8 @@ def tick_touch_probabilities(
     both band edges (the trapezoid rule then takes the jump's mean at the edge: O(h²)). R depends
     on the band and the tick count only, so one recursion per row serves every column; each cell
     is then one Gaussian integral of R_n against the position of the window's first tick,
-    N(log spot, σ²·k0·interval). All rows run as one batched FFT.
+    N(log spot, σ²·k0·interval). All rows run as one batched FFT; `cache` keeps each row's R
+    for the next call with the same σ and interval (the result does not depend on it).
     """
     if not spot > 0:
         raise ValueError(f"spot must be positive, got {spot!r}")
@@ -317,8 +320,6 @@ def tick_touch_probabilities(
         return out
     tick_sd = sigma * math.sqrt(interval_ms / YEAR_MS)  # log-return sd of one tick
     log_spot = math.log(spot)
-    log_lo = [math.log(lo - 0.5) - log_spot if lo > 0.5 else -math.inf for lo, _ in bands]
-    log_hi = [math.log(hi + 0.5) - log_spot for _, hi in bands]
     # Windows of at most MAX_WINDOW_STEPS ticks are priced exactly, together. A window of n more
     # ticks is priced on MAX_WINDOW_STEPS steps from its first to its last tick, each the
     # variance of q = (n−1)/(MAX_WINDOW_STEPS−1) ticks, with the band widened per side by
@@ -334,28 +335,87 @@ def tick_touch_probabilities(
         widen = DISCRETE_MONITORING_BETA * (unit - tick_sd)
         steps = {j: counts[j] if n_coarse == 0 else MAX_WINDOW_STEPS for j in members}
         start_sd = {j: math.sqrt(firsts[j] / q) for j in members}
-        lows = np.array([(x - widen) / unit for x in log_lo])
-        highs = np.array([(x + widen) / unit for x in log_hi])
-        chances = _absorbed_chances(lows, highs, steps, start_sd)
-        for j, p in chances.items():
-            for i in range(len(bands)):
+        needed = tuple(sorted(set(steps.values())))
+        reach = _GRID_REACH_SD * math.sqrt(needed[-1]) + 2.0
+        # A band reaching down to price 0 is cut where no path can go: below the spot by more
+        # than every window's reach.
+        floor = -(reach + _GRID_REACH_SD * max(start_sd.values()) + 10.0)
+        lows: list[float] = []
+        widths: list[float] = []
+        keys: list[tuple[float, tuple[int, ...]] | None] = []
+        for lo, hi in bands:
+            top = math.log(hi + 0.5) + widen
+            bottom = math.log(lo - 0.5) - widen if lo > 0.5 else -math.inf
+            low = (bottom - log_spot) / unit
+            if low >= floor:
+                width = (top - bottom) / unit  # independent of the spot: a requote reuses it
+                keys.append((width, needed))
+            else:
+                low = min(floor, (top - log_spot) / unit - 1.0)
+                width = (top - log_spot) / unit - low
+                keys.append(None)
+            lows.append(low)
+            widths.append(width)
+        found = [None if key is None or cache is None else cache.get(key) for key in keys]
+        missing = [i for i, row in enumerate(found) if row is None]
+        if missing:
+            fresh = _absorb(np.array([widths[i] for i in missing]), needed, reach)
+            for i, computed in zip(missing, fresh, strict=True):
+                found[i] = computed
+                key = keys[i]
+                if cache is not None and key is not None:
+                    cache.put(key, computed)
+        sds = np.array([start_sd[j] for j in members])
+        for i, known in enumerate(found):
+            row = known if known is not None else _absorb(np.array([widths[i]]), needed, reach)[0]
+            nodes = (np.arange(row.absorbed[needed[0]].size) - row.origin) * row.h
+            z = (nodes[None, :] + lows[i]) / sds[:, None]  # the spot sits at −low on the axis
+            weights = np.exp(-0.5 * z * z) * (row.h / _SQRT_TWO_PI / sds[:, None])
+            for k, j in enumerate(members):
                 if out[i][j] < 1.0:
-                    out[i][j] = min(1.0, max(0.0, float(p[i])))
+                    p = float(weights[k] @ row.absorbed[steps[j]])
+                    out[i][j] = min(1.0, max(0.0, p))
     return out
 
 
-def _absorbed_chances(
-    lows: np.ndarray, highs: np.ndarray, steps: dict[int, int], start_sd: dict[int, float]
-) -> dict[int, np.ndarray]:
-    """For each window j: per band i (edges `lows[i]`, `highs[i]`, in units of one step's sd,
-    relative to the spot), the chance that one of `steps[j]` steps lands in the band when the
-    first lands at N(0, start_sd[j]²). The recursion of `tick_touch_probabilities`."""
-    reach = _GRID_REACH_SD * math.sqrt(max(steps.values())) + 2.0
-    # A band reaching down to price 0 is cut where no path can go: below the spot by more than
-    # every window's reach.
-    floor = -(reach + _GRID_REACH_SD * max(start_sd.values()) + 10.0)
-    lows = np.maximum(lows, np.minimum(floor, highs - 1.0))
-    widths = highs - lows
+class _RowAbsorption(NamedTuple):
+    """One band's recursion: its grid (node i at (i − origin)·h, the band at [0, width]) and
+    R_n on it for each needed tick count n (the trapezoid's node values: mean at the edges)."""
+
+    h: float
+    origin: int
+    absorbed: dict[int, np.ndarray[Any, Any]]
+
+
+class AbsorptionCache:
+    """Recursion results per band, kept between grids by their owner (`tap.quotes.GridBook`).
+
+    R depends on a band's width in tick deviations and the tick counts only — not on the spot or
+    on when the window starts — so a requote from a new price with the same σ and Δ reuses every
+    row it has seen and pays only the final integrals. Keys are exact floats: a different σ, Δ or
+    band is a different key, never a near miss. Bounded: full, it starts over.
+    """
+
+    __slots__ = ("_capacity", "_rows")
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._rows: dict[tuple[float, tuple[int, ...]], _RowAbsorption] = {}
+
+    def get(self, key: tuple[float, tuple[int, ...]]) -> _RowAbsorption | None:
+        return self._rows.get(key)
+
+    def put(self, key: tuple[float, tuple[int, ...]], row: _RowAbsorption) -> None:
+        if len(self._rows) >= self._capacity:
+            self._rows.clear()
+        self._rows[key] = row
+
+
+def _absorb(
+    widths: np.ndarray[Any, Any], needed: tuple[int, ...], reach: float
+) -> list[_RowAbsorption]:
+    """The recursion of `tick_touch_probabilities` for bands of `widths` (in units of one step's
+    sd), all rows as one batched FFT, keeping R_n for each n in `needed`."""
     # Each row's own grid: its band edges fall on nodes `origin` and `origin + points[i]`, so a
     # cell priced alone gets the same grid as in a batch (only the zero padding differs).
     points = np.clip(np.ceil(widths / TICK_GRID_STEP), 2, _MAX_BAND_POINTS).astype(np.int64)
@@ -376,28 +436,22 @@ def _absorbed_chances(
     top = origin + points  # per row: the node on the band's upper edge
     index = np.arange(size_n)[None, :]
     inside = (index > origin) & (index < top[:, None])
-    needed = set(steps.values())
-    absorbed: dict[int, np.ndarray] = {}
+    absorbed: dict[int, np.ndarray[Any, Any]] = {}
     spread = np.zeros((len(widths), size_n))  # E[R_m(v + Z)]: the smooth part outside the band
-    for m in range(1, max(needed) + 1):
+    for m in range(1, needed[-1] + 1):
         r = spread
         r[inside] = 1.0
         r[:, origin] = 0.5 * (1.0 + r[:, origin])
         r[row_ids, top] = 0.5 * (1.0 + r[row_ids, top])
         if m in needed:
             absorbed[m] = r.copy()
-        if m < max(needed):
+        if m < needed[-1]:
             spread = np.fft.irfft(np.fft.rfft(r, fft_n, axis=1) * kernel_f, fft_n, axis=1)
             spread = spread[:, :size_n]
-    nodes = (index - origin) * h[:, None]  # v, band at [0, width]
-    spot_at = -lows[:, None]  # the spot's position on each row's axis
-    chances = {}
-    for j, n in steps.items():
-        s = start_sd[j]
-        z = (nodes - spot_at) / s
-        weights = np.exp(-0.5 * z * z) * (h[:, None] / (s * _SQRT_TWO_PI))
-        chances[j] = np.einsum("ij,ij->i", absorbed[n], weights)
-    return chances
+    return [
+        _RowAbsorption(float(h[i]), origin, {n: absorbed[n][i] for n in needed})
+        for i in range(len(widths))
+    ]
 
 
 def _fft_size(n: int) -> int:

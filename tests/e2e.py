@@ -241,9 +241,17 @@ async def pick_cell(server: Server, *, min_lead_ms: int = 0) -> dict[str, Any]:
     """The earliest placeable cell nearest the price whose window the feed has not reached yet
     (and that starts at least `min_lead_ms` after now)."""
     grid = await server.grid()
-    cells = placeable_cells(grid, after_ts=max(server.feed_ts, server.now() + min_lead_ms))
-    assert cells, f"no placeable cell after {server.feed_ts}: {grid['breaker']=}"
+    # A cell whose column locks within LOCK_MARGIN_MS would race the bet that follows (a busy
+    # machine takes that long between this read and the admission): skip it.
+    m = server.market
+    locks_after = server.now() + LOCK_MARGIN_MS + m.lockout_columns * m.column_ms
+    after = max(server.feed_ts, server.now() + min_lead_ms, locks_after)
+    cells = placeable_cells(grid, after_ts=after)
+    assert cells, f"no placeable cell after {after}: {grid['breaker']=}"
     return cells[0]
+
+
+LOCK_MARGIN_MS = 300
 
 
 def outside(cell: dict[str, Any], row_height: int) -> int:

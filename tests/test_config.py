@@ -60,3 +60,9 @@ def test_server_data_dir_is_gone() -> None:
     # Nothing ever read it; an old config that still sets it is told so instead of ignored.
     with pytest.raises(ConfigError, match="data_dir"):
         load_config(environ={"TAP__SERVER__DATA_DIR": '"data"'})
+
+
+def test_monitoring_interval_is_the_feeds_own_or_a_positive_override() -> None:
+    assert load_config(environ={}).pricing.monitoring_interval_ms == 0  # the feed's own
+    with pytest.raises(ConfigError, match=r"pricing.monitoring_interval_ms = -250"):
+        load_config(environ={"TAP__PRICING__MONITORING_INTERVAL_MS": "-250"})

@@ -206,3 +206,19 @@ def test_a_grid_never_rolls_back_to_an_earlier_column() -> None:
     # a caller whose clock reads a rounding millisecond behind gets the rolled grid, unchanged
     assert book.refresh(roll - 1, PRICE, NOW, 0.6, "closed") is rolled
     assert rolled.cells[0].t_start == (C + 2) * 5_000
+
+
+def test_a_forced_requote_prices_the_new_tick_with_the_last_sigma_exactly() -> None:
+    """Within refresh_ms a requote takes the new price but keeps σ (so it reuses the recursion);
+    what it quotes is exactly what pricing the published fields from scratch gives."""
+    book, view = _book()
+    moved = book.refresh(NOW + 50, PRICE + 2_345, NOW + 45, 0.9, "closed", force=True)
+    assert moved is not view and moved.price == PRICE + 2_345 and moved.as_of == NOW + 45
+    assert moved.volatility == view.volatility == 0.6  # σ waits for refresh_ms
+    bands = [(c.price_lo, c.price_hi) for c in moved.cells[:16]]
+    windows = [(c.t_start - moved.as_of, c.t_end - moved.as_of) for c in moved.cells[::16]]
+    fresh = tick_touch_probabilities(moved.price, bands, 0.6, 250, windows)
+    for k, cell in enumerate(moved.cells):
+        assert cell.multiplier_bps == multiplier_bps(fresh[k % 16][k // 16], 500, 1_000_000)
+    later = book.refresh(NOW + 300, PRICE + 2_345, NOW + 295, 0.9, "closed", force=True)
+    assert later.volatility == 0.9  # refresh_ms (250 here) passed: σ is taken anew
