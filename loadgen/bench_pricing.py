@@ -26,9 +26,14 @@ from tap.quotes import GridBook
 EPOCH = 346_458_010 * 5_000
 
 
-def run(rounds: int = 200, interval_ms: int = 250, seed: int = 1) -> dict[str, Any]:
+def run(
+    rounds: int = 200, interval_ms: int = 250, seed: int = 1, *, requote: bool = False
+) -> dict[str, Any]:
+    """Full grids (σ new every round: refresh_ms = 1) or, with `requote`, admission's requotes
+    (a new price, σ kept: the rows' recursions come from the cache)."""
     rng = random.Random(seed)
-    book = GridBook(MarketConfig(), PricingConfig(), interval_ms)
+    pricing = PricingConfig(refresh_ms=10**9 if requote else 1)
+    book = GridBook(MarketConfig(), pricing, interval_ms)
     book.refresh(EPOCH, 10_000_000, EPOCH, 0.6, "closed")  # warm numpy's FFT plans
     walls: list[float] = []
     cpus: list[float] = []
@@ -50,6 +55,7 @@ def run(rounds: int = 200, interval_ms: int = 250, seed: int = 1) -> dict[str, A
         return round(1000 * x, 2)
 
     return {
+        "kind": "requote" if requote else "full grid",
         "interval_ms": interval_ms,
         "cells": len(view.cells),
         "rounds": rounds,
@@ -67,14 +73,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [run(args.rounds, 250), run(max(20, args.rounds // 4), 40)]
+    results = [
+        run(args.rounds, 250),
+        run(args.rounds, 250, requote=True),
+        run(max(20, args.rounds // 4), 40),
+        run(max(20, args.rounds // 4), 40, requote=True),
+    ]
     if args.json:
         print(json.dumps(results, indent=2))
         return
     for r in results:
         w = r["wall_ms"]
         print(
-            f"grid of {r['cells']} cells, ticks every {r['interval_ms']} ms: wall median "
+            f"{r['kind']} of {r['cells']} cells, ticks every {r['interval_ms']} ms: wall median "
             f"{w['median']} ms, p95 {w['p95']} ms, best {w['best']} ms; CPU {r['cpu_ms_mean']} ms"
         )
 
