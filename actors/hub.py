@@ -16,6 +16,12 @@ Per client there are two outbound queues, both bounded:
   client is too far behind to be told the truth in order, so it is marked for close with 1013
   ("try again later", counted in `tap_ws_overflow_closes_total`); it resyncs over HTTP.
 
+A committed bet is one frame: `bet_confirmed` / `bet_rejected` / `bet_resolved` carry the
+account's balance after that event; a standalone `balance` frame only follows deposits,
+withdrawals and credits. A `place_bet` sent with `"ack": "commit"` has no `bet_ack`: the client
+that sent it is registered here (`Subscriber.await_commit`) and gets the commit frame with its
+`req_id`, and the address's other clients get the plain frame.
+
 Publishing is synchronous and O(subscribers of that channel): each frame is JSON-encoded once,
 and the same `str` is queued for everyone. Frames are `str` (not bytes) because API.md's frames
 are text frames, and Quart sends `bytes` as binary frames; decoding once here spares every
@@ -28,25 +34,31 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable
+from typing import Literal, NamedTuple
 
 import msgspec
 import trio
 
+from tap.errors import STATUS
 from tap.messages import (
     MARKET_DATA,
     BalanceChanged,
+    Bet,
     BetConfirmed,
     BetRejected,
     BetResolved,
     BreakerChanged,
     Committed,
     EntryPosted,
+    ErrorBody,
     Tick,
     WsBalance,
+    WsBetAck,
     WsBetConfirmed,
     WsBetRejected,
     WsBetResolved,
     WsBreaker,
+    WsError,
     WsOut,
     WsPrice,
 )
@@ -68,6 +80,13 @@ def grid_channel(symbol: str) -> str:
     return f"grid:{symbol}"
 
 
+class _CommitWait(NamedTuple):
+    client: Subscriber
+    req_id: str
+    accepted_at: int  # of the request: a commit of another request with that nonce is a replay
+    ack: Literal["queue", "commit"]
+
+
 class Subscriber:
     """One connected client's subscriptions and outbound queues. Made by `Hub.connect`."""
 
@@ -84,6 +103,7 @@ class Subscriber:
         self._market: dict[str, tuple[int, str]] = {}
         self._account: deque[tuple[int, str]] = deque()
         self._wake = trio.Event()
+        self._commit_waits: set[str] = set()  # bet_ids of this client's `ack: commit` bets
 
     # ── what the edge calls after its WS handshake / on client messages ──────────────────────
 
@@ -108,6 +128,22 @@ class Subscriber:
         self.address = address.lower() if address is not None else None
         if self.address is not None:
             self.hub._by_address.setdefault(self.address, set()).add(self)
+
+    def can_await_commit(self) -> bool:
+        """Room for one more bet in flight on this connection (ask before placing it)."""
+        return len(self._commit_waits) < self._capacity
+
+    def await_commit(self, bet: Bet, req_id: str, *, ack: Literal["queue", "commit"]) -> None:
+        """Answer the `place_bet` that queued `bet` once its commit is known (call it right
+        after the desk handed the bet to the writer, with no checkpoint in between, so the
+        commit cannot slip past). A WebSocket acknowledgement is only ever sent for a bet that
+        is durable: with `ack="queue"` the client gets `bet_ack` and then, if subscribed to
+        `account`, the commit frame; with `ack="commit"` the commit frame alone, carrying
+        `req_id`. A writer's refusal is an `error` frame with `req_id` in both modes."""
+        self._commit_waits.add(bet.bet_id)
+        self.hub._commit_waits.setdefault(bet.bet_id, []).append(
+            _CommitWait(self, req_id, bet.accepted_at, ack)
+        )
 
     def send(self, frame: WsOut) -> None:
         """Queue a direct reply to this client (bet_ack, error, pong): an account frame."""
@@ -194,6 +230,7 @@ class Hub:
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._encoder = msgspec.json.Encoder()
+        self._commit_waits: dict[str, list[_CommitWait]] = {}  # bet_id → placing clients
 
     @property
     def clients(self) -> int:
@@ -212,6 +249,13 @@ class Hub:
         """Forget a client (idempotent); a writer still waiting is told to close (1000)."""
         subscriber.unsubscribe(list(subscriber.channels))
         subscriber.set_address(None)
+        for bet_id in subscriber._commit_waits:
+            waits = [w for w in self._commit_waits.get(bet_id, ()) if w.client is not subscriber]
+            if waits:
+                self._commit_waits[bet_id] = waits
+            else:
+                self._commit_waits.pop(bet_id, None)
+        subscriber._commit_waits.clear()
         subscriber.close(NORMAL_CLOSE, "disconnected")
         self._subscribers.discard(subscriber)
         WS_CLIENTS.set(len(self._subscribers))
@@ -234,15 +278,40 @@ class Hub:
             for s in list(subscribers):
                 s._offer_account(data, seq)
 
-    def publish_account(self, address: str, frame: WsOut) -> None:
+    def publish_account(
+        self, address: str, frame: WsOut, *, skip: Subscriber | None = None
+    ) -> None:
         """Queue `frame` for the clients authenticated as `address` and subscribed to
-        "account"."""
-        targets = [s for s in self._by_address.get(address.lower(), ()) if ACCOUNT in s.channels]
+        "account" (but `skip`, which was answered already)."""
+        targets = [
+            s
+            for s in self._by_address.get(address.lower(), ())
+            if ACCOUNT in s.channels and s is not skip
+        ]
         if targets:
             data = self.encode(frame)
             seq = next(self._seq)
             for s in targets:
                 s._offer_account(data, seq)
+
+    def publish_committed(self, event: Committed) -> None:
+        """Route one committed event: its frame to the address's `account` clients, and the
+        answer to the `place_bet` that queued it (see `Subscriber.await_commit`) to its client
+        (which, for `ack="commit"`, is not also sent the plain frame)."""
+        routed = account_frame(event)
+        if routed is None:
+            return
+        address, frame = routed
+        answered = None
+        if isinstance(frame, WsBetConfirmed | WsBetRejected):
+            bet_id = frame.bet.bet_id
+            for wait in self._commit_waits.pop(bet_id, ()):
+                wait.client._commit_waits.discard(bet_id)
+                answer = _answer(frame, wait)
+                wait.client.send(answer)
+                if not isinstance(answer, WsError | WsBetAck):
+                    answered = wait.client  # its one answer was the commit frame itself
+        self.publish_account(address, frame, skip=answered)
 
     def broadcast(self, frame: WsOut) -> None:
         """Queue `frame` as an account frame for every connected client (breaker changes)."""
@@ -264,16 +333,39 @@ class Hub:
                 del index[key]
 
 
+def _answer(frame: WsBetConfirmed | WsBetRejected, wait: _CommitWait) -> WsOut:
+    """What the client that placed a bet over WebSocket hears once the writer has answered."""
+    bet = frame.bet
+    if bet.accepted_at != wait.accepted_at:
+        # The ledger answered with the bet an earlier request with this nonce made (the hot
+        # state had forgotten the nonce): this request is a replay, nothing of it took effect.
+        return WsError(
+            req_id=wait.req_id, error=ErrorBody(code="replayed_nonce", message="nonce already used")
+        )
+    if isinstance(frame, WsBetRejected):
+        code = frame.reason if frame.reason in STATUS else "invalid_request"
+        if wait.ack == "commit":
+            return msgspec.structs.replace(frame, req_id=wait.req_id)
+        return WsError(
+            req_id=wait.req_id,
+            error=ErrorBody(code=code, message=f"the writer refused the bet: {frame.reason}"),
+        )
+    if wait.ack == "commit":
+        return msgspec.structs.replace(frame, req_id=wait.req_id)
+    pending = msgspec.structs.replace(bet, status="pending", confirmed_at=None)
+    return WsBetAck(req_id=wait.req_id, bet=pending)
+
+
 def account_frame(event: Committed) -> tuple[str, WsOut] | None:
     """The WS frame a committed event becomes, and the address it is for (None: not for WS;
     `EntryPosted` answers the HTTP call that asked for it, its balance change comes separately)."""
     match event:
-        case BetConfirmed(bet=bet):
-            return bet.address, WsBetConfirmed(bet=bet)
-        case BetRejected(bet=bet, reason=reason):
-            return bet.address, WsBetRejected(bet=bet, reason=reason)
-        case BetResolved(bet=bet):
-            return bet.address, WsBetResolved(bet=bet)
+        case BetConfirmed(bet=bet, balance=balance):
+            return bet.address, WsBetConfirmed(bet=bet, balance=balance)
+        case BetRejected(bet=bet, reason=reason, balance=balance):
+            return bet.address, WsBetRejected(bet=bet, reason=reason, balance=balance)
+        case BetResolved(bet=bet, balance=balance):
+            return bet.address, WsBetResolved(bet=bet, balance=balance)
         case BalanceChanged(address=address, available=available, locked=locked):
             return address, WsBalance(available=available, locked=locked)
         case EntryPosted():
@@ -302,9 +394,7 @@ async def run(
 
 async def _forward_committed(hub: Hub, committed: trio.MemoryReceiveChannel[Committed]) -> None:
     async for event in committed:
-        routed = account_frame(event)
-        if routed is not None:
-            hub.publish_account(*routed)
+        hub.publish_committed(event)
 
 
 async def _forward_breaker(

@@ -27,7 +27,7 @@ with plain `sqlite3` (not tap's own readers, so the check does not share the cod
   answered.
   `ws_mismatch`: a `bet_rejected` / `bet_resolved` frame disagrees with the stored bet.
 - `refused_took_effect`: a nonce whose every answer was a refusal has a non-rejected bet (a
-  rejected one only after a `Prefer: wait` refusal, which is the writer's); `unexplained_row`:
+  rejected one is a writer's refusal, stored to burn the nonce); `unexplained_row`:
   a bet, deposit or withdrawal of one of our players that no request of ours can explain.
 - `burned_nonce`: a bet answered 202 and lost to a kill, whose retry after the restart is refused
   as `replayed_nonce` (pointing at a bet that does not exist).
@@ -278,15 +278,15 @@ def judge(
                     "quote_mismatch",
                     f"bet {bet_id}: answered {s.multiplier_bps} bps, stored {multiplier}",
                 )
-        if not accepted and not any(s.outcome == "unknown" for s in sends):
-            # Every send was refused: only a writer refusal (Prefer: wait) leaves a row, rejected.
-            waited = any(s.via.endswith("wait") for s in sends)
-            if status != "rejected" or not waited:
-                v(
-                    "refused_took_effect",
-                    f"bet {bet_id} ({status}): every request with nonce "
-                    f"{nonce} was refused ({[s.code for s in sends]}) yet it is stored",
-                )
+        # Every send was refused: only a writer refusal leaves a row, rejected (every bet
+        # request waits for its commit, so the writer's refusal is the answer it gets).
+        refused = not accepted and not any(s.outcome == "unknown" for s in sends)
+        if refused and status != "rejected":
+            v(
+                "refused_took_effect",
+                f"bet {bet_id} ({status}): every request with nonce "
+                f"{nonce} was refused ({[s.code for s in sends]}) yet it is stored",
+            )
         for kind, st, pay, epoch in ws:
             if kind == "bet_rejected" and status != "rejected":
                 v("ws_mismatch", f"bet {bet_id}: bet_rejected (epoch {epoch}), stored {status}")

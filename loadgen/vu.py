@@ -388,7 +388,17 @@ class Crowd:
                 self.counters["unparsable_frames"] += 1
                 continue
             kind = f.type
-            if kind == "bet_confirmed" and f.bet is not None:
+            if kind in ("bet_confirmed", "bet_rejected") and f.req_id is not None:
+                # the answer to our own `place_bet` sent with `"ack": "commit"`
+                waiting = u.waiting.pop(f.req_id, None)
+                if f.bet is not None:
+                    tracker.accepted(f.bet.bet_id, now, u.index)
+                    status = "confirmed" if kind == "bet_confirmed" else "rejected"
+                    tracker.answered(f.bet.bet_id, status, f.reason, now)
+                if waiting is not None:
+                    self.recorder.record(BET_WS, waiting[0], now, 201)
+                    waiting[1].set()
+            elif kind == "bet_confirmed" and f.bet is not None:
                 tracker.answered(f.bet.bet_id, "confirmed", None, now)
             elif kind == "bet_ack" and f.req_id is not None:
                 waiting = u.waiting.pop(f.req_id, None)
@@ -533,6 +543,7 @@ class Crowd:
                     timestamp=now_ms,
                     chain_id=self.chain_id,
                     signature=sig,
+                    ack="commit",  # one answer after the commit (API.md v1.1), no bet_ack
                 )
             )
         else:

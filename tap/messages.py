@@ -200,13 +200,23 @@ class LedgerEntry(Frozen, frozen=True):
     at: int
 
 
+class Balance(Frozen, frozen=True):
+    """An account's balance right after one committed event (API.md: carried inside the bet
+    frames, so one frame per committed bet tells the player everything)."""
+
+    available: int  # units
+    locked: int  # units: stakes of open bets
+
+
 class BetConfirmed(Frozen, frozen=True):
     bet: Bet
+    balance: Balance | None = None  # after this bet; None only where the writer had no row
 
 
 class BetRejected(Frozen, frozen=True):
     bet: Bet
     reason: str  # insufficient_funds | duplicate_cell_bet | replayed_nonce | …
+    balance: Balance | None = None  # unchanged by the rejection; None: the account has no row
 
 
 class BetResolved(Frozen, frozen=True):
@@ -214,9 +224,13 @@ class BetResolved(Frozen, frozen=True):
     # The resolution's ledger row (payout, or refund): the hot state's credit carries it, so a
     # balance seeded from a ledger read that already held it is not paid twice.
     entry_id: int | None = None
+    balance: Balance | None = None  # after the payout / refund
 
 
 class BalanceChanged(Frozen, frozen=True):
+    """An account's balance after a committed batch that moved it by a deposit, withdrawal or
+    credit (bet events carry their own `balance`, so they need no separate frame)."""
+
     address: str
     available: int
     locked: int
@@ -339,6 +353,9 @@ class WsPlaceBet(WsIn, tag="place_bet"):
     chain_id: ChainId
     signature: SignatureText
     min_multiplier_bps: MultiplierFloor = 0
+    # "queue" (default): `bet_ack` once queued, then `bet_confirmed`/`bet_rejected` on `account`.
+    # "commit": no `bet_ack`; the one answer is `bet_confirmed`/`bet_rejected` carrying `req_id`.
+    ack: Literal["queue", "commit"] = "queue"
 
 
 class WsPing(WsIn, tag="ping"):
@@ -423,17 +440,22 @@ class WsError(WsOut, tag="error"):
     error: ErrorBody
 
 
-class WsBetConfirmed(WsOut, tag="bet_confirmed"):
+class WsBetConfirmed(WsOut, tag="bet_confirmed", omit_defaults=True):
     bet: Bet
+    balance: Balance | None = None  # always set by the server; omitted only if unknown
+    req_id: str | None = None  # set for the `place_bet` with `"ack": "commit"` that placed it
 
 
-class WsBetRejected(WsOut, tag="bet_rejected"):
+class WsBetRejected(WsOut, tag="bet_rejected", omit_defaults=True):
     bet: Bet
     reason: str
+    balance: Balance | None = None
+    req_id: str | None = None
 
 
-class WsBetResolved(WsOut, tag="bet_resolved"):
+class WsBetResolved(WsOut, tag="bet_resolved", omit_defaults=True):
     bet: Bet
+    balance: Balance | None = None
 
 
 class WsBalance(WsOut, tag="balance"):

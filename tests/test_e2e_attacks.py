@@ -335,31 +335,43 @@ async def test_a_full_writer_queue_answers_503_overloaded_and_undoes_the_hold(
         # Another process holds the write lock: the writer takes one bet and waits on the lock.
         blocker = sqlite3.connect(server.db_path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
+        answers: dict[str, int] = {}
+
+        async def place(name: str, cell: dict[str, Any]) -> None:
+            # A 202 follows the commit (durable answers only), so these wait for the lock.
+            answers[name] = (await player.place(cell_id=cell["cell_id"], amount=STAKE)).status_code
+
         try:
-            retries = REGISTRY.get_sample_value("tap_batch_retries_total") or 0.0
-            first = await player.place(cell_id=cells[0]["cell_id"], amount=STAKE)
-            assert first.status_code == 202
-            # The writer took it and is retrying the lock: its batch is closed.
-            await wait_until(
-                lambda: (REGISTRY.get_sample_value("tap_batch_retries_total") or 0.0) > retries
-            )
-            assert svc.writer_depth()[0] == 0
-            second = await player.place(cell_id=cells[1]["cell_id"], amount=STAKE)
-            assert second.status_code == 202  # queued: the channel holds one
-            third_body = player.signed_bet(cells[2]["cell_id"], STAKE)
-            third = await player.place(third_body)
-            assert third.status_code == 503, third.text
-            assert error_of(third) == "overloaded"
-            assert int(third.headers["Retry-After"]) >= 1
-            health = (await server.http().get("/healthz")).json()
-            assert health["checks"]["batcher"] == {
-                "status": "warn",  # more than half full
-                "queue_depth": 1,
-                "capacity": 1,
-            }
+            async with trio.open_nursery() as nursery:
+                retries = REGISTRY.get_sample_value("tap_batch_retries_total") or 0.0
+                nursery.start_soon(place, "first", cells[0])
+                # The writer took it and is retrying the lock: its batch is closed.
+                await wait_until(
+                    lambda: (REGISTRY.get_sample_value("tap_batch_retries_total") or 0.0) > retries
+                )
+                assert svc.writer_depth()[0] == 0
+                nursery.start_soon(place, "second", cells[1])
+                await wait_until(
+                    lambda: svc.writer_depth()[0] == 1
+                )  # queued: the channel holds one
+                third_body = player.signed_bet(cells[2]["cell_id"], STAKE)
+                third = await player.place(third_body)
+                assert third.status_code == 503, third.text
+                assert error_of(third) == "overloaded"
+                assert int(third.headers["Retry-After"]) >= 1
+                health = (await server.http().get("/healthz")).json()
+                assert health["checks"]["batcher"] == {
+                    "status": "warn",  # more than half full
+                    "queue_depth": 1,
+                    "capacity": 1,
+                }
+                assert answers == {}  # nothing answered 202 while nothing was committed
+                blocker.rollback()
         finally:
-            blocker.rollback()
+            if blocker.in_transaction:
+                blocker.rollback()
             blocker.close()
+        assert answers == {"first": 202, "second": 202}
         await wait_until_balance(player, available=STAKE, locked=2 * STAKE)
         # The refused bet's hold and nonce were given back: the very same request now passes.
         r = await player.place(third_body, wait=5)
@@ -539,6 +551,40 @@ async def test_ws_place_bet_is_acked_before_it_is_confirmed(server: Server) -> N
         assert pong == {"type": "pong", "req_id": pong["req_id"]}
         await ws.send({"type": "ping"})
         assert (await ws.next_of_type("pong")) == {"type": "pong", "req_id": None}
+
+
+async def test_ws_place_bet_with_ack_commit_gets_one_answer_after_the_commit(
+    server: Server,
+) -> None:
+    player = await funded(server)
+    cell = await pick_cell(server, min_lead_ms=5000)
+    async with player.ws() as ws:
+        await ws.subscribe("account")
+        body = player.signed_bet(cell["cell_id"], STAKE)
+        await ws.send({"type": "place_bet", "req_id": "c1", "ack": "commit", **body})
+        confirmed = await ws.next_of_type("bet_confirmed")
+        assert confirmed["req_id"] == "c1"
+        assert confirmed["bet"]["status"] == "confirmed"
+        assert confirmed["bet"]["nonce"] == body["nonce"]
+        # the balance after this bet travels in the frame; no bet_ack, no second frame for it
+        balance = await player.balance()
+        assert confirmed["balance"] == {
+            "available": balance["available"],
+            "locked": balance["locked"],
+        }
+        pong = await ws.ping()
+        assert pong["type"] == "pong"
+        assert ws.frames_of(["bet_ack", "bet_confirmed", "balance"]) == []
+        # refused before the writer: an `error` with the req_id, as without ack
+        await ws.send({"type": "place_bet", "req_id": "c2", "ack": "commit", **body})
+        error = await ws.next_of_type("error", where=lambda f: f["req_id"] == "c2")
+        assert error["error"]["code"] == "replayed_nonce"
+        # admission refuses a second bet on the cell before the writer: an `error` again (a
+        # writer's refusal, `bet_rejected` with the req_id, is pinned in tests/test_hub.py)
+        again = player.signed_bet(cell["cell_id"], STAKE)
+        await ws.send({"type": "place_bet", "req_id": "c3", "ack": "commit", **again})
+        answer = await ws.next_of_type("error", where=lambda f: f["req_id"] == "c3")
+        assert answer["error"]["code"] == "duplicate_cell_bet"
 
 
 async def test_ws_refuses_bets_and_account_before_auth(server: Server) -> None:

@@ -21,7 +21,8 @@ STAKE = 2_000_000
 async def place_and_confirm(
     server: Server, player: Player, ws: Any, stake: int = STAKE
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Place a bet on the earliest open cell ahead of the feed; return (cell, confirmed bet)."""
+    """Place a bet on the earliest open cell ahead of the feed; return (cell, confirmed bet).
+    The `bet_confirmed` frame carries the balance after it (kept in `bet["_balance"]`)."""
     cell = await pick_cell(server)
     r = await player.place(cell_id=cell["cell_id"], amount=stake)
     assert r.status_code == 202, r.text
@@ -35,6 +36,7 @@ async def place_and_confirm(
         "bet_confirmed", where=lambda f: f["bet"]["bet_id"] == accepted["bet_id"]
     )
     bet = frame["bet"]
+    bet["_balance"] = frame["balance"]
     assert bet["status"] == "confirmed"
     assert bet["multiplier_bps"] == accepted["multiplier_bps"]
     assert bet["confirmed_at"] is not None
@@ -42,8 +44,10 @@ async def place_and_confirm(
 
 
 async def resolved(ws: Any, bet_id: str) -> dict[str, Any]:
+    """The `bet_resolved` frame's bet, with the balance after it in `bet["_balance"]`."""
     frame = await ws.next_of_type("bet_resolved", where=lambda f: f["bet"]["bet_id"] == bet_id)
     bet: dict[str, Any] = frame["bet"]
+    bet["_balance"] = frame["balance"]
     return bet
 
 
@@ -66,8 +70,8 @@ async def test_journey_win_loss_void_then_withdraw_and_the_ledger_explains_the_b
 
             # ── a win: a tick inside the window touches the band ──
             cell, won = await place_and_confirm(server, player, ws)
-            balance = await ws.next_of_type("balance")
-            assert balance == {"type": "balance", "available": DEPOSIT - STAKE, "locked": STAKE}
+            # one frame per committed bet: the balance travels inside it, no `balance` frame
+            assert won["_balance"] == {"available": DEPOSIT - STAKE, "locked": STAKE}
             got = await player.get(f"/api/bets/{won['bet_id']}")
             assert got.status_code == 200 and got.json()["status"] == "confirmed"
             await server.walk(cell["t_start"], outside(cell, row))
@@ -96,7 +100,8 @@ async def test_journey_win_loss_void_then_withdraw_and_the_ledger_explains_the_b
             assert bet["decided_by"]["ts"] == cell["t_end"] + 100
 
             available = DEPOSIT - 3 * STAKE + payout + STAKE
-            await ws.next_of_type("balance", where=lambda f: f["available"] == available)
+            assert bet["_balance"] == {"available": available, "locked": 0}
+            assert ws.frames_of(["balance"]) == []
 
         # ── balance and ledger agree, entry by entry (README's money model) ──
         body = await player.balance()

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from actors import hub as hub_actor
 from actors.hub import ACCOUNT, Hub, Subscriber, account_frame
 from tap.messages import (
+    Balance,
     BalanceChanged,
     Bet,
     BetConfirmed,
@@ -328,3 +329,92 @@ async def test_run_routes_commits_to_their_address_breaker_to_everyone_and_ticks
     assert decoded(await taken(bob)) == [
         {"type": "breaker", "state": "open", "reason": "stale_feed"}
     ]
+
+
+def test_bet_frames_carry_the_balance_after_their_event() -> None:
+    after = Balance(available=9_000_000, locked=1_000_000)
+    routed = account_frame(BetConfirmed(bet=bet(ALICE), balance=after))
+    assert routed is not None
+    frame = decoded([Hub(ws_queue=4).encode(routed[1])])[0]
+    assert frame["balance"] == {"available": 9_000_000, "locked": 1_000_000}
+    assert "req_id" not in frame  # only the placing client's `ack: commit` frame carries one
+
+
+def pending(address: str) -> Bet:
+    return msgspec.structs.replace(bet(address), status="pending", confirmed_at=None)
+
+
+async def test_ack_commit_answers_the_placing_client_once_with_its_req_id() -> None:
+    hub = Hub(ws_queue=4)
+    placing, other_tab, stranger = hub.connect(), hub.connect(), hub.connect()
+    for client, address in ((placing, ALICE), (other_tab, ALICE), (stranger, BOB)):
+        client.subscribe([ACCOUNT])
+        client.set_address(address)
+    placing.await_commit(pending(ALICE), "r-1", ack="commit")
+    assert placing.pending == 0  # nothing is said before the commit
+    after = Balance(available=5, locked=1)
+    hub.publish_committed(BetConfirmed(bet=bet(ALICE), balance=after))
+    mine = decoded(await taken(placing))
+    assert [(f["type"], f.get("req_id")) for f in mine] == [("bet_confirmed", "r-1")]
+    assert mine[0]["balance"] == {"available": 5, "locked": 1}
+    theirs = decoded(await taken(other_tab))
+    assert [(f["type"], f.get("req_id")) for f in theirs] == [("bet_confirmed", None)]
+    assert stranger.pending == 0
+    # answered once: a redelivered commit of the same bet is a plain account frame for everyone
+    hub.publish_committed(BetConfirmed(bet=bet(ALICE), balance=after))
+    assert [f.get("req_id") for f in decoded(await taken(placing))] == [None]
+
+
+async def test_ack_queue_sends_bet_ack_only_once_the_bet_is_durable() -> None:
+    hub = Hub(ws_queue=4)
+    client = hub.connect()
+    client.subscribe([ACCOUNT])
+    client.set_address(ALICE)
+    client.await_commit(pending(ALICE), "q-1", ack="queue")
+    assert client.pending == 0
+    hub.publish_committed(BetConfirmed(bet=bet(ALICE), balance=Balance(available=1, locked=2)))
+    ack, confirmed = decoded(await taken(client))
+    assert (ack["type"], ack["req_id"], ack["bet"]["status"]) == ("bet_ack", "q-1", "pending")
+    assert ack["bet"]["confirmed_at"] is None
+    assert (confirmed["type"], confirmed["balance"]) == (
+        "bet_confirmed",
+        {"available": 1, "locked": 2},
+    )
+
+
+async def test_writer_refusals_and_replays_answer_the_placing_client_with_an_error() -> None:
+    hub = Hub(ws_queue=2)
+    queued, committed = hub.connect(), hub.connect()  # not subscribed to "account"
+    for client in (queued, committed):
+        client.set_address(ALICE)
+    queued.await_commit(pending(ALICE), "q-1", ack="queue")
+    hub.publish_committed(BetRejected(bet=bet(ALICE, "rejected"), reason="insufficient_funds"))
+    [error] = decoded(await taken(queued))
+    assert (error["type"], error["req_id"], error["error"]["code"]) == (
+        "error",
+        "q-1",
+        "insufficient_funds",
+    )
+    committed.await_commit(pending(ALICE), "c-1", ack="commit")
+    hub.publish_committed(BetRejected(bet=bet(ALICE, "rejected"), reason="duplicate_cell_bet"))
+    [rejected] = decoded(await taken(committed))
+    assert (rejected["type"], rejected["req_id"]) == ("bet_rejected", "c-1")
+    # the ledger answers with an earlier request's bet of that nonce: this one is a replay
+    earlier = msgspec.structs.replace(pending(ALICE), accepted_at=T0 + 1)
+    committed.await_commit(earlier, "c-2", ack="commit")
+    hub.publish_committed(BetConfirmed(bet=bet(ALICE)))
+    [replay] = decoded(await taken(committed))
+    assert (replay["type"], replay["error"]["code"]) == ("error", "replayed_nonce")
+
+
+def test_a_connection_holds_at_most_ws_queue_bets_in_flight() -> None:
+    hub = Hub(ws_queue=2)
+    client = hub.connect()
+    for i in range(2):
+        assert client.can_await_commit()
+        client.await_commit(
+            msgspec.structs.replace(pending(ALICE), bet_id=f"b{i}"), "r", ack="commit"
+        )
+    assert not client.can_await_commit()
+    hub.disconnect(client)
+    assert hub._commit_waits == {}

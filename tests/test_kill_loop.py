@@ -194,12 +194,8 @@ def short_campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[A
     yield trio.run(campaign, opts)
 
 
-# The one finding the campaign makes today. A bet is answered 202 (and WS `bet_ack`) as soon as
-# it is queued for the writer, before its batch commits (tap/edge/desk.py `place`): a SIGKILL in
-# the next few ms loses it, against issue 9's "every bet answered 202 or 201 is confirmed or
-# rejected in the ledger". The fix is in the bet path, not here; until it lands this class is
-# reported (test below, xfail) and every other class must stay at zero.
-KNOWN_DEFECTS = {"lost_accepted"}
+# Its first finding — a 202 / `bet_ack` answered as soon as the bet was queued, lost by a SIGKILL
+# before its batch committed — is fixed in the bet path: every answer now follows the commit.
 
 
 @pytest.mark.slow
@@ -217,12 +213,10 @@ def test_the_server_survives_every_kill_and_loses_or_doubles_nothing(
     ledger = summary["bets_in_ledger"]
     assert ledger.get("won", 0) + ledger.get("lost", 0) + ledger.get("void", 0) > 0, ledger
     assert ledger.get("confirmed", 0) == 0, "the final check settles every bet"
-    unexpected = [v for v in summary["violations"] if v["category"] not in KNOWN_DEFECTS]
-    assert not unexpected, unexpected
+    assert not summary["violations"], summary["violations"][:5]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="a 202 is answered before its batch commits: SIGKILL loses it (issue 9)")
 def test_no_bet_answered_202_is_lost(short_campaign: tuple[dict[str, Any], Campaign]) -> None:
     summary, _ = short_campaign
     assert "lost_accepted" not in summary["violation_counts"], summary["violations"][:5]
@@ -251,7 +245,7 @@ def test_the_checker_catches_a_dropped_bet_and_a_double_settlement_in_the_real_l
     _, run = short_campaign
     clean = corrupt_copy(run, tmp_path)
     baseline = {c for c, _ in check_ledger(clean, run.record)}
-    assert baseline <= KNOWN_DEFECTS
+    assert baseline == set()  # the campaign's own ledger is clean
 
     confirmed = next(s for s in run.record.sends if s.kind == "bet" and s.outcome == "confirmed")
     dropped = corrupt_copy(run, tmp_path, "DELETE FROM bets WHERE bet_id = ?", (confirmed.bet_id,))

@@ -10,6 +10,7 @@ import pytest
 from tap import ledger
 from tap.messages import (
     AdminCredit,
+    Balance,
     BalanceChanged,
     BetConfirmed,
     BetRejected,
@@ -151,7 +152,7 @@ def test_a_rejected_bet_does_not_occupy_its_cell_but_burns_its_nonce(
     assert isinstance(rejected, BetRejected) and rejected.reason == "insufficient_funds"
     # ...and a later bet by the same address on the same cell is confirmed: the partial index
     # only counts non-rejected bets.
-    [confirmed, _] = write(conn, bet(2))
+    [confirmed] = write(conn, bet(2))  # the bet event carries the balance: no BalanceChanged
     assert isinstance(confirmed, BetConfirmed)
     # The rejected bet's nonce stays burned.
     [replay] = write(conn, bet(3, nonce="nonce-000000000001"))
@@ -164,7 +165,7 @@ def test_a_second_live_bet_on_the_same_cell_is_rejected_and_stored(
     conn: sqlite3.Connection,
 ) -> None:
     write(conn, deposit("0xaa", 10_000, "d1"))
-    [first, second, _] = write(conn, bet(1), bet(2))
+    [first, second] = write(conn, bet(1), bet(2))
     assert isinstance(first, BetConfirmed)
     assert isinstance(second, BetRejected) and second.reason == "duplicate_cell_bet"
     stored = db.get_bet(conn, "bet-2")
@@ -191,7 +192,8 @@ def test_a_confirmed_bet_moves_its_stake_and_writes_one_stake_row(
     events = write(conn, bet(1, amount=3_000))
     assert isinstance(events[0], BetConfirmed)
     assert events[0].bet.confirmed_at == NOW and events[0].bet.status == "confirmed"
-    assert events[1] == BalanceChanged(address="0xaa", available=7_000, locked=3_000, at=NOW)
+    assert events[0].balance == Balance(available=7_000, locked=3_000)
+    assert len(events) == 1  # one event per bet: its balance travels inside it
     rows = db.ledger_page(conn, "0xaa").items
     assert [(r.kind, r.amount, r.locked_delta, r.balance_after, r.ref) for r in rows] == [
         ("stake", -3_000, 3_000, 7_000, "bet-1"),
@@ -238,10 +240,12 @@ def test_settlement_writes_one_resolution_row(
     conn: sqlite3.Connection, status: str, payout: int, kind: str, available: int
 ) -> None:
     write(conn, deposit("0xaa", 10_000, "d1"), bet(1))
-    [resolved, balance] = write(conn, Settle(outcomes=(outcome("bet-1", status),)))
+    [resolved] = write(conn, Settle(outcomes=(outcome("bet-1", status),)))
+    assert isinstance(resolved, BetResolved)
+    balance = resolved.balance
     assert isinstance(resolved, BetResolved)
     assert resolved.bet.status == status and resolved.bet.payout == payout
-    assert balance == BalanceChanged(address="0xaa", available=available, locked=0, at=NOW)
+    assert balance == Balance(available=available, locked=0)
     newest = db.ledger_page(conn, "0xaa", limit=1).items[0]
     assert (newest.kind, newest.amount, newest.locked_delta) == (kind, payout, -1_000)
     assert resolved.entry_id == newest.entry_id  # what the hot state's credit carries
@@ -279,7 +283,7 @@ def test_settlement_pays_the_stored_quote_not_the_resolvers_numbers(
         reason="touch",
         at=NOW,
     )
-    [resolved, _] = write(conn, Settle(outcomes=(lying,)))
+    [resolved] = write(conn, Settle(outcomes=(lying,)))
     assert isinstance(resolved, BetResolved)
     assert resolved.bet.payout == 999 * 29_600 // 10_000 == 2_957
     assert db.get_balance(conn, "0xbb") == ledger.Account(0, 0)
@@ -563,7 +567,7 @@ def test_a_settlement_past_the_ceiling_leaves_the_bet_open_and_logs(
     assert "bet-1" in caplog.text and "above" in caplog.text
     assert integrity_check(conn) == []
     # A loss credits nothing: that resolution still applies.
-    [resolved, _] = write(conn, Settle(outcomes=(outcome("bet-1", "lost"),)))
+    [resolved] = write(conn, Settle(outcomes=(outcome("bet-1", "lost"),)))
     assert isinstance(resolved, BetResolved) and resolved.bet.status == "lost"
     assert db.get_balance(conn, "0xaa") == ledger.Account(TOP - 500, 0)
     assert integrity_check(conn) == []
@@ -596,3 +600,27 @@ def test_many_processes_opening_a_fresh_file_at_once_all_succeed(tmp_path: Path)
         assert schema_version(conn) == LATEST
     finally:
         conn.close()
+
+
+def test_each_bet_event_carries_the_balance_right_after_it(conn: sqlite3.Connection) -> None:
+    write(conn, deposit("0xaa", 10_000, "d1"))
+    first, second, short, entry, final = write(
+        conn,
+        bet(1, amount=3_000),
+        bet(2, amount=3_000, row=2),
+        bet(3, amount=9_000, row=3),  # more than is left: refused, balance unchanged
+        deposit("0xaa", 500, "d2"),
+    )
+    assert isinstance(first, BetConfirmed) and isinstance(second, BetConfirmed)
+    assert first.balance == Balance(available=7_000, locked=3_000)
+    assert second.balance == Balance(available=4_000, locked=6_000)
+    assert isinstance(short, BetRejected) and short.reason == "insufficient_funds"
+    assert short.balance == Balance(available=4_000, locked=6_000)
+    assert isinstance(entry, EntryPosted)
+    # a deposit's change has no bet frame to travel in: one BalanceChanged, the batch's last
+    assert final == BalanceChanged(address="0xaa", available=4_500, locked=6_000, at=NOW)
+
+
+def test_a_refused_bet_of_an_unknown_account_carries_no_balance(conn: sqlite3.Connection) -> None:
+    [rejected] = write(conn, bet(1, address="0xnew"))
+    assert isinstance(rejected, BetRejected) and rejected.balance is None

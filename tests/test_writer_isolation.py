@@ -20,6 +20,7 @@ from actors import batcher
 from tap import ledger
 from tap.config import BatcherConfig
 from tap.messages import (
+    Balance,
     BalanceChanged,
     BetConfirmed,
     BetRejected,
@@ -39,7 +40,7 @@ from tap.runtime.clock import Clock
 from tap.store import db
 from tap.store.integrity import integrity_check
 from tests.builders import NOW, placed_bet
-from tests.e2e import Server, pick_cell, placeable_cells, serving, wait_until
+from tests.e2e import Server, pick_cell, placeable_cells, serving
 
 OVERFLOW = -9_223_372_036_854_775_809  # the reproduction's value: below -2⁶³
 
@@ -169,7 +170,11 @@ def test_an_item_that_raises_is_refused_and_its_partial_work_undone(
     announced = {
         e.address: (e.available, e.locked) for e in events if isinstance(e, BalanceChanged)
     }
-    assert announced == {"0xaa": (97_000, 2_000), "0xbb": (700, 0)}
+    # Only the deposit's account gets a BalanceChanged; bet events carry their own balance,
+    # and the last one announced for 0xaa is the committed one.
+    assert announced == {"0xbb": (700, 0)}
+    last_bet = [e for e in events if isinstance(e, BetConfirmed | BetResolved)][-1]
+    assert last_bet.balance == Balance(available=97_000, locked=2_000)
     assert [t.price for t in db.ticks_range(conn, "BTC-USD").ticks] == [1, 3]
     monkeypatch.undo()
     assert integrity_check(conn) == []
@@ -303,8 +308,10 @@ async def test_a_writer_stopped_by_a_broken_database_fails_readiness_and_writes(
             monkeypatch.setattr(db, "apply_batch", corrupt)
             cell = await pick_cell(server, min_lead_ms=3000)
             r = await player.place(cell_id=cell["cell_id"], amount=1_000_000)
-            assert r.status_code == 202, r.text  # queued; its batch then meets the broken file
-            await wait_until(lambda: not server.running.services.writer_alive())
+            # Queued, and its batch meets the broken file: never committed, so never a 202
+            # (answers follow the commit); the writer's death ends the wait with a 503.
+            assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
+            assert not server.running.services.writer_alive()
             r = await client.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["database"] == "fail", r.text
             assert (await client.get("/healthz")).json()["status"] == "fail"

@@ -67,6 +67,9 @@ _HTTP_CODES = {
 # reads exactly). Unbounded, one typo would reach SQLite as an integer it cannot store (the writer
 # fails and the process with it) or sum balances past int64.
 MAX_ADJUSTMENT = 2**53 - 1
+# How long a bet's request waits for its commit before answering 503 instead of a 202 that a
+# crash could still undo (the writer commits within milliseconds; this is a stuck disk).
+DURABLE_WAIT_S = 10
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -444,22 +447,35 @@ def create_app(svc: EdgeServices) -> QuartTrio:
             headers["RateLimit-Remaining"] = str(admit.tokens_left)
             headers["RateLimit-Reset"] = str(-(-admit.full_in_ms // 1000))
         wait_s = _prefer_wait(request.headers.get("Prefer"))
-        if wait_s:
-            final = await svc.wait_for_bet(bet.bet_id, wait_s)
-            if final is not None:
-                if final.accepted_at != bet.accepted_at:
-                    # The ledger answered with the bet an earlier request with this nonce made
-                    # (the hot state had forgotten the nonce, e.g. Redis lost its data): this
-                    # request is a replay, and nothing of it took effect.
-                    raise ApiError("replayed_nonce", "nonce already used", bet_id=final.bet_id)
-                if final.status == "rejected":
-                    code = final.reason if final.reason in STATUS else "invalid_request"
-                    refusal = ApiError(code, f"the writer refused the bet: {final.reason}")
-                    if code == "replayed_nonce":
-                        refusal.extra["bet_id"] = final.bet_id
-                    raise refusal
-                headers["Preference-Applied"] = f"wait={wait_s}"
-                return json_response(msgspec.to_builtins(final), 201, headers)
+        # A 202 is only ever sent for a bet that is durable (committed, fsync'd): a crash right
+        # after the answer must not lose it. So every bet waits for its batch's commit (the
+        # writer flushes `batcher.max_wait_ms` after the first item); `Prefer: wait` only
+        # changes what the answer says. No checkpoint since the desk queued the bet, so the
+        # commit cannot slip past the waiter.
+        started = trio.current_time()
+        final = await svc.wait_for_bet(bet.bet_id, max(wait_s, DURABLE_WAIT_S))
+        if final is None:
+            raise ApiError(
+                "overloaded",
+                "the bet was queued but not committed in time; it may still be: "
+                "look it up by nonce before placing it again",
+                retry_after_s=1,
+                bet_id=bet.bet_id,
+            )
+        if final.accepted_at != bet.accepted_at:
+            # The ledger answered with the bet an earlier request with this nonce made
+            # (the hot state had forgotten the nonce, e.g. Redis lost its data): this
+            # request is a replay, and nothing of it took effect.
+            raise ApiError("replayed_nonce", "nonce already used", bet_id=final.bet_id)
+        if final.status == "rejected":
+            code = final.reason if final.reason in STATUS else "invalid_request"
+            refusal = ApiError(code, f"the writer refused the bet: {final.reason}")
+            if code == "replayed_nonce":
+                refusal.extra["bet_id"] = final.bet_id
+            raise refusal
+        if wait_s and trio.current_time() - started <= wait_s:
+            headers["Preference-Applied"] = f"wait={wait_s}"
+            return json_response(msgspec.to_builtins(final), 201, headers)
         return json_response(
             {
                 "bet_id": bet.bet_id,

@@ -147,10 +147,15 @@ class EdgeServices:
 
         Called right after the desk's `send_nowait` with no checkpoint in between, so the
         writer cannot have published the answer before the waiter is registered."""
-        with self.fanout.expect_bet(bet_id) as waiter, trio.move_on_after(timeout_s):
-            answer = await waiter.wait()
-            bet: Bet = answer.bet  # type: ignore[union-attr]
-            return bet
+        deadline = trio.current_time() + timeout_s
+        with self.fanout.expect_bet(bet_id) as waiter:
+            # Checked every half second: a writer that died will never answer, so the caller
+            # hears None at once instead of at the deadline.
+            while self.writer_alive() and trio.current_time() < deadline:
+                with trio.move_on_after(min(0.5, deadline - trio.current_time())):
+                    answer = await waiter.wait()
+                    bet: Bet = answer.bet  # type: ignore[union-attr]
+                    return bet
         return None
 
     async def bet(self, bet_id: str) -> Bet | None:

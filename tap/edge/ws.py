@@ -32,7 +32,6 @@ from tap.messages import (
     ErrorBody,
     ReqId,
     WsAuth,
-    WsBetAck,
     WsError,
     WsPing,
     WsPlaceBet,
@@ -160,6 +159,15 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                     if session is None:
                         await reply(_error_frame(bet.req_id, "unauthorized", "send auth first"))
                         continue
+                    if not sub.can_await_commit():
+                        await reply(
+                            _error_frame(
+                                bet.req_id,
+                                "overloaded",
+                                "too many bets on this connection await their commit",
+                            )
+                        )
+                        continue
                     req = BetRequest(
                         cell_id=bet.cell_id,
                         amount=bet.amount,
@@ -182,7 +190,9 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                             ).decode()
                         )
                         continue
-                    await reply(_encoder.encode(WsBetAck(req_id=bet.req_id, bet=placed)).decode())
+                    # No checkpoint since the desk queued it: the commit cannot slip past.
+                    # The answer (bet_ack, or the commit frame) follows the durable commit.
+                    sub.await_commit(placed, bet.req_id, ack=bet.ack)
 
     try:
         async with trio.open_nursery() as nursery:

@@ -37,6 +37,7 @@ from tap.admission import valid_nonce
 from tap.messages import (
     MAX_MULTIPLIER_BPS,
     AdminCredit,
+    Balance,
     BalanceChanged,
     Bet,
     BetConfirmed,
@@ -205,6 +206,7 @@ _ADD_LIABILITY = (
     "RETURNING total"
 )
 EXPOSURE_LIMIT = "exposure_limit"
+_ENTRY_KINDS = frozenset({"deposit", "withdrawal", "adjustment"})  # what moves money but bets
 _INSERT_ENTRY = (
     "INSERT INTO ledger (address, kind, amount, locked_delta, balance_after, ref, at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -478,6 +480,28 @@ class _BatchWriter:
         # and `undo` records the balances it overwrote, so a failed item leaves no trace.
         self.careful = False
         self.undo: list[tuple[str, tuple[int, int] | None]] = []
+        # Accounts a deposit, withdrawal or credit moved: they get a `BalanceChanged` (bet
+        # events carry their own balance).
+        self.entries_moved: set[str] = set()
+
+    def announce(self, event: BetConfirmed | BetRejected | BetResolved) -> None:
+        """Queue a bet event with the account's balance right after it (API.md: bet frames
+        carry the balance, so a committed bet is one frame)."""
+        address = event.bet.address
+        now = self.balances.get(address)
+        if now is None and type(address) is str:
+            # Not moved in this batch (a refusal): the stored balance, if any. A refusal of a
+            # malformed bet must not fail on its own address: then it goes out without one.
+            try:
+                row = self.cur.execute(
+                    "SELECT available, locked FROM accounts WHERE address = ?", (address,)
+                ).fetchone()
+            except (sqlite3.Error, ValueError, OverflowError):
+                row = None
+            now = None if row is None else (int(row[0]), int(row[1]))
+        if now is not None:
+            event = msgspec.structs.replace(event, balance=Balance(available=now[0], locked=now[1]))
+        self.events.append(event)
 
     # money movements
 
@@ -508,6 +532,8 @@ class _BatchWriter:
         if self.careful:
             self.undo.append((address, self.balances.get(address)))
         self.balances[address] = balance
+        if m.kind in _ENTRY_KINDS:
+            self.entries_moved.add(address)
         return balance
 
     def refusal(self, address: str, credit: int, lock: int) -> str:
@@ -552,19 +578,19 @@ class _BatchWriter:
     def place_bet(self, req: PlaceBet) -> None:
         if type(req.amount) is int and not 0 < req.amount <= MAX_BALANCE:
             bet = _refused_bet(req, AMOUNT_OUT_OF_RANGE)
-            self.events.append(BetRejected(bet=bet, reason=AMOUNT_OUT_OF_RANGE))
+            self.announce(BetRejected(bet=bet, reason=AMOUNT_OUT_OF_RANGE))
             return
         problem = bet_problem(req)
         if problem is not None:  # not stored: its values may not even bind
             log.warning("bet %s refused (%s): %s", _ref_of(req), INVALID_REQUEST, problem)
-            self.events.append(
+            self.announce(
                 BetRejected(bet=_refused_bet(req, INVALID_REQUEST), reason=INVALID_REQUEST)
             )
             return
         try:
             stake = ledger.stake_movement(req.amount)
         except ledger.InvalidAmount:
-            self.events.append(
+            self.announce(
                 BetRejected(
                     bet=_refused_bet(req, "amount_out_of_range"), reason="amount_out_of_range"
                 )
@@ -598,7 +624,7 @@ class _BatchWriter:
             accepted_at=req.accepted_at,
             confirmed_at=self.now_ms,
         )
-        self.events.append(BetConfirmed(bet=bet))
+        self.announce(BetConfirmed(bet=bet))
 
     def reject_stored(self, req: PlaceBet, reason: str) -> None:
         """Turn the bet just inserted as confirmed into a stored rejection (nothing moved)."""
@@ -606,7 +632,7 @@ class _BatchWriter:
             "UPDATE bets SET status = 'rejected', reason = ?, confirmed_at = NULL WHERE bet_id = ?",
             (reason, req.bet_id),
         )
-        self.events.append(BetRejected(bet=_refused_bet(req, reason), reason=reason))
+        self.announce(BetRejected(bet=_refused_bet(req, reason), reason=reason))
 
     def add_liability(self, cell_id: str, payout: int, cap: int) -> bool:
         """Add a bet's potential payout to its cell's liability if the sum stays within `cap`
@@ -628,12 +654,12 @@ class _BatchWriter:
             if stored.bet_id == req.bet_id:
                 # The same request delivered twice (a retried hand-over): answer what happened.
                 if stored.status == "rejected":
-                    self.events.append(BetRejected(bet=stored, reason=stored.reason or "rejected"))
+                    self.announce(BetRejected(bet=stored, reason=stored.reason or "rejected"))
                 else:
-                    self.events.append(BetConfirmed(bet=stored))
+                    self.announce(BetConfirmed(bet=stored))
                 return
             bet = _refused_bet(req, "replayed_nonce")
-            self.events.append(BetRejected(bet=bet, reason="replayed_nonce"))
+            self.announce(BetRejected(bet=bet, reason="replayed_nonce"))
             return
         archived = self.cur.execute(
             "SELECT 1 FROM archived_nonces WHERE address = ? AND nonce = ?",
@@ -647,7 +673,7 @@ class _BatchWriter:
         taken = self.cur.execute("SELECT 1 FROM bets WHERE bet_id = ?", (req.bet_id,)).fetchone()
         if taken is not None:
             bet = _refused_bet(req, DUPLICATE_BET_ID)
-            self.events.append(BetRejected(bet=bet, reason=DUPLICATE_BET_ID))
+            self.announce(BetRejected(bet=bet, reason=DUPLICATE_BET_ID))
             return
         occupied = self.cur.execute(
             "SELECT 1 FROM bets WHERE address = ? AND cell_id = ? AND status <> 'rejected'",
@@ -658,7 +684,7 @@ class _BatchWriter:
         # Stored so the nonce stays burned and by-nonce answers; outside the partial cell index.
         self.cur.execute(_INSERT_BET, _bet_row(req, "rejected", None, "duplicate_cell_bet"))
         bet = _refused_bet(req, "duplicate_cell_bet")
-        self.events.append(BetRejected(bet=bet, reason="duplicate_cell_bet"))
+        self.announce(BetRejected(bet=bet, reason="duplicate_cell_bet"))
 
     def settle(self, outcome: Outcome) -> None:
         problem = outcome_problem(outcome)
@@ -734,7 +760,7 @@ class _BatchWriter:
             decided_by=decided,
             reason=outcome.reason,
         )
-        self.events.append(BetResolved(bet=resolved, entry_id=entry.entry_id))
+        self.announce(BetResolved(bet=resolved, entry_id=entry.entry_id))
 
     # deposits, withdrawals, credits
 
@@ -923,7 +949,7 @@ class _BatchWriter:
                 partial(self.cur.execute, _INSERT_BET, _bet_row(req, "rejected", None, reason)),
                 lambda _: None,
             )
-        self.events.append(BetRejected(bet=_refused_bet(req, reason), reason=reason))
+        self.announce(BetRejected(bet=_refused_bet(req, reason), reason=reason))
 
 
 def apply_batch(
@@ -934,7 +960,8 @@ def apply_batch(
     cell_caps: Mapping[str, int] | None = None,
 ) -> list[Committed]:
     """Apply `requests` in order in one `BEGIN IMMEDIATE` transaction; return the events to
-    announce, in order, followed by one `BalanceChanged` per account the batch touched.
+    announce, in order (each bet event carrying its account's balance right after it), followed by
+    one `BalanceChanged` per account that a deposit, withdrawal or credit moved.
 
     Per item: a bet is confirmed (stake moved, one ledger row) or rejected (`replayed_nonce`,
     `duplicate_cell_bet`, `insufficient_funds`, `amount_out_of_range`, `invalid_request` when
@@ -967,10 +994,12 @@ def apply_batch(
         log.error("batch of %d failed on one item (%r); applying item by item", len(requests), exc)
         writer = _write(conn, requests, now_ms, careful=True, cell_caps=cell_caps)
     events = writer.events
-    for address, (available, locked) in writer.balances.items():
-        events.append(
-            BalanceChanged(address=address, available=available, locked=locked, at=now_ms)
-        )
+    for address in writer.entries_moved:
+        final = writer.balances.get(address)
+        if final is not None:
+            events.append(
+                BalanceChanged(address=address, available=final[0], locked=final[1], at=now_ms)
+            )
     return events
 
 
