@@ -359,31 +359,45 @@ ATTACKS: dict[str, tuple[list[Frame], bool]] = {
 
 async def attack(served: Served, frames: list[Frame], read: bool, until: float) -> int:
     """One attacker: open a connection, send `frames` (reading the answers or not), repeat on a
-    fresh connection whenever the server closes one, until `until`. Returns frames sent."""
-    sent = 0
+    fresh connection whenever the server closes one, until `until`. Returns frames sent.
+
+    An attacker that never reads can wedge its own connection (both sides' buffers full, the
+    server's close frame unsent): each connection is bounded, with two seconds to close, so the
+    attack ends on time whatever its socket does. The server side of such a connection is
+    bounded by the server's own send timeout; this only keeps the harness from waiting on it."""
+    sent = [0]
+    deadline = trio.current_time() + (until - time.monotonic()) + 2.0
     while time.monotonic() < until:
-        try:
-            async with (
-                trio_websocket.open_websocket_url(
-                    served.ws_url, connect_timeout=10, disconnect_timeout=0.5
-                ) as ws,
-                trio.open_nursery() as nursery,
-            ):
-                if read:
-                    nursery.start_soon(_drain, ws)
-                for frame in frames:
-                    if time.monotonic() >= until:
-                        break
-                    if isinstance(frame, Raw):
-                        await send_raw_text(ws, frame.payload)
-                    else:
-                        await ws.send_message(frame)
-                    sent += 1
-                nursery.cancel_scope.cancel()
-        except* (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError):
-            pass  # closed by the server (as it should): next connection
+        with trio.move_on_at(deadline):
+            try:
+                await _one_connection(served, frames, read, until, sent)
+            except* (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError):
+                pass  # closed by the server (as it should): next connection
         await trio.lowlevel.checkpoint()
-    return sent
+    return sent[0]
+
+
+async def _one_connection(
+    served: Served, frames: list[Frame], read: bool, until: float, sent: list[int]
+) -> None:
+    """One connection of `attack`: send `frames` until `until`, counting into `sent[0]`."""
+    async with (
+        trio_websocket.open_websocket_url(
+            served.ws_url, connect_timeout=10, disconnect_timeout=0.5
+        ) as ws,
+        trio.open_nursery() as nursery,
+    ):
+        if read:
+            nursery.start_soon(_drain, ws)
+        for frame in frames:
+            if time.monotonic() >= until:
+                break
+            if isinstance(frame, Raw):
+                await send_raw_text(ws, frame.payload)
+            else:
+                await ws.send_message(frame)
+            sent[0] += 1
+        nursery.cancel_scope.cancel()
 
 
 async def _drain(ws: trio_websocket.WebSocketConnection) -> None:
