@@ -652,6 +652,18 @@ class Campaign:
                 return
         await self.final_epoch()
 
+    async def wait_ready(self, port: int, proc: trio.Process) -> None:
+        """Until the server takes bets (`/healthz` passes: breaker closed), not only serves."""
+        await wait_ready(
+            "127.0.0.1",
+            port,
+            proc,
+            self.log,
+            path="/healthz",
+            within=READY_WITHIN_S,
+            want_status="pass",
+        )
+
     async def one_epoch(self, *, early: bool) -> bool:
         """Start, load, SIGKILL. False when the server did not come back (campaign over)."""
         port = free_port()
@@ -662,15 +674,7 @@ class Campaign:
                 self.early_kills += 1
                 return await self.kill(proc)
             try:
-                await wait_ready(
-                    "127.0.0.1",
-                    port,
-                    proc,
-                    self.log,
-                    path="/healthz",
-                    within=READY_WITHIN_S,
-                    want_status="pass",  # bets are taken (breaker closed), not only serving
-                )
+                await self.wait_ready(port, proc)
             except Exception as e:
                 self.violate("restart_failed", f"epoch {self.epoch}: {e}")
                 return False
@@ -1005,15 +1009,7 @@ class Campaign:
         proc = await self.spawn(port)
         try:
             try:
-                await wait_ready(
-                    "127.0.0.1",
-                    port,
-                    proc,
-                    self.log,
-                    path="/healthz",
-                    within=READY_WITHIN_S,
-                    want_status="pass",  # bets are taken (breaker closed), not only serving
-                )
+                await self.wait_ready(port, proc)
             except Exception as e:
                 self.violate("restart_failed", f"final start: {e}")
                 return
