@@ -123,6 +123,10 @@ class _TimeoutSockets(HypercornConfig):
     keepalive_idle_s = 20  # idle this long → probe; gone after `keepalive_probes` unanswered
     keepalive_interval_s = 5
     keepalive_probes = 3
+    # SO_REUSEPORT: several edge processes bind the one public port and the kernel spreads new
+    # connections over them (`tap serve --edges N`). Hypercorn sets it only for its own
+    # multi-worker runner, and it must be set before bind, hence `_create_sockets` below.
+    reuse_port = False
 
     def create_sockets(self) -> Sockets:
         sockets = super().create_sockets()
@@ -138,10 +142,23 @@ class _TimeoutSockets(HypercornConfig):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.keepalive_probes)
         return sockets
 
+    def _create_sockets(self, binds: list[str], type_: int = socket.SOCK_STREAM) -> list[Any]:
+        if not self.reuse_port:
+            return super()._create_sockets(binds, type_)
+        # Hypercorn sets SO_REUSEPORT before bind exactly when it runs several workers.
+        workers, self.workers = self.workers, 2
+        try:
+            return super()._create_sockets(binds, type_)
+        finally:
+            self.workers = workers
 
-def hypercorn_config(cfg: Config) -> HypercornConfig:
+
+def hypercorn_config(cfg: Config, *, reuse_port: bool = False) -> HypercornConfig:
+    """Hypercorn's settings from `cfg`. `reuse_port`: bind with SO_REUSEPORT, so that every
+    edge of `tap serve --edges N` listens on the same port."""
     hypercorn_guard.install()  # one connection's protocol error must not end serve()
     hc = _TimeoutSockets()
+    hc.reuse_port = reuse_port
     hc.send_timeout_ms = cfg.server.send_timeout_ms
     hc.bind = [f"{cfg.server.host}:{cfg.server.port}"]
     hc.graceful_timeout = cfg.server.graceful_timeout_s
@@ -207,14 +224,15 @@ async def run_server(
     stop: trio.Event | None = None,
     handle_signals: bool = True,
     admin_token: str | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `cfg` until SIGTERM/SIGINT (or `stop`), holding the database's server lock (shared:
     other tap processes may serve the same file) so `tap restore` refuses to replace the file
-    underneath a running server."""
+    underneath a running server. `reuse_port`: bind the HTTP port with SO_REUSEPORT."""
     Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
     with ServerLock(cfg.server.db_path, shared=True):
-        await _serve(cfg, clock, stop, handle_signals, admin_token, task_status)
+        await _serve(cfg, clock, stop, handle_signals, admin_token, reuse_port, task_status)
 
 
 async def _serve(
@@ -223,6 +241,7 @@ async def _serve(
     stop: trio.Event | None,
     handle_signals: bool,
     admin_token: str | None,
+    reuse_port: bool,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     clock = clock or Clock()
@@ -482,7 +501,7 @@ async def _serve(
                         writer_alive=lambda: not writer_done.is_set(),
                     )
                     app = create_app(svc)
-                    hc = hypercorn_config(cfg)
+                    hc = hypercorn_config(cfg, reuse_port=reuse_port)
                     if handle_signals:
                         services.start_soon(_watch_signals, stop)
                     services.start_soon(_prune_sessions, svc.sessions, clock)
