@@ -10,10 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from tap.config import Config, ConfigError, load_config
 from tap.runtime import logs
@@ -28,13 +34,36 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
+    from tap.runtime.procs import watch_parent
     from tap.runtime.supervisor import run_server
 
     cfg = _config(args)
+    if args.port is not None:
+        cfg = _with_port(cfg, args.port)
+    if args.edges is not None:
+        return serve_fleet(args, cfg)
+    if args.core_port is not None:
+        return _usage_error("--core-port goes with --edges (the core of a fleet)")
+    options: dict[str, Any] = {}
+    if args.role != "all":  # the lead's roles; `--role all` is the one-process server as ever
+        options["role"] = args.role
+    if args.reuse_port:
+        options["reuse_port"] = True
 
     async def serve_and_announce() -> None:
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(run_server, cfg)
+
+            async def serve(task_status: trio.TaskStatus[Any]) -> None:
+                await run_server(cfg, task_status=task_status, **options)
+                nursery.cancel_scope.cancel()  # the parent watch, if any, ends with the server
+
+            running = await nursery.start(serve)
+            if args.ready_file:
+                _write_ready_file(Path(args.ready_file), running.url)
+            if args.supervisor_pid is not None:
+                # A fleet's child: its supervisor announces the fleet, and its death stops us.
+                nursery.start_soon(watch_parent, args.supervisor_pid, running.stop)
+                return
             print(f"tap is serving on {running.url}  (Ctrl-C drains and stops)", flush=True)
             print(f"  try: curl -s {running.url}/api/grid/{cfg.markets[0].symbol} | head -c 300")
             print(f"  docs: {running.url}/openapi.json, docs/API.md, docs/websocket.md", flush=True)
@@ -42,8 +71,94 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 print(f"  WARNING: {warning}", flush=True)
                 log.warning("%s", warning)
 
-    trio.run(serve_and_announce)
+    try:
+        trio.run(serve_and_announce)
+    finally:
+        if args.ready_file:
+            Path(args.ready_file).unlink(missing_ok=True)
     return 0
+
+
+def serve_fleet(args: argparse.Namespace, cfg: Config) -> int:
+    """`tap serve --edges N`: one core and N edges on one port, supervised (tap/runtime/procs.py).
+
+    The children meet on Redis (the bet stream, sessions, the hot state), so there is no fleet
+    without `redis.url`. A port of 0 is resolved here, once: every edge must bind the same one.
+    """
+    import tempfile
+
+    import trio
+
+    from tap.runtime import procs
+
+    if args.role != "all":
+        return _usage_error("--edges starts its own core and edges; it takes no --role")
+    if args.edges < 1:
+        return _usage_error("--edges N needs N >= 1")
+    if not cfg.redis.url:
+        return _usage_error(
+            "--edges needs redis.url (in the config file or TAP__REDIS__URL): "
+            "the core and its edges meet on Redis"
+        )
+    host = cfg.server.host
+    port = cfg.server.port or _free_port(host)
+    core_port = args.core_port if args.core_port is not None else port + 1
+    core_port = core_port or _free_port(host)
+    if core_port == port:
+        return _usage_error(f"--core-port {core_port} is the public port")
+    scheme = "https" if cfg.server.tls_cert else "http"
+    policy = procs.Policy(stop_within_s=2 * cfg.server.graceful_timeout_s + 10)
+
+    class Announce:
+        def started(self, value: procs.Fleet | None = None) -> None:
+            url = f"{scheme}://{host}:{port}"
+            print(
+                f"tap is serving on {url}  (1 core + {args.edges} edges; core ops on "
+                f"{scheme}://{host}:{core_port}; Ctrl-C drains and stops)",
+                flush=True,
+            )
+
+    with tempfile.TemporaryDirectory(prefix="tap-fleet-") as run_dir:
+        specs = procs.fleet(
+            procs.tap_command(getattr(args, "config", None)),
+            edges=args.edges,
+            host=host,
+            port=port,
+            core_port=core_port,
+            tls=bool(cfg.server.tls_cert),
+            run_dir=Path(run_dir),
+            supervisor_pid=os.getpid(),
+        )
+        try:
+            code: int = trio.run(partial(procs.supervise, specs, policy, task_status=Announce()))
+        except procs.FleetFailed as e:
+            print(f"tap serve --edges: {e}", file=sys.stderr)
+            return 1
+    return code
+
+
+def _usage_error(message: str) -> int:
+    print(f"tap serve: {message}", file=sys.stderr)
+    return 2
+
+
+def _with_port(cfg: Config, port: int) -> Config:
+    return msgspec.structs.replace(cfg, server=msgspec.structs.replace(cfg.server, port=port))
+
+
+def _free_port(host: str) -> int:
+    """A port nobody listens on now (the kernel's pick), for a fleet told port 0."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _write_ready_file(path: Path, url: str) -> None:
+    """Whole or absent: a supervisor polling for the file never reads half of it."""
+    partial_path = path.with_name(path.name + ".tmp")
+    partial_path.write_text(url + "\n")
+    os.replace(partial_path, path)
 
 
 def play_money_warnings(cfg: Config) -> list[str]:
@@ -162,6 +277,8 @@ def tap_version() -> str:
         return version("tap")
     except PackageNotFoundError:
         return "unknown"
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     import time
 
@@ -202,7 +319,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="config overlay")
         return p
 
-    add("serve", "Run the server: actors + HTTP/WS edge (SIGTERM/SIGINT drain and stop).")
+    p = add("serve", "Run the server: actors + HTTP/WS edge (SIGTERM/SIGINT drain and stop).")
+    p.add_argument(
+        "--role",
+        choices=["all", "core", "edge"],
+        default="all",
+        help="all: the one-process server (default); core: ingest, market, resolver, the writer; "
+        "edge: HTTP/WS on Redis (core and edge need redis.url)",
+    )
+    p.add_argument("--port", type=int, help="listen on this port (default: server.port)")
+    p.add_argument(
+        "--edges",
+        type=int,
+        metavar="N",
+        help="start one core and N edges on the one port (SO_REUSEPORT) and supervise them",
+    )
+    p.add_argument(
+        "--core-port",
+        type=int,
+        metavar="C",
+        help="with --edges: the core's ops endpoints (/readyz, /metrics) (default: port + 1)",
+    )
+    # Set by the fleet supervisor for its children (tap/runtime/procs.py), not by hand.
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
+    p.add_argument("--supervisor-pid", type=int, metavar="PID", help=argparse.SUPPRESS)
     p = add("feed-sim", "Serve the simulated GBM price feed as a standalone WebSocket server.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
