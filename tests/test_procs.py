@@ -14,6 +14,7 @@ Nothing asserts on timing: every wait is a bounded poll of an observable state.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -213,6 +214,45 @@ async def test_a_stop_drains_the_edges_before_it_stops_the_core(tmp_path: Path) 
     assert stubs.index("edge-2 exit") < core_term
     assert "core exit" in stubs.lines()
     assert the_fleet.exit_code == 0
+
+
+def test_a_second_signal_does_not_break_the_order_of_the_stop(tmp_path: Path) -> None:
+    """SIGTERM, then SIGINT while the edges drain (a service manager's repeat, a second
+    Ctrl-C): the supervisor still waits for the edges before it stops the core, and exits 0."""
+    stubs = Stubs(tmp_path)
+    specs = [stubs.core(), stubs.edge(1, "--drain-s", "1.0")]
+    described = [
+        {"name": s.name, "role": s.role, "argv": s.argv}
+        | (
+            {"ready_file": str(s.ready.path)}
+            if isinstance(s.ready, FileReady)
+            else {"ready_port": s.ready.port}
+        )
+        for s in specs
+    ]
+    (tmp_path / "specs.json").write_text(json.dumps(described))
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("fleet_stub.py")),
+            str(tmp_path / "specs.json"),
+        ],
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert supervisor.stdout is not None
+        assert supervisor.stdout.readline().strip() == "fleet ready"
+        supervisor.send_signal(signal.SIGTERM)
+        _wait_for(lambda: "edge-1 term" in stubs.lines(), "the edge to be told to stop")
+        supervisor.send_signal(signal.SIGINT)
+        assert supervisor.wait(timeout=30) == 0
+    finally:
+        supervisor.kill()
+        supervisor.wait(timeout=10)
+    lines = stubs.lines()
+    assert lines.index("edge-1 exit") < lines.index("core term")
 
 
 async def test_an_edge_deaf_to_sigterm_is_killed_after_the_bound(tmp_path: Path) -> None:

@@ -361,11 +361,16 @@ async def _reap(child: Child, within_s: float) -> None:
 
 
 async def _watch_signals(stop: trio.Event) -> None:
+    """The first SIGTERM/SIGINT starts the stop. The receiver stays open until the supervisor
+    returns: a second signal (an impatient Ctrl-C, a service manager's repeat) would otherwise
+    kill it outright and leave its children to stop all at once, out of order."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
+            if stop.is_set():
+                log.info("signal received; already stopping", extra={"signal": signum})
+                continue
             log.info("signal received, stopping the fleet", extra={"signal": signum})
             stop.set()
-            return
 
 
 async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
