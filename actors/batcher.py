@@ -80,6 +80,20 @@ class Subscription:
                 raise Lagged(f"subscription {self.name!r} overflowed and was dropped") from None
             raise
 
+    async def receive_batch(self, most: int) -> list[Committed]:
+        """The next event and up to `most - 1` more already queued (`[]` once the fan-out is
+        closed); raises `Lagged` like `receive`."""
+        try:
+            batch = [await self.receive()]
+        except trio.EndOfChannel:
+            return []
+        while len(batch) < most:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return batch
+
     def __aiter__(self) -> AsyncIterator[Committed]:
         return self
 

@@ -74,26 +74,29 @@ def _log_commit(pending: PendingBets, bet: Bet, what: str, reason: str | None) -
     log.info(what, extra={"request_id": rid, "bet_id": bet.bet_id, "reason": reason})
 
 
-async def apply(hot: HotState, pending: PendingBets, event: Committed) -> None:
+async def apply(hot: HotState | None, pending: PendingBets, event: Committed) -> None:
+    """One committed event. `hot` is None on an edge: the core alone keeps the hot state in line
+    with the ledger; an edge only forgets the pending bets the ledger has decided."""
     match event:
         case BetConfirmed(bet=bet):
             _log_commit(pending, bet, "bet confirmed", None)
             admitted = pending.pop(bet.bet_id)  # counted in tap_bets_total by the writer
-            if admitted is not None and admitted.accepted_at != bet.accepted_at:
+            if hot is not None and admitted is not None and admitted.accepted_at != bet.accepted_at:
                 # The writer answered a replay with the bet its nonce already made: no stake
                 # moved for this request, so give its hold back (the cell stays taken).
                 await hot.release(bet.address, admitted.amount, held_by=bet.nonce)
         case BetRejected(bet=bet, reason=reason):
             _log_commit(pending, bet, "bet rejected", reason)
             pending.pop(bet.bet_id)
-            nonce = bet.nonce if reason in UNSTORED_REFUSALS else None
-            await hot.release(
-                bet.address, bet.amount, cell_id=bet.cell_id, nonce=nonce, held_by=bet.nonce
-            )
-        case BetResolved(bet=bet, entry_id=entry_id):
+            if hot is not None:
+                nonce = bet.nonce if reason in UNSTORED_REFUSALS else None
+                await hot.release(
+                    bet.address, bet.amount, cell_id=bet.cell_id, nonce=nonce, held_by=bet.nonce
+                )
+        case BetResolved(bet=bet, entry_id=entry_id) if hot is not None:
             if bet.status in ("won", "void") and bet.payout:
                 await hot.credit(bet.address, bet.payout, entry_id=entry_id)
-        case EntryPosted(entry=entry) if entry is not None:
+        case EntryPosted(entry=entry) if hot is not None and entry is not None:
             if entry.kind in ("deposit", "adjustment") and entry.amount:
                 await hot.credit(entry.address, entry.amount, entry_id=entry.entry_id)
         case _:
@@ -102,7 +105,7 @@ async def apply(hot: HotState, pending: PendingBets, event: Committed) -> None:
 
 async def run(
     fanout: CommittedFanout,
-    hot: HotState,
+    hot: HotState | None,
     pending: PendingBets,
     rebuild: Callable[[], Awaitable[None]],
     *,
@@ -134,7 +137,7 @@ async def run(
 
 async def resync(
     fanout: CommittedFanout,
-    hot: HotState,
+    hot: HotState | None,
     pending: PendingBets,
     rebuild: Callable[[], Awaitable[None]],
     committed_bets: CommittedBets | None,
@@ -160,7 +163,7 @@ async def resync(
 
 
 async def reconcile_pending(
-    hot: HotState,
+    hot: HotState | None,
     pending: PendingBets,
     committed_bets: CommittedBets,
     now_ms: Callable[[], int] | None,
@@ -179,7 +182,7 @@ async def reconcile_pending(
         stored = decided.get(bet_id)
         if stored is not None:
             pending.pop(bet_id)
-            if stored.status == "rejected":
+            if stored.status == "rejected" and hot is not None:
                 try:  # the cell marker only: amount 0 (the hold goes with the rebuild)
                     await hot.release(admitted.address, 0, cell_id=admitted.cell_id)
                 except HotStateUnavailable:

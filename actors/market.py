@@ -27,7 +27,16 @@ import trio
 
 from tap.config import Config, MarketConfig, PricingConfig
 from tap.grid import current_column
-from tap.messages import BreakerChanged, BreakerStateName, GridView, Tick, WsGrid, WsOut, WsPrice
+from tap.messages import (
+    BreakerChanged,
+    BreakerStateName,
+    GridView,
+    MarketState,
+    Tick,
+    WsGrid,
+    WsOut,
+    WsPrice,
+)
 from tap.pricing import EwmaVolatility, TickInterval
 from tap.quotes import GridBook, Quote, QuoteRefusal, fixed_monitoring_interval
 from tap.runtime.clock import Clock
@@ -36,6 +45,17 @@ from tap.runtime.clock import Clock
 GRID_HEARTBEAT_MS = 1000
 
 Publish = Callable[[str, WsOut], None]
+# Where the core's market tells the edges what it prices with (scale-out: `actors/bus.py`).
+StateSink = Callable[[MarketState], None]
+
+
+class _Adopted:
+    """A mirror's volatility: the σ the core last sent (it has the whole tick history)."""
+
+    __slots__ = ("sigma",)
+
+    def __init__(self, sigma: float) -> None:
+        self.sigma = sigma
 
 
 class _Market:
@@ -57,7 +77,7 @@ class _Market:
         pricing: PricingConfig = cfg.pricing
         self.fixed_interval = fixed_monitoring_interval(cfg)
         self.book = GridBook(market, pricing, self.fixed_interval)
-        self.volatility = EwmaVolatility(pricing)
+        self.volatility: EwmaVolatility | _Adopted = EwmaVolatility(pricing)
         # The stream's own cadence, for feeds whose cadence the configuration does not fix.
         self.interval = TickInterval(cfg.feed.sim_tick_ms, cfg.feed.max_gap_ms)
         self.last_tick: Tick | None = None
@@ -177,9 +197,12 @@ async def run(
     breaker_states: trio.MemoryReceiveChannel[BreakerChanged],
     publish: Publish,
     *,
+    states: StateSink | None = None,
     task_status: trio.TaskStatus[MarketHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until `ticks` ends. `publish` is the hub's synchronous, non-blocking fan-out."""
+    """Run until `ticks` ends. `publish` is the hub's synchronous, non-blocking fan-out;
+    `states`, if given, hears every accepted tick with the σ and interval it is priced with
+    (the core hands them to the edges' mirrors)."""
     markets = {m.symbol: _Market(m, cfg) for m in cfg.markets}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_follow_breaker, markets, clock, breaker_states, publish)
@@ -194,14 +217,64 @@ async def run(
                 last = quoted.last_tick
                 if last is not None and tick.ts < last.ts:
                     continue  # older than the price we already quote from: it must not win
-                quoted.volatility.update(tick.ts, tick.price)
+                sigma = quoted.volatility.update(tick.ts, tick.price)  # type: ignore[union-attr]
                 quoted.interval.update(tick.ts)
                 quoted.last_tick = tick
+                if states is not None:
+                    states(MarketState(tick=tick, sigma=sigma, interval_ms=quoted.interval_ms))
                 publish(
                     f"prices:{tick.symbol}",
                     WsPrice(symbol=tick.symbol, ts=tick.ts, price=tick.price),
                 )
                 quoted.publish_grid(clock.now_ms(), publish)
+        nursery.cancel_scope.cancel()
+
+
+async def run_mirror(
+    cfg: Config,
+    clock: Clock,
+    incoming: trio.MemoryReceiveChannel[MarketState | BreakerChanged],
+    publish: Publish,
+    *,
+    task_status: trio.TaskStatus[MarketHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """An edge's market: the core's ticks with the σ and tick interval the core priced them with,
+    and the core's breaker changes, turned into the same grids, quotes and frames as `run` (the
+    grid is a pure function of those values and the time). Runs until `incoming` ends.
+
+    A mirror adopts σ instead of estimating it, so an edge that joined late or missed a message
+    quotes what the core quotes from the next tick on. The breaker starts open: an edge admits
+    nothing until the core has said it is closed."""
+    markets = {m.symbol: _Market(m, cfg) for m in cfg.markets}
+    for market in markets.values():
+        market.volatility = _Adopted(cfg.pricing.vol_initial)
+    async with trio.open_nursery() as nursery:
+        for market in markets.values():
+            nursery.start_soon(_keep_grid_fresh, market, clock, publish)
+        task_status.started(MarketHandle(markets))
+        async with incoming:
+            async for message in incoming:
+                match message:
+                    case MarketState(tick=tick, sigma=sigma, interval_ms=interval_ms):
+                        quoted = markets.get(tick.symbol)
+                        if quoted is None:
+                            continue
+                        last = quoted.last_tick
+                        if last is not None and tick.ts < last.ts:
+                            continue
+                        quoted.volatility = _Adopted(sigma)
+                        quoted.fixed_interval = interval_ms
+                        quoted.last_tick = tick
+                        publish(
+                            f"prices:{tick.symbol}",
+                            WsPrice(symbol=tick.symbol, ts=tick.ts, price=tick.price),
+                        )
+                        quoted.publish_grid(clock.now_ms(), publish)
+                    case BreakerChanged(state=state):
+                        for market in markets.values():
+                            if market.breaker != state:
+                                market.breaker = state
+                                market.publish_grid(clock.now_ms(), publish)
         nursery.cancel_scope.cancel()
 
 

@@ -162,6 +162,19 @@ class RedisConfig(Base, frozen=True):
     request_timeout_ms: int = 1000  # admission answers 503 dependency_unavailable after this
 
 
+class BusConfig(Base, frozen=True):
+    """The core ⇄ edges bus (Redis Streams; only `tap serve --role core|edge` uses it)."""
+
+    # Requests waiting for the core (the requests stream's length) past which an edge answers
+    # 503 overloaded at once: ~1 s of the writer's peak, so a backed-up core sheds load early.
+    max_backlog: int = 20_000
+    # An edge that has heard nothing from the core this long refuses bets (503 breaker_open):
+    # four missed heartbeats (the core sends one every 250 ms).
+    core_silence_ms: int = 1_000
+    # Committed batches kept for edges that fall behind (a lagging edge beyond it resyncs).
+    committed_maxlen: int = 100_000
+
+
 class ServerConfig(Base, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -196,6 +209,7 @@ class Config(Base, frozen=True):
     feed: FeedConfig = msgspec.field(default_factory=FeedConfig)
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    bus: BusConfig = msgspec.field(default_factory=BusConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
 

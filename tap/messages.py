@@ -82,7 +82,7 @@ class CoinbaseSubscribe(msgspec.Struct, kw_only=True):
 # ── breaker → edge · hub ──────────────────────────────────────────────────────────────────────
 
 
-class BreakerChanged(Frozen, frozen=True):
+class BreakerChanged(Frozen, frozen=True, tag="breaker_changed"):
     state: BreakerStateName
     reason: str  # "stale_feed" | "jump" | "override" | "recovered" | "startup"
     at: int  # ms
@@ -97,7 +97,7 @@ class DecidedBy(Frozen, frozen=True):
     price: int  # increments
 
 
-class PlaceBet(Frozen, frozen=True):
+class PlaceBet(Frozen, frozen=True, tag="place_bet"):
     """A bet that passed admission; the writer reserves its stake or rejects it."""
 
     bet_id: str
@@ -120,15 +120,30 @@ class PlaceBet(Frozen, frozen=True):
     min_multiplier_bps: int
     signature: str
 
+    def as_bet(self, status: BetStatus = "pending", reason: str | None = None) -> Bet:
+        """The bet this request is before the ledger has confirmed it (the desk's 202, a
+        refusal that stored nothing): the player-facing fields, no confirmation yet."""
+        return Bet(
+            bet_id=self.bet_id,
+            address=self.address,
+            cell_id=self.cell_id,
+            amount=self.amount,
+            multiplier_bps=self.multiplier_bps,
+            nonce=self.nonce,
+            status=status,
+            accepted_at=self.accepted_at,
+            reason=reason,
+        )
 
-class Deposit(Frozen, frozen=True):
+
+class Deposit(Frozen, frozen=True, tag="deposit"):
     address: str
     amount: int
     ref: str  # idempotency reference (unique)
     at: int
 
 
-class Withdrawal(Frozen, frozen=True):
+class Withdrawal(Frozen, frozen=True, tag="withdrawal"):
     address: str
     amount: int
     nonce: str
@@ -136,7 +151,7 @@ class Withdrawal(Frozen, frozen=True):
     at: int
 
 
-class AdminCredit(Frozen, frozen=True):
+class AdminCredit(Frozen, frozen=True, tag="admin_credit"):
     address: str
     amount: int  # signed: a negative adjustment may not take available below zero
     reason: str
@@ -208,18 +223,18 @@ class Balance(Frozen, frozen=True):
     locked: int  # units: stakes of open bets
 
 
-class BetConfirmed(Frozen, frozen=True):
+class BetConfirmed(Frozen, frozen=True, tag="bet_confirmed"):
     bet: Bet
     balance: Balance | None = None  # after this bet; None only where the writer had no row
 
 
-class BetRejected(Frozen, frozen=True):
+class BetRejected(Frozen, frozen=True, tag="bet_rejected"):
     bet: Bet
     reason: str  # insufficient_funds | duplicate_cell_bet | replayed_nonce | …
     balance: Balance | None = None  # unchanged by the rejection; None: the account has no row
 
 
-class BetResolved(Frozen, frozen=True):
+class BetResolved(Frozen, frozen=True, tag="bet_resolved"):
     bet: Bet
     # The resolution's ledger row (payout, or refund): the hot state's credit carries it, so a
     # balance seeded from a ledger read that already held it is not paid twice.
@@ -227,7 +242,7 @@ class BetResolved(Frozen, frozen=True):
     balance: Balance | None = None  # after the payout / refund
 
 
-class BalanceChanged(Frozen, frozen=True):
+class BalanceChanged(Frozen, frozen=True, tag="balance_changed"):
     """An account's balance after a committed batch that moved it by a deposit, withdrawal or
     credit (bet events carry their own `balance`, so they need no separate frame)."""
 
@@ -237,7 +252,7 @@ class BalanceChanged(Frozen, frozen=True):
     at: int
 
 
-class EntryPosted(Frozen, frozen=True):
+class EntryPosted(Frozen, frozen=True, tag="entry_posted"):
     """A deposit / withdrawal / adjustment committed (answers the HTTP call that asked for it)."""
 
     ref: str
@@ -246,6 +261,46 @@ class EntryPosted(Frozen, frozen=True):
 
 
 Committed = BetConfirmed | BetRejected | BetResolved | BalanceChanged | EntryPosted
+
+
+# ── core ⇄ edges over Redis Streams (scale-out; `actors/bus.py` carries them) ───────────────────
+# Every bus message is one of these tagged Structs, encoded with msgpack. `epoch` names one run of
+# the core (a restart starts a new one) and `seq` numbers its committed batches, so an edge can
+# tell a gap (events it will never see: it closes its WS clients 1013, they resync over HTTP).
+
+# Edge → core: the writer's requests that an edge may make (a bet, deposit, withdrawal, credit).
+BusRequest = PlaceBet | Deposit | Withdrawal | AdminCredit
+
+
+class CommittedBatch(Frozen, frozen=True, tag="committed"):
+    """Core → edges: what one commit published, in order."""
+
+    epoch: str
+    seq: int  # 0, 1, 2, … within `epoch`
+    events: tuple[Committed, ...]
+
+
+class MarketState(Frozen, frozen=True, tag="market_state"):
+    """Core → edges: a tick the core's market accepted, with the σ and tick interval it prices
+    with, so an edge's mirror quotes exactly what the core would."""
+
+    tick: Tick
+    sigma: float
+    interval_ms: int
+
+
+class CoreAlive(Frozen, frozen=True, tag="core_alive"):
+    """Core → edges, a few times a second: the core is running, and its breaker is in this
+    state (an edge that missed a `BreakerChanged` still converges)."""
+
+    epoch: str
+    at: int  # ms
+    breaker: BreakerStateName
+    reason: str
+    backlog: int  # bus requests waiting for the core (stream length), for the edges' 503
+
+
+MarketBusMessage = MarketState | BreakerChanged | CoreAlive
 
 
 # ── HTTP request bodies (client → edge) ───────────────────────────────────────────────────────

@@ -237,16 +237,7 @@ class BetDesk:
             min_multiplier_bps=req.min_multiplier_bps,
             signature=req.signature,
         )
-        bet = Bet(
-            bet_id=bet_id,
-            address=address,
-            cell_id=req.cell_id,
-            amount=req.amount,
-            multiplier_bps=quoted.multiplier_bps,
-            nonce=req.nonce,
-            status="pending",
-            accepted_at=now,
-        )
+        bet = request.as_bet()
         self.pending.add(bet, logs.REQUEST_ID.get())
         try:
             self.writer.send_nowait(request)

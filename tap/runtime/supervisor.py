@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -68,6 +68,8 @@ from tap.store.redis_hot import SCRIPTS, RedisHotState, sentinel_key
 
 log = logging.getLogger("tap")
 
+Role = Literal["all", "core", "edge"]
+
 
 @dataclass
 class Running:
@@ -77,8 +79,8 @@ class Running:
     port: int
     clock: Clock
     stop: trio.Event
-    manual_feed: ManualFeed | None
-    services: EdgeServices
+    manual_feed: ManualFeed | None  # the core's and `all`'s feed, when configured "manual"
+    services: EdgeServices | None  # an edge's and `all`'s handlers' services; None on the core
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,9 @@ class _TimeoutSockets(HypercornConfig):
         finally:
             self.workers = workers
 
-
 def hypercorn_config(cfg: Config, *, reuse_port: bool = False) -> HypercornConfig:
-    """Hypercorn's settings from `cfg`. `reuse_port`: bind with SO_REUSEPORT, so that every
-    edge of `tap serve --edges N` listens on the same port."""
+    """Hypercorn's settings for `cfg.server`. `reuse_port`: several processes listen on one
+    port (SO_REUSEPORT; the kernel spreads connections over them: `tap serve --edges N`)."""
     hypercorn_guard.install()  # one connection's protocol error must not end serve()
     hc = _TimeoutSockets()
     hc.reuse_port = reuse_port
@@ -207,6 +208,17 @@ async def _confirmed_bets(
                     await out.send(bet)
 
 
+def session_book(cfg: Config) -> SessionBook:
+    return SessionBook(
+        challenge_ttl_ms=cfg.auth.challenge_ttl_ms,
+        session_ttl_ms=cfg.auth.session_ttl_ms,
+        max_challenges=cfg.limits.max_challenges,
+        max_challenges_per_client=cfg.limits.max_challenges_per_client,
+        max_sessions=cfg.limits.max_sessions,
+        max_sessions_per_client=cfg.limits.max_sessions_per_client,
+    )
+
+
 def make_hot_state(cfg: Config) -> HotState:
     marker_ttl = max(3_600_000, max((m.columns_ahead + 2) * m.column_ms for m in cfg.markets))
     return InMemoryHotState(
@@ -224,12 +236,32 @@ async def run_server(
     stop: trio.Event | None = None,
     handle_signals: bool = True,
     admin_token: str | None = None,
+    role: Role = "all",
     reuse_port: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `cfg` until SIGTERM/SIGINT (or `stop`), holding the database's server lock (shared:
-    other tap processes may serve the same file) so `tap restore` refuses to replace the file
-    underneath a running server. `reuse_port`: bind the HTTP port with SO_REUSEPORT."""
+    """Serve `cfg` in `role` until SIGTERM/SIGINT (or `stop`).
+
+    `all` is this module's one-process server. `core` and `edge` are the scale-out roles
+    (`tap.runtime.scaleout`): one core and any number of edges, joined by Redis. Every role holds
+    the database's server lock (shared: other tap processes may serve the same file) so
+    `tap restore` refuses to replace the file underneath a running server."""
+    if role != "all":
+        from tap.runtime import scaleout  # it builds on this module
+
+        if role == "core":
+            await scaleout.serve_core(
+                cfg, clock=clock, stop=stop, handle_signals=handle_signals,
+                reuse_port=reuse_port, task_status=task_status,
+            )  # fmt: skip
+        elif role == "edge":
+            await scaleout.serve_edge(
+                cfg, clock=clock, stop=stop, handle_signals=handle_signals,
+                admin_token=admin_token, reuse_port=reuse_port, task_status=task_status,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"role = {role!r}: expected all, core or edge")
+        return
     Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
     with ServerLock(cfg.server.db_path, shared=True):
         await _serve(cfg, clock, stop, handle_signals, admin_token, reuse_port, task_status)
@@ -300,34 +332,8 @@ async def _serve(
 
     try:
         async with trio.open_nursery() as core:
-            writer_done = trio.Event()
-            writer_failure: list[Exception] = []
-
-            async def run_writer(task_status: trio.TaskStatus[None]) -> None:
-                started = _Started(task_status)
-                try:
-                    await batcher.run(
-                        cfg.batcher,
-                        clock,
-                        writer_input,
-                        fanout.publish,
-                        db_path,
-                        cell_caps={m.symbol: m.max_cell_liability for m in cfg.markets},
-                        task_status=started,  # type: ignore[arg-type]
-                    )
-                except Exception as e:
-                    if not started.done:
-                        raise  # the database did not even open: startup fails
-                    # A fatal database error (`db.is_fatal`; the batcher logged it critical).
-                    # Writes now fail fast (503) instead of queueing answers that never come,
-                    # readiness fails (`writer_alive`), and reads, prices and the grid stay up
-                    # for the operator until the process is stopped; it then exits with this.
-                    writer_failure.append(e)
-                    writer_input.close()
-                finally:
-                    writer_done.set()
-
-            await core.start(run_writer)
+            writer = WriterTask(cfg, clock, writer_input, fanout.publish)
+            await core.start(writer.run)
             hot: HotState
             if cfg.redis.url:
                 # The gateway outlives the producers: ledger-sync uses it until the writer drains.
@@ -464,14 +470,7 @@ async def _serve(
                     svc = EdgeServices(
                         cfg=cfg,
                         clock=clock,
-                        sessions=SessionBook(
-                            challenge_ttl_ms=cfg.auth.challenge_ttl_ms,
-                            session_ttl_ms=cfg.auth.session_ttl_ms,
-                            max_challenges=cfg.limits.max_challenges,
-                            max_challenges_per_client=cfg.limits.max_challenges_per_client,
-                            max_sessions=cfg.limits.max_sessions,
-                            max_sessions_per_client=cfg.limits.max_sessions_per_client,
-                        ),
+                        sessions=session_book(cfg),
                         desk=desk,
                         pending=pending,
                         hot=hot,
@@ -494,11 +493,8 @@ async def _serve(
                         integrity_fn=partial(
                             trio.to_thread.run_sync, maintenance.integrity_violations, cfg
                         ),
-                        writer_depth=lambda: (
-                            writer_input.statistics().current_buffer_used,
-                            cfg.batcher.queue_size,
-                        ),
-                        writer_alive=lambda: not writer_done.is_set(),
+                        writer_depth=writer.depth,
+                        writer_alive=writer.alive,
                     )
                     app = create_app(svc)
                     hc = hypercorn_config(cfg, reuse_port=reuse_port)
@@ -544,14 +540,67 @@ async def _serve(
                 # Every producer is gone: close the writer's input so it drains and returns.
                 for sender in (to_writer, edge_writer, resolver_writer):
                     sender.close()
-            await writer_done.wait()
+            await writer.done.wait()
             core.cancel_scope.cancel()  # the Redis gateway, if any
-        if writer_failure:
-            raise RuntimeError("the ledger writer stopped on a fatal error") from writer_failure[0]
+        writer.raise_failure()
     finally:
         fanout.close()
         reader.close()
         await hot.aclose()
+
+
+class WriterTask:
+    """The single writer (`actors.batcher`) as a task of a role's outermost nursery.
+
+    A failure while the database opens fails startup. A fatal database error later
+    (`db.is_fatal`; the batcher logged it critical) closes the writer's input: writes then fail
+    fast (503) instead of queueing answers that never come, readiness fails (`done` is set), and
+    reads, prices and the grid stay up for the operator until the process is stopped; it then
+    exits with this error (`raise_failure`)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock,
+        requests: trio.MemoryReceiveChannel[WriterRequest],
+        publish: Callable[[Sequence[Any]], None],
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.requests = requests
+        self.publish = publish
+        self.done = trio.Event()
+        self.failure: Exception | None = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = _Started(task_status)
+        try:
+            await batcher.run(
+                self.cfg.batcher,
+                self.clock,
+                self.requests,
+                self.publish,
+                self.cfg.server.db_path,
+                cell_caps={m.symbol: m.max_cell_liability for m in self.cfg.markets},
+                task_status=started,  # type: ignore[arg-type]
+            )
+        except Exception as e:
+            if not started.done:
+                raise  # the database did not even open: startup fails
+            self.failure = e
+            self.requests.close()
+        finally:
+            self.done.set()
+
+    def alive(self) -> bool:
+        return not self.done.is_set()
+
+    def depth(self) -> tuple[int, int]:
+        return self.requests.statistics().current_buffer_used, self.cfg.batcher.queue_size
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise RuntimeError("the ledger writer stopped on a fatal error") from self.failure
 
 
 class _Started:

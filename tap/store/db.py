@@ -57,7 +57,7 @@ from tap.messages import (
     Withdrawal,
     WriterRequest,
 )
-from tap.store.schema import migrate, schema_version
+from tap.store.schema import LATEST, migrate, schema_version
 
 T = TypeVar("T")
 
@@ -120,6 +120,26 @@ def open_writer(
         conn.close()
         raise
     return conn
+
+
+def wait_for_schema(path: str | Path, within_s: float = 60.0) -> None:
+    """Wait until the file at `path` exists at this code's schema (an edge: the core creates
+    and migrates it; the edge only reads). Raises `TimeoutError` after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        if Path(path).exists():
+            conn = open_connection(path, read_only=True)
+            try:
+                if schema_version(conn) >= LATEST:
+                    return
+            except sqlite3.OperationalError as e:
+                if not is_busy(e):
+                    raise
+            finally:
+                conn.close()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: no database at schema {LATEST} (is the core running?)")
+        time.sleep(0.1)
 
 
 def while_busy(fn: Callable[[], T], within_s: float = 10.0) -> T:
@@ -451,17 +471,7 @@ def _bet_row(
 
 
 def _refused_bet(req: PlaceBet, reason: str) -> Bet:
-    return Bet(
-        bet_id=req.bet_id,
-        address=req.address,
-        cell_id=req.cell_id,
-        amount=req.amount,
-        multiplier_bps=req.multiplier_bps,
-        nonce=req.nonce,
-        status="rejected",
-        accepted_at=req.accepted_at,
-        reason=reason,
-    )
+    return req.as_bet("rejected", reason)
 
 
 class _BatchWriter:

@@ -1,0 +1,520 @@
+"""The two scale-out roles on one page each: the core, and an edge (DESIGN "Scale-out").
+
+```
+           ┌────────────────────────────── core ───────────────────────────────┐
+ feed ─► ingest ─► breaker · market · resolver ─► writer ─committed─► ledger-sync (hot state)
+                                   │                 ▲         └─► relay ─► bus:committed
+                                   └─► market relay ─┼─► bus:market (ticks+σ, breaker, heartbeat)
+                     bus:requests ─► intake ─────────┘
+           └───────────────────────────────────────────────────────────────────┘
+           ┌────────────────────────────── edge (×N) ──────────────────────────┐
+ HTTP/WS ─► desk (admission on Redis) ─► forwarder ─► bus:requests
+ bus:committed ─► follower ─► fan-out ─► waiters (202 after commit) · hub · pending map
+ bus:market    ─► follower ─► market mirror (quotes, grids) · core watch (silent ⇒ breaker open)
+           └───────────────────────────────────────────────────────────────────┘
+```
+
+`tap serve --role all` (the supervisor module) runs both halves in one process with a memory
+channel between them; these two run them in separate processes joined by Redis Streams
+(`actors/bus.py`). The core alone writes the ledger, resolves bets, keeps the hot state in line
+with the ledger and runs maintenance; an edge reads the same SQLite file read-only, admits on
+the shared Redis hot state, and never writes the ledger.
+
+Shutdown. Core: stop ingest, let the resolver hand over what it has, stop the intake (requests
+not read stay in the stream for the next start), drain the writer, publish its last verdicts,
+then drop Redis. Edge: Hypercorn drains in-flight requests, then the forwarder hands the last
+queued requests to the stream, then Redis goes.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors import (
+    breaker,
+    breaker_override,
+    bus,
+    hub,
+    ingest,
+    ledger_sync,
+    maintenance,
+    market,
+    redis_gateway,
+    resolver,
+)
+from actors.batcher import CommittedFanout
+from actors.ingest import TickOutput
+from tap.config import Config, ConfigError, describe
+from tap.edge.app import create_app
+from tap.edge.desk import BetDesk, PendingBets
+from tap.edge.services import EdgeServices
+from tap.hotstate import HotStateUnavailable
+from tap.messages import (
+    Bet,
+    BreakerChanged,
+    BreakerMode,
+    BusRequest,
+    MarketState,
+    PlaceBet,
+    Tick,
+    WriterRequest,
+)
+from tap.runtime.clock import Clock
+from tap.runtime.ops_app import OpsApp
+from tap.runtime.supervisor import (
+    Running,
+    WriterTask,
+    _archive_now,
+    _confirmed_bets,
+    _offer,
+    _prune_sessions,
+    _pump,
+    _rebuild_on_recovery,
+    _watch_signals,
+    hypercorn_config,
+    load_startup_state,
+    session_book,
+)
+from tap.store import db
+from tap.store.backup import ServerLock
+from tap.store.reader import StoreReader
+from tap.store.redis_hot import SCRIPTS, RedisHotState, sentinel_key
+
+log = logging.getLogger("tap")
+
+
+def _require_redis(cfg: Config, role: str) -> None:
+    if not cfg.redis.url:
+        raise ConfigError(f"--role {role} needs redis.url: the core and its edges meet in Redis")
+
+
+async def serve_core(
+    cfg: Config,
+    *,
+    clock: Clock | None = None,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    reuse_port: bool = False,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The core until SIGTERM/SIGINT (or `stop`). It serves only the ops endpoints, on
+    `server.port`."""
+    _require_redis(cfg, "core")
+    clock = clock or Clock()
+    stop = stop or trio.Event()
+    log.info("effective config", extra={"config": describe(cfg), "role": "core"})
+    db_path = cfg.server.db_path
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    with ServerLock(db_path, shared=True):
+        startup = await trio.to_thread.run_sync(load_startup_state, db_path)
+        reader = StoreReader(db_path)
+        fanout = CommittedFanout()
+        # Bets the intake handed to the writer and not yet decided: ledger-sync tells a replay
+        # the writer answered with an earlier bet by them (its hold is given back).
+        pending = PendingBets()
+        inflight = bus.Inflight()
+        keys = bus.BusKeys.of(cfg.redis.prefix)
+        epoch = bus.new_epoch()
+        symbol = cfg.feed.symbol
+
+        # The writer's input, shared by the intake and the resolver; the intake waits when it is
+        # full (the requests stream is the buffer, and its length the edges' 503).
+        to_writer, writer_input = trio.open_memory_channel[WriterRequest](cfg.batcher.queue_size)
+        intake_writer, resolver_writer = to_writer.clone(), to_writer.clone()
+        # Redis recoveries ("reconnected" | "data_lost"): one pending is enough.
+        recovered_tx, recovered_rx = trio.open_memory_channel[str](1)
+
+        def on_request(request: BusRequest) -> None:
+            if isinstance(request, PlaceBet):
+                pending.add(request.as_bet())
+
+        try:
+            async with trio.open_nursery() as outer:
+                writer = WriterTask(cfg, clock, writer_input, fanout.publish)
+                await outer.start(writer.run)
+                gateway = await outer.start(
+                    partial(
+                        redis_gateway.run,
+                        cfg.redis,
+                        SCRIPTS,
+                        sentinel_key=sentinel_key(cfg.redis.prefix),
+                        on_recovered=lambda reason: _offer(recovered_tx, reason),
+                    )
+                )
+                hot = RedisHotState.from_config(
+                    gateway,
+                    cfg,
+                    balance_source=lambda a: reader.run(lambda c: db.available_through(c, a)),
+                )
+
+                async def rebuild_hot() -> None:
+                    await hot.rebuild_from(lambda: reader.run(db.all_available_through))
+                    since = clock.now_ms() - 2 * cfg.auth.max_skew_ms
+                    nonces = await reader.run(lambda c: db.recent_nonces(c, since))
+                    await hot.remember_nonces(nonces, clock.now_ms())
+
+                async def committed_bets(bet_ids: Sequence[str]) -> dict[str, Bet]:
+                    ids = list(bet_ids)
+                    return await reader.run(lambda c: db.bets_by_ids(c, ids))
+
+                async def reload_open() -> list[Any]:
+                    return await reader.run(db.open_bets)
+
+                try:
+                    await rebuild_hot()
+                except HotStateUnavailable:
+                    log.warning("hot state unavailable at startup; rebuilt on recovery")
+                    _offer(recovered_tx, "startup")
+                # The relay outlives the producers: it publishes the writer's last verdicts.
+                relay_done = trio.Event()
+
+                async def run_relay(task_status: trio.TaskStatus[None]) -> None:
+                    try:
+                        await bus.run_relay(
+                            cfg.bus, gateway, keys, fanout, inflight, epoch,
+                            capacity=ledger_sync.CAPACITY, task_status=task_status,
+                        )  # fmt: skip
+                    finally:
+                        relay_done.set()
+
+                await outer.start(run_relay)
+                try:
+                    async with trio.open_nursery() as services:
+                        # ── channels between actors (each bounded; size says why) ──
+                        # Ticks for the breaker and for resolution (lossless): as in `all`.
+                        tick_breaker_tx, tick_breaker_rx = trio.open_memory_channel[Tick](1024)
+                        tick_resolver_tx, tick_resolver_rx = trio.open_memory_channel[Tick](4096)
+                        # Ticks for prices and the grid (lossy): only the newest matters.
+                        tick_market_tx, tick_market_rx = trio.open_memory_channel[Tick](64)
+                        # Breaker changes are rare: a small buffer each.
+                        brk_market_tx, brk_market_rx = trio.open_memory_channel[BreakerChanged](16)
+                        # What the edges' mirrors need (lossy: the next tick or heartbeat
+                        # replaces a dropped one): a few seconds of ticks.
+                        to_edges_tx, to_edges_rx = trio.open_memory_channel[
+                            MarketState | BreakerChanged
+                        ](256)
+                        override_tx, override_rx = trio.open_memory_channel[BreakerMode](16)
+                        # Confirmed bets for the resolver: one commit batch's burst.
+                        bets_tx, bets_rx = trio.open_memory_channel[Bet](4096)
+
+                        # ── actors, in dependency order ──
+                        await services.start(
+                            partial(
+                                ledger_sync.run, fanout, hot, pending, rebuild_hot,
+                                committed_bets=committed_bets, now_ms=clock.now_ms,
+                            )
+                        )  # fmt: skip
+                        services.start_soon(_rebuild_on_recovery, recovered_rx, rebuild_hot)
+                        await services.start(maintenance.run_archiver, cfg, clock)
+                        await services.start(maintenance.run_integrity, cfg, clock)
+                        await services.start(maintenance.run_backups, cfg, clock)
+                        brk = await services.start(
+                            partial(
+                                breaker.run, cfg.breaker, clock, tick_breaker_rx,
+                                [brk_market_tx, to_edges_tx.clone()],  # type: ignore[list-item]
+                                override_rx, symbol=symbol,
+                                judge_tick_age=cfg.feed.source != "sim",
+                            )
+                        )  # fmt: skip
+                        await services.start(breaker_override.run, cfg.redis, override_tx)
+                        await services.start(
+                            partial(
+                                market.run, cfg, clock, tick_market_rx, brk_market_rx,
+                                lambda channel, frame: None,  # no WS clients on the core
+                                states=lambda state: bus.offer(to_edges_tx, state),
+                            )
+                        )  # fmt: skip
+                        await services.start(
+                            partial(
+                                bus.run_market_relay, gateway, keys, clock, epoch, to_edges_rx,
+                                lambda: (brk.state(), brk.reason()),
+                            )
+                        )  # fmt: skip
+                        services.start_soon(_confirmed_bets, fanout, bets_tx, reload_open)
+                        resolver_done = trio.Event()
+
+                        async def run_resolver(task_status: trio.TaskStatus[Any]) -> None:
+                            try:
+                                await resolver.run(
+                                    cfg, clock, tick_resolver_rx, bets_rx, resolver_writer,
+                                    startup.open_bets, startup.last_tick_before or None,
+                                    startup.reload_ticks, task_status=task_status,
+                                )  # fmt: skip
+                            finally:
+                                resolver_done.set()
+
+                        await services.start(run_resolver)
+                        ingest_scope = trio.CancelScope()
+                        ingest_done = trio.Event()
+
+                        async def run_ingest(task_status: trio.TaskStatus[Any]) -> None:
+                            try:
+                                with ingest_scope:
+                                    await ingest.run(
+                                        cfg,
+                                        clock,
+                                        [
+                                            TickOutput("breaker", tick_breaker_tx, lossless=True),
+                                            TickOutput("resolver", tick_resolver_tx, lossless=True),
+                                            TickOutput("market", tick_market_tx, lossless=False),
+                                        ],
+                                        task_status=task_status,
+                                    )
+                            finally:
+                                ingest_done.set()
+
+                        feed = await services.start(run_ingest)
+                        intake_scope = trio.CancelScope()
+
+                        async def run_intake(task_status: trio.TaskStatus[None]) -> None:
+                            with intake_scope:
+                                await bus.run_intake(
+                                    cfg.redis, gateway, keys, intake_writer, inflight, on_request,
+                                    task_status=task_status,
+                                )  # fmt: skip
+
+                        await services.start(run_intake)
+
+                        # ── the operations endpoints ──
+                        async def readiness() -> tuple[bool, dict[str, Any]]:
+                            redis_ok = await gateway.ping()
+                            ok = writer.alive() and redis_ok and not stop.is_set()
+                            return ok, {
+                                "database": "pass" if writer.alive() else "fail",
+                                "redis": "pass" if redis_ok else "fail",
+                                "accepting": "fail" if stop.is_set() else "pass",
+                            }
+
+                        async def health() -> tuple[str, dict[str, Any]]:
+                            ready, checks = await readiness()
+                            depth, capacity = writer.depth()
+                            state = brk.state()
+                            detail: dict[str, Any] = {k: {"status": v} for k, v in checks.items()}
+                            detail["circuit_breaker"] = {
+                                "status": "pass" if state == "closed" else "warn",
+                                "state": state,
+                                "reason": brk.reason(),
+                            }
+                            detail["batcher"] = {
+                                "status": "warn" if depth * 2 > capacity else "pass",
+                                "queue_depth": depth,
+                                "capacity": capacity,
+                            }
+                            if not writer.alive():
+                                return "fail", detail
+                            warn = not ready or any(
+                                c["status"] != "pass" for c in detail.values()
+                            )
+                            return ("warn" if warn else "pass"), detail
+
+                        hc = hypercorn_config(cfg, reuse_port=reuse_port)
+                        if handle_signals:
+                            services.start_soon(_watch_signals, stop)
+                        binds = await services.start(
+                            partial(
+                                hypercorn_serve,
+                                OpsApp(readiness, health, clock.now_ms),
+                                hc,
+                                shutdown_trigger=stop.wait,
+                            )
+                        )
+                        url = binds[0]
+                        log.info("core serving", extra={"url": url, "epoch": epoch})
+                        gc.collect()
+                        gc.freeze()
+                        task_status.started(
+                            Running(url, int(url.rsplit(":", 1)[1]), clock, stop, feed.manual, None)
+                        )
+                        await stop.wait()
+                        # Stop reading requests first (unread ones wait in the stream for the
+                        # next start), then the feed; the resolver hands over what it has.
+                        intake_scope.cancel()
+                        ingest_scope.cancel()
+                        await ingest_done.wait()
+                        for ticks_in in (tick_breaker_tx, tick_resolver_tx, tick_market_tx):
+                            ticks_in.close()
+                        with trio.move_on_after(cfg.server.graceful_timeout_s):
+                            await resolver_done.wait()
+                        services.cancel_scope.cancel()
+                finally:
+                    for sender in (to_writer, intake_writer, resolver_writer):
+                        sender.close()
+                await writer.done.wait()
+                fanout.close()  # the relay publishes what is left, then returns
+                with trio.move_on_after(cfg.server.graceful_timeout_s):
+                    await relay_done.wait()
+                outer.cancel_scope.cancel()  # the Redis gateway
+            writer.raise_failure()
+        finally:
+            fanout.close()
+            reader.close()
+
+
+async def serve_edge(
+    cfg: Config,
+    *,
+    clock: Clock | None = None,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    admin_token: str | None = None,
+    reuse_port: bool = False,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One edge until SIGTERM/SIGINT (or `stop`): the whole API on `server.port`, with the
+    core's writer, market and breaker reached over the bus."""
+    _require_redis(cfg, "edge")
+    clock = clock or Clock()
+    stop = stop or trio.Event()
+    if admin_token is None:
+        admin_token = os.environ.get("TAP_ADMIN_TOKEN") or None
+    log.info("effective config", extra={"config": describe(cfg), "role": "edge"})
+    db_path = cfg.server.db_path
+    await trio.to_thread.run_sync(db.wait_for_schema, db_path)
+    reader = StoreReader(db_path)
+    # This edge's view of the core's commits, fed by the follower: waiters, hub, pending map.
+    fanout = CommittedFanout()
+    pending = PendingBets()
+    keys = bus.BusKeys.of(cfg.redis.prefix)
+    link = bus.CoreLink(clock, cfg.bus.core_silence_ms)
+    # Requests on their way to the stream: the desk's non-blocking hand-off; full ⇒ 503.
+    to_core_tx, to_core_rx = trio.open_memory_channel[BusRequest](cfg.batcher.queue_size)
+    writer = bus.RemoteWriter(to_core_tx, link, cfg.bus.max_backlog)
+
+    async def committed_bets(bet_ids: Sequence[str]) -> dict[str, Bet]:
+        ids = list(bet_ids)
+        return await reader.run(lambda c: db.bets_by_ids(c, ids))
+
+    async def no_rebuild() -> None:
+        """An edge never rebuilds the hot state: the core keeps it in line with the ledger."""
+
+    try:
+        async with trio.open_nursery() as outer:
+            gateway = await outer.start(
+                partial(redis_gateway.run, cfg.redis, SCRIPTS)  # the core probes for data loss
+            )
+            hot = RedisHotState.from_config(
+                gateway,
+                cfg,
+                balance_source=lambda a: reader.run(lambda c: db.available_through(c, a)),
+            )
+            forwarder_done = trio.Event()
+
+            async def run_forwarder(task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    await bus.run_forwarder(
+                        gateway, keys, to_core_rx, writer, fanout, clock, task_status=task_status
+                    )
+                finally:
+                    forwarder_done.set()
+
+            await outer.start(run_forwarder)
+            try:
+                async with trio.open_nursery() as services:
+                    # ── channels between actors (each bounded; size says why) ──
+                    # The core's ticks and breaker changes for the mirror (lossy: newest wins).
+                    market_tx, market_rx = trio.open_memory_channel[MarketState | BreakerChanged](
+                        256
+                    )
+                    # Breaker changes for the hub (rare).
+                    brk_hub_tx, brk_hub_rx = trio.open_memory_channel[BreakerChanged](16)
+                    # Committed events for the hub, pumped from the fan-out.
+                    committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Any](4096)
+
+                    # ── actors, in dependency order ──
+                    the_hub = hub.Hub(cfg.server.ws_queue)
+
+                    def on_gap(why: str) -> None:
+                        log.error("committed events from the core were missed (%s)", why)
+                        the_hub.close_all(1013, "account messages were lost; resync over HTTP")
+
+                    await services.start(
+                        partial(
+                            ledger_sync.run, fanout, None, pending, no_rebuild,
+                            committed_bets=committed_bets, now_ms=clock.now_ms,
+                        )
+                    )  # fmt: skip
+                    services.start_soon(_pump, fanout, committed_hub_tx, the_hub)
+                    await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
+                    mkt = await services.start(
+                        market.run_mirror, cfg, clock, market_rx, the_hub.publish
+                    )
+                    await services.start(
+                        partial(
+                            bus.run_follower, cfg.redis, keys, fanout, market_tx.clone(), link,
+                            on_gap,
+                        )
+                    )  # fmt: skip
+                    await services.start(bus.run_core_watch, link, [market_tx, brk_hub_tx])
+
+                    # ── the edge ──
+                    desk = BetDesk(
+                        cfg, clock.now_ms, hot, mkt, lambda s: link.state() == "open", writer,
+                        pending,
+                    )  # fmt: skip
+                    svc = EdgeServices(
+                        cfg=cfg,
+                        clock=clock,
+                        sessions=session_book(cfg),
+                        desk=desk,
+                        pending=pending,
+                        hot=hot,
+                        writer=writer,
+                        fanout=fanout,
+                        reader=reader,
+                        market=mkt,
+                        breaker_state=lambda s: link.state(),
+                        breaker_reason=lambda s: link.why(),
+                        override_breaker_fn=hot.publish_override,
+                        hub=the_hub,
+                        stopping=stop,
+                        admin_token=admin_token,
+                        redis_configured=True,
+                        archive_fn=partial(_archive_now, cfg, clock),
+                        integrity_fn=partial(
+                            trio.to_thread.run_sync, maintenance.integrity_violations, cfg
+                        ),
+                        writer_depth=writer.statistics,
+                    )
+                    if handle_signals:
+                        services.start_soon(_watch_signals, stop)
+                    services.start_soon(_prune_sessions, svc.sessions, clock)
+                    edge_done = trio.Event()
+
+                    async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
+                        try:
+                            await hypercorn_serve(
+                                create_app(svc),
+                                hypercorn_config(cfg, reuse_port=reuse_port),
+                                shutdown_trigger=stop.wait,
+                                task_status=task_status,
+                            )
+                        finally:
+                            edge_done.set()
+
+                    binds = await services.start(serve_http)
+                    url = binds[0]
+                    log.info("edge serving", extra={"url": url})
+                    gc.collect()
+                    gc.freeze()
+                    task_status.started(
+                        Running(url, int(url.rsplit(":", 1)[1]), clock, stop, None, svc)
+                    )
+                    await edge_done.wait()
+                    services.cancel_scope.cancel()
+            finally:
+                writer.close()  # the forwarder hands what is queued to the stream, then returns
+            with trio.move_on_after(cfg.server.graceful_timeout_s):
+                await forwarder_done.wait()
+            outer.cancel_scope.cancel()
+    finally:
+        fanout.close()
+        reader.close()
