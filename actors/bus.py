@@ -35,6 +35,7 @@ write goes through the shared `RedisGateway` pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -402,7 +403,8 @@ class CoreLink:
 
     `state` is the breaker an edge admits with: open while the core is silent for longer than
     `silence_ms` (a dead core confirms nothing: refuse at once rather than queue answers that
-    wait out their deadline), else the core's own state. Times are the edge's clock.
+    wait out their deadline), else the core's own state. Silence is measured from the time the
+    core stamped on its last heartbeat, on this edge's clock (one host, or NTP).
     """
 
     def __init__(self, clock: Clock, silence_ms: int) -> None:
@@ -415,7 +417,11 @@ class CoreLink:
         self.backlog = 0
 
     def heard(self, alive: CoreAlive) -> None:
-        self.heard_at = self.clock.now_ms()
+        # The core's own time of the heartbeat (one host, or NTP-synchronized hosts): a
+        # heartbeat replayed from the stream at startup does not make a dead core look alive.
+        if self.heard_at is not None and alive.at < self.heard_at:
+            return
+        self.heard_at = alive.at
         self.epoch = alive.epoch
         self.breaker = alive.breaker
         self.reason = alive.reason
@@ -537,16 +543,22 @@ async def run_follower(
     into `link`. `on_gap(why)` when committed events may have been missed (module text)."""
     reader = _BlockingReader(settings, "tap-edge-follower")
     backoff = _Backoff()
-    committed_after = market_after = None
+    # Committed batches from the newest one on: "started" means every commit from now on is
+    # followed (a request this edge hands over later cannot be answered before it). The market
+    # stream is short (`MARKET_MAXLEN`) and replayed whole: the mirror starts from the core's
+    # latest price and σ, and the breaker from its latest heartbeat.
+    committed_after: str | None = None
+    market_after = "0-0"
+    with contextlib.suppress(redis.RedisError):
+        committed_after = await _last_id(reader, keys.committed)
     epoch: str | None = None
     expected = 0
     task_status.started()
     try:
         while True:
             try:
-                if committed_after is None or market_after is None:
+                if committed_after is None:  # Redis was down at startup
                     committed_after = await _last_id(reader, keys.committed)
-                    market_after = await _last_id(reader, keys.market)
                 reply = await trio.to_thread.run_sync(
                     reader.call,
                     "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS",

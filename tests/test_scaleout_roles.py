@@ -191,9 +191,9 @@ async def test_a_silent_core_opens_the_edges_breaker_and_its_return_closes_it(
         player = edge.player()
         await player.login()
         await player.deposit(10 * STAKE)
+        cell = await pick_cell(edge, min_lead_ms=5000)
         d.core.stop.set()  # the core goes away (drains and exits)
         await wait_until(partial(breaker_is, edge, "open"))
-        cell = await pick_cell(edge, min_lead_ms=3000)
         r = await player.place(cell_id=cell["cell_id"], amount=STAKE)
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "breaker_open"
