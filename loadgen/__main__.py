@@ -103,6 +103,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         clients=args.clients,
         fanout_target=args.target,
         tap_config=args.tap_config,
+        runs=args.runs,
     )
     print(bench.format_bench(report))
     if args.out:
@@ -150,7 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="same-run benchmarks against servers started here")
     bench.add_argument("which", nargs="?", default="all", choices=BENCHES)
-    bench.add_argument("--quick", action="store_true", help="short probes: the whole bench ≤ 3 min")
+    bench.add_argument(
+        "--quick", action="store_true", help="short probes: one run of `all` ≤ 5 min"
+    )
+    bench.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="`all`: this many complete runs back to back, and the spread across them",
+    )
     bench.add_argument("--out", help="write the JSON report here")
     bench.add_argument("--vus", type=int, help="virtual users for the bet benches")
     bench.add_argument("--clients", type=int, help="WebSocket clients for `bench fanout`")

@@ -31,6 +31,36 @@ def cpu_seconds(pid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its living descendants (from `/proc/<pid>/task/*/children`)."""
+    found = [pid]
+    i = 0
+    while i < len(found):
+        base = f"/proc/{found[i]}/task"
+        i += 1
+        try:
+            tids = os.listdir(base)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"{base}/{tid}/children", "rb") as f:
+                    found.extend(int(c) for c in f.read().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` and every living descendant, or None."""
+    total = None
+    for p in process_tree(pid):
+        cpu = cpu_seconds(p)
+        if cpu is not None:
+            total = (total or 0.0) + cpu
+    return total
+
+
 def run_queue_seconds(pid: int | None = None) -> float | None:
     """Seconds the threads of `pid` (alive now) spent waiting on a run queue, or None."""
     base = f"/proc/{'self' if pid is None else pid}/task"
@@ -51,13 +81,18 @@ def run_queue_seconds(pid: int | None = None) -> float | None:
 class CpuMeter:
     """Share of one core used by `pid`, and share of wall time it waited for a core."""
 
-    def __init__(self, pid: int | None = None) -> None:
+    def __init__(self, pid: int | None = None, *, tree: bool = False) -> None:
         self.pid = pid
+        self.tree = tree and pid is not None
         self._start = self._read()
         self._last = self._start
 
     def _read(self) -> tuple[float, float | None, float | None]:
-        return time.monotonic(), cpu_seconds(self.pid), run_queue_seconds(self.pid)
+        if self.tree and self.pid is not None:
+            cpu = tree_cpu_seconds(self.pid)
+        else:
+            cpu = cpu_seconds(self.pid)
+        return time.monotonic(), cpu, run_queue_seconds(self.pid)
 
     @staticmethod
     def _pct(a: float | None, b: float | None, then: float, now: float) -> float | None:
@@ -77,6 +112,12 @@ class CpuMeter:
         now, cpu, _ = self._read()
         then, before, _ = self._start
         return self._pct(before, cpu, then, now)
+
+    def overall_seconds(self) -> float | None:
+        """CPU seconds used since the meter was made (or restarted)."""
+        _, cpu, _ = self._read()
+        before = self._start[1]
+        return None if cpu is None or before is None else max(0.0, cpu - before)
 
     def overall_wait(self) -> float | None:
         """Percent of wall time spent runnable but waiting for a core, since (re)start."""

@@ -88,15 +88,55 @@ class ConfirmationTracker:
         self.resynced = 0  # answered over HTTP after the user's WebSocket was closed under it
         self.reasons: Counter[str] = Counter()
         self.latency = Histogram()  # acceptance → answer, µs
+        # One probe's share of the above (`start_window`): bets accepted at or after
+        # `window_from`, so a bench can judge whether confirmations kept up during a probe.
+        self.window_from = float("inf")
+        self.window_latency = Histogram()
+        self.window_accepted = 0
+
+    def start_window(self, at: float) -> None:
+        """Count bets accepted from `at` on (trio seconds) into a fresh per-probe window."""
+        self.window_from = at
+        self.window_latency = Histogram()
+        self.window_accepted = 0
+
+    def window_unanswered(self) -> int:
+        """Bets of the current window still waiting for their answer."""
+        return sum(1 for at, _ in self.pending.values() if at >= self.window_from)
+
+    def window_summary(self) -> dict[str, Any]:
+        """The window's acceptance → answer latency; a bet still unanswered counts as slower
+        than any answered one (its p99 is None when more than 1 % are unanswered)."""
+        unanswered = self.window_unanswered()
+        answered = self.window_latency.count
+        total = answered + unanswered
+        lat = self.window_latency.summary_ms()
+        p99: float | None = lat["p99_ms"]
+        if unanswered and total:
+            q = 99.0 * total / answered if answered else float("inf")
+            p99 = None if q > 100.0 else self.window_latency.percentile(q) / 1000.0
+        return {
+            "accepted": self.window_accepted,
+            "answered": answered,
+            "unanswered": unanswered,
+            "p50_ms": lat["p50_ms"],
+            "p99_ms": p99,
+            "max_ms": lat["max_ms"],
+        }
 
     def accepted(self, bet_id: str, at: float, owner: int = 0) -> None:
         self.accepted_count += 1
+        in_window = at >= self.window_from
+        if in_window:
+            self.window_accepted += 1
         answer = self.early.pop(bet_id, None)
         if answer is None:
             self.pending[bet_id] = (at, owner)
         else:
             self._count(answer[0])
             self.latency.record(0)
+            if in_window:
+                self.window_latency.record(0)
 
     def answered(self, bet_id: str, outcome: str, reason: str | None, at: float) -> None:
         """`outcome` is "confirmed" or "rejected"; a second answer for one bet is ignored."""
@@ -111,7 +151,10 @@ class ConfirmationTracker:
             self.early.setdefault(bet_id, (outcome, at))
             return
         self._count(outcome)
-        self.latency.record(int((at - entry[0]) * 1e6))
+        micros = int((at - entry[0]) * 1e6)
+        self.latency.record(micros)
+        if entry[0] >= self.window_from:
+            self.window_latency.record(micros)
 
     def resync(self, bet_id: str, outcome: str, reason: str | None, at: float) -> None:
         """An answer learnt over HTTP (`GET /api/bets/{id}`) after the WebSocket was lost."""

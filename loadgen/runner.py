@@ -94,6 +94,7 @@ class Monitor:
             "cpu_pct": self.cpu.overall(),
             "signer_cpu_pct": sig.overall() if sig is not None else None,
             "server_cpu_pct": self.server_cpu.overall() if self.server_cpu else None,
+            "server_cpu_s": self.server_cpu.overall_seconds() if self.server_cpu else None,
             "cpu_wait_pct": self.cpu.overall_wait(),
             "server_cpu_wait_pct": self.server_cpu.overall_wait() if self.server_cpu else None,
         }

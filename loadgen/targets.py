@@ -57,7 +57,8 @@ class RunningServer:
         return self.process.pid
 
     def cpu_meter(self) -> CpuMeter:
-        return CpuMeter(self.process.pid)
+        """The server's CPU, child processes included (a server may fork its workers)."""
+        return CpuMeter(self.process.pid, tree=True)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -344,6 +344,43 @@ def test_capacity_search_spends_no_more_than_its_probe_budget() -> None:
     assert [p.rate for p in search.probes] == [100, 200, 400]
 
 
+def test_a_top_rate_that_fails_its_repeat_is_not_the_sustained_capacity() -> None:
+    # 900/s passes once by luck and fails when repeated: the search settles below it, on a
+    # rate that passed twice.
+    search = CapacitySearch(400, growth=1.5, max_probes=8, confirmations=1)
+    first_900 = True
+    while (rate := search.next_rate()) is not None:
+        if rate == 900 and first_900:
+            first_900 = False
+            search.observe(rate, True)
+        else:
+            search.observe(rate, rate <= 800)
+    assert [p.rate for p in search.probes if p.rate == 900] == [900, 900]
+    assert search.sustained <= 800
+    assert search.sustained >= 600
+    assert search.passes_at(search.sustained) >= 2
+
+
+@given(st.floats(min_value=50, max_value=50_000), st.floats(min_value=20, max_value=5000))
+def test_with_confirmations_the_sustained_rate_passed_twice_and_brackets_the_limit(
+    limit: float, start: float
+) -> None:
+    search = CapacitySearch(start, precision=0.1, max_probes=40, confirmations=1)
+    while (rate := search.next_rate()) is not None:
+        search.observe(rate, rate <= limit)
+    assert search.sustained == search.best <= limit
+    if search.sustained:
+        assert search.passes_at(search.sustained) == 2
+
+
+def test_confirmations_may_exceed_the_search_budget_but_only_by_their_own() -> None:
+    search = CapacitySearch(100, max_probes=3, confirmations=1)
+    while (rate := search.next_rate()) is not None:
+        search.observe(rate, True)
+    assert [p.rate for p in search.probes] == [100, 200, 400, 400]
+    assert search.sustained == 400
+
+
 # ── bookkeeping ──────────────────────────────────────────────────────────────────────────────
 
 
@@ -363,6 +400,24 @@ def test_a_bet_never_answered_is_reported_by_id() -> None:
     assert (s["unanswered"], s["unanswered_bet_ids"]) == (1, ["b1"])
     assert s["rejected_reasons"] == {"insufficient_funds": 1}
     assert t.pending_of(3) == ["b1"]
+
+
+def test_a_probe_window_counts_only_its_own_bets_and_a_missing_answer_as_slowest() -> None:
+    t = ConfirmationTracker()
+    t.accepted("old", at=1.0)  # before the window: not the probe's
+    t.start_window(10.0)
+    for i in range(99):
+        t.accepted(f"b{i}", at=10.0 + i / 100)
+        t.answered(f"b{i}", "confirmed", None, at=10.0 + i / 100 + 0.004)
+    t.answered("old", "confirmed", None, at=11.0)
+    w = t.window_summary()
+    assert (w["accepted"], w["answered"], w["unanswered"]) == (99, 99, 0)
+    assert 3.9 <= w["p99_ms"] <= 4.1
+    t.accepted("late", at=12.0)
+    t.accepted("later", at=12.0)
+    w = t.window_summary()
+    # 2 of 101 unanswered: the 99th percentile is among them, so it is unknown (too slow)
+    assert (w["unanswered"], w["p99_ms"]) == (2, None)
 
 
 def test_an_answer_learnt_over_http_is_counted_apart() -> None:
@@ -569,6 +624,38 @@ async def test_the_http_baselines_answer_a_bet_shaped_request_with_202(
 
 
 @pytest.mark.slow
+async def test_the_same_shape_ceiling_pushes_one_frame_per_202_to_the_bearers_websocket(
+    tmp_path: Path,
+) -> None:
+    from loadgen.bench import bet_shaped_body
+
+    async with start_bench_server("shape", tmp_path) as server:
+        url = f"ws://{server.host}:{server.port}/ws"
+        async with (
+            trio_websocket.open_websocket_url(url) as mine,
+            trio_websocket.open_websocket_url(url) as other,
+        ):
+            for ws, token in ((mine, "me"), (other, "you")):
+                await ws.send_message(f'{{"type":"auth","token":"{token}"}}')
+                assert msgspec.json.decode(await ws.get_message()) == {"type": "ready"}
+            conn = HttpConnection(server.host, server.port)
+            headers = b"Content-Type: application/json\r\nAuthorization: Bearer me\r\n"
+            ids = []
+            for _ in range(2):
+                resp = await conn.request("POST", "/api/bets", bet_shaped_body(), headers)
+                assert resp.status == 202
+                ids.append(msgspec.json.decode(resp.body)["bet_id"])
+            conn.close()
+            frames = [msgspec.json.decode(await mine.get_message()) for _ in ids]
+            assert [(f["type"], f["bet"]["bet_id"]) for f in frames] == [
+                ("bet_confirmed", i) for i in ids
+            ]
+            with trio.move_on_after(0.3):
+                await other.get_message()
+                pytest.fail("a frame went to another client's WebSocket")
+
+
+@pytest.mark.slow
 async def test_the_websocket_echo_sends_every_frame_back(tmp_path: Path) -> None:
     async with start_bench_server("echo", tmp_path) as server:
         url = f"ws://{server.host}:{server.port}/ws"
@@ -624,3 +711,33 @@ def test_bench_betpath_admits_every_presigned_bet_and_reports_cpu_per_stage() ->
     for stage in ("admission", "after_commit", "writer"):
         assert report[stage] > 0
     assert report["total_us_per_bet"] >= report["admission"]
+
+
+# ── CPU of a server's process tree ───────────────────────────────────────────────────────────
+
+
+@pytest.mark.slow
+async def test_a_server_meter_counts_the_cpu_of_its_child_processes() -> None:
+    import sys
+
+    from loadgen.cpu import CpuMeter, cpu_seconds, process_tree
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"
+    async with trio.open_nursery() as n:
+        parent = await n.start(trio.run_process, [sys.executable, "-c", code])
+        meter = CpuMeter(parent.pid, tree=True)
+        for _ in range(500):  # the child is started within 5 s
+            if len(process_tree(parent.pid)) >= 2:
+                break
+            await trio.sleep(0.01)
+        child = process_tree(parent.pid)[1]
+        before = cpu_seconds(child) or 0.0
+        for _ in range(500):  # and spins 0.15 s of CPU within 5 s
+            if (cpu_seconds(child) or 0.0) - before >= 0.15 or parent.returncode is not None:
+                break
+            await trio.sleep(0.01)
+        used = meter.overall_seconds()
+        own = cpu_seconds(parent.pid)
+    assert used is not None and own is not None
+    assert used >= 0.1 > own

@@ -174,7 +174,5 @@ def test_vendored_libraries_are_the_pinned_versions_with_their_licenses() -> Non
         license_text = (folder / "LICENSE").read_text()
         assert "Paul Miller" in license_text and "MIT" in license_text
         listed = [line for line in versions.splitlines() if line.startswith(name + "/")]
-        on_disk = sorted(
-            f"{name}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*.js")
-        )
+        on_disk = sorted(f"{name}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*.js"))
         assert sorted(listed) == on_disk
