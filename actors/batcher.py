@@ -1,7 +1,10 @@
 """The batcher: the only writer of the ledger database, and the fan-out of what it committed.
 
 It receives `WriterRequest`s, groups them into adaptive batches — flushed at `max_batch` items or
-`max_wait_ms` after the batch's *first* item, never on an idle timer — and applies each batch in
+`max_wait_ms` after the batch's *first* item, never on an idle timer; and a batch holding a
+request somebody waits on (a bet or payment whose answer is held until its commit, see
+`awaited`) is flushed as soon as a scheduling round brings nothing new, so a client never waits
+out the window for company that is not coming — and applies each batch in
 one SQLite transaction (`tap.store.db.apply_batch`: every decision about money is made there and
 in `tap.ledger`). Only after `COMMIT` returns does it hand the batch's events to `committed`, so
 nothing is announced that a crash could take back. When its input channel closes it drains what
@@ -17,6 +20,10 @@ no hand-made thread, queue or shutdown protocol to get wrong.
 gets its own bounded subscription, and a per-request `Waiter` answers `Prefer: wait`. Publishing
 never blocks the writer: a subscriber that falls `capacity` events behind is dropped and told so
 (`Lagged`) once it has read what was queued; it must resync from the database and subscribe again.
+A subscription receives a committed batch as one item and hands its events out one by one without
+a checkpoint in between: a consumer that yielded to the scheduler once per event could follow at
+most one event per scheduling round, and under load the confirmations fell seconds behind the
+commits (issue 12).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -35,13 +42,17 @@ import trio
 
 from tap.config import BatcherConfig
 from tap.messages import (
+    AdminCredit,
     BetConfirmed,
     BetRejected,
     BetResolved,
     Committed,
+    Deposit,
     EntryPosted,
+    PlaceBet,
     Settle,
     StoreTicks,
+    Withdrawal,
     WriterRequest,
 )
 from tap.runtime import metrics
@@ -67,18 +78,28 @@ class Subscription:
     `Lagged` when this consumer was too slow.
     """
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[Committed], name: str) -> None:
+    def __init__(
+        self, receive: trio.MemoryReceiveChannel[Sequence[Committed]], name: str, capacity: int
+    ) -> None:
         self._receive = receive
+        self._batch: deque[Committed] = deque()  # the rest of the batch being handed out
         self.name = name
+        self.capacity = capacity
+        self.queued = 0  # events published to this subscription and not yet received
         self.lagged = False
 
     async def receive(self) -> Committed:
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            if self.lagged:
-                raise Lagged(f"subscription {self.name!r} overflowed and was dropped") from None
-            raise
+        """The next committed event. Only the first event of a batch waits (and checkpoints);
+        the rest of that batch follows at once (module text)."""
+        if not self._batch:
+            try:
+                self._batch.extend(await self._receive.receive())
+            except trio.EndOfChannel:
+                if self.lagged:
+                    raise Lagged(f"subscription {self.name!r} overflowed and was dropped") from None
+                raise
+        self.queued -= 1
+        return self._batch.popleft()
 
     async def receive_batch(self, most: int) -> list[Committed]:
         """The next event and up to `most - 1` more already queued (`[]` once the fan-out is
@@ -142,7 +163,9 @@ class CommittedFanout:
     """Fans each committed batch out to subscribers and waiters, without ever blocking."""
 
     def __init__(self) -> None:
-        self._subscribers: list[tuple[trio.MemorySendChannel[Committed], Subscription]] = []
+        self._subscribers: list[
+            tuple[trio.MemorySendChannel[Sequence[Committed]], Subscription]
+        ] = []
         self._bet_waiters: dict[str, list[Waiter]] = {}
         self._ref_waiters: dict[str, list[Waiter]] = {}
         self.dropped = 0  # subscriptions dropped for lagging, since start
@@ -157,8 +180,10 @@ class CommittedFanout:
         """
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        send, receive = trio.open_memory_channel[Committed](capacity)
-        sub = Subscription(receive, name)
+        # Batches, each at least one event: `capacity` of them can never fill the channel
+        # before the event count (`Subscription.queued`) reaches `capacity`.
+        send, receive = trio.open_memory_channel[Sequence[Committed]](capacity)
+        sub = Subscription(receive, name, capacity)
         if self._closed:
             send.close()
         else:
@@ -189,6 +214,18 @@ class CommittedFanout:
             if not waiters:
                 del table[key]
 
+    def awaits(self, request: WriterRequest) -> bool:
+        """Whether a request is waiting for this writer request's answer (a bet or payment
+        whose 202 / 201 / ack is held until its commit): the writer then closes its batch
+        early (`run`'s `awaited`)."""
+        match request:
+            case PlaceBet(bet_id=bet_id):
+                return bet_id in self._bet_waiters
+            case Deposit(ref=ref) | Withdrawal(ref=ref) | AdminCredit(ref=ref):
+                return ref in self._ref_waiters
+            case _:
+                return False
+
     def publish(self, events: Sequence[Committed]) -> None:
         """Deliver one committed batch, in order. Called from trio context; never blocks."""
         for event in events:
@@ -201,11 +238,16 @@ class CommittedFanout:
                         waiter._resolve(event)
                 case _:
                     pass
+        if not events:
+            return
+        batch = tuple(events)
         keep = []
         for send, sub in self._subscribers:
             try:
-                for event in events:
-                    send.send_nowait(event)
+                if sub.queued + len(batch) > sub.capacity:
+                    raise trio.WouldBlock
+                send.send_nowait(batch)
+                sub.queued += len(batch)
             except trio.WouldBlock:
                 sub.lagged = True
                 send.close()
@@ -362,29 +404,56 @@ async def _gather(
     batch: list[WriterRequest],
     max_batch: int,
     max_wait_s: float,
+    awaited: Callable[[WriterRequest], bool] | None = None,
 ) -> bool:
     """Fill `batch` (which may start with carried items) up to `max_batch`, waiting at most
     `max_wait_s` after its first item; block for a first item only if it is empty. Returns
-    True when the channel is closed and drained."""
+    True when the channel is closed and drained.
+
+    With `awaited`, a batch that holds a request somebody is waiting on closes as soon as one
+    scheduling round (a checkpoint: the requests admitted meanwhile get in) brings nothing new.
+    Idle or lightly loaded, that bet commits at once instead of `max_wait_s` later; under load
+    every round brings more and the batch grows by itself up to `max_wait_s` / `max_batch`,
+    since what queues up while the previous commit was in its thread is taken in one go.
+    Requests nobody waits on (settlements, ticks) keep the full window: fewer commits.
+    """
     if not batch:
         try:
             batch.append(await requests.receive())
         except trio.EndOfChannel:
             return True
+    urgent = awaited is not None and any(awaited(r) for r in batch)
     deadline = trio.current_time() + max_wait_s
     while len(batch) < max_batch:
         try:
-            batch.append(requests.receive_nowait())
-            continue
+            req = requests.receive_nowait()
         except trio.WouldBlock:
             pass
         except trio.EndOfChannel:
             return True
-        with trio.move_on_at(deadline):
+        else:
+            batch.append(req)
+            urgent = urgent or (awaited is not None and awaited(req))
+            continue
+        if urgent:
+            if trio.current_time() >= deadline:
+                return False
+            await trio.lowlevel.checkpoint()
             try:
-                batch.append(await requests.receive())
+                req = requests.receive_nowait()
+            except trio.WouldBlock:
+                return False  # a whole round and nothing new: commit what we have
             except trio.EndOfChannel:
                 return True
+            batch.append(req)
+            continue
+        with trio.move_on_at(deadline):
+            try:
+                req = await requests.receive()
+            except trio.EndOfChannel:
+                return True
+            batch.append(req)
+            urgent = awaited is not None and awaited(req)
             continue
         return False  # max_wait passed since the first item
     return False
@@ -399,12 +468,17 @@ async def run(
     *,
     synchronous: str = "FULL",
     cell_caps: Mapping[str, int] | None = None,
+    awaited: Callable[[WriterRequest], bool] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Write every request from `requests` until it closes; announce each commit to `committed`.
 
     `cell_caps`: symbol → `max_cell_liability` (units, 0 = none), enforced on every bet; the
     liability table is recomputed from the open bets before the first request.
+
+    `awaited`: whether somebody waits on a request's answer (usually `CommittedFanout.awaits`);
+    a batch holding one closes without waiting out `max_wait_ms` (see `_gather`). None: every
+    batch takes the full window.
 
     Ready (`task_status.started()`) once the database is open and migrated. `committed` is called
     in trio context after each commit with the batch's events (usually `CommittedFanout.publish`;
@@ -432,7 +506,9 @@ async def run(
         closed = False
         while not closed:
             batch = carried
-            closed = await _gather(requests, batch, cfg.max_batch, cfg.max_wait_ms / 1000.0)
+            closed = await _gather(
+                requests, batch, cfg.max_batch, cfg.max_wait_ms / 1000.0, awaited
+            )
             metrics.BATCH_QUEUE_DEPTH.set(requests.statistics().current_buffer_used)
             if batch:
                 carried = await writer.commit(batch)

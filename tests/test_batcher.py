@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,10 @@ def retries() -> float:
 class Rig:
     """A batcher on a real file, its input channel, and every committed batch it announced."""
 
-    def __init__(self, path: Path, cfg: BatcherConfig) -> None:
+    def __init__(self, path: Path, cfg: BatcherConfig, *, early: bool = False) -> None:
         self.path = path
         self.cfg = cfg
+        self.early = early  # close a batch early when somebody waits on it (as tap serve does)
         self.send, self.receive = trio.open_memory_channel[WriterRequest](cfg.queue_size)
         self.fanout = batcher.CommittedFanout()
         self.batches: list[list[Committed]] = []
@@ -80,7 +82,15 @@ class Rig:
 
     async def start(self, nursery: trio.Nursery) -> None:
         await nursery.start(
-            batcher.run, self.cfg, Clock(epoch_ms=NOW), self.receive, self.record, self.path
+            partial(
+                batcher.run,
+                self.cfg,
+                Clock(epoch_ms=NOW),
+                self.receive,
+                self.record,
+                self.path,
+                awaited=self.fanout.awaits if self.early else None,
+            )
         )
 
     def events(self) -> list[Committed]:
@@ -219,6 +229,69 @@ async def test_a_batch_is_flushed_max_wait_after_its_first_item_and_never_when_i
     assert sizes == [2, 1]
 
 
+async def test_a_bet_somebody_waits_on_commits_without_waiting_out_the_window(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path / "tap.db", config(max_batch=100, max_wait_ms=1_000), early=True)
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        await rig.commit(deposit("0xaa", 5_000))
+        started = trio.current_time()
+        answer = await rig.commit(bet(1))
+        assert isinstance(answer, BetConfirmed)
+        assert trio.current_time() - started < 0.5  # not the 1 s window (mock clock: ~0)
+        # Nobody waits on a settlement: it still takes the whole window, in company.
+        resolutions = rig.fanout.subscribe(100, "test")
+        sent = trio.current_time()
+        rig.send.send_nowait(lose("bet-1"))
+        async for event in resolutions:
+            if isinstance(event, BetResolved):
+                break
+        assert trio.current_time() - sent >= 1.0
+        rig.send.close()
+
+
+async def test_bets_answered_early_are_committed_in_order_and_durable_when_answered(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Many players at once, each waiting on its bet: every answer comes after its commit (the
+    bet is in the file when its waiter wakes), nothing is lost, and the writer's order is the
+    order the bets were handed over."""
+    rig = Rig(tmp_path / "tap.db", config(max_batch=32, max_wait_ms=1_000), early=True)
+    reader_path = rig.path
+    handed: list[str] = []
+    answered: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        await rig.commit(deposit("0xaa", 10**9))
+        reader = db.open_connection(reader_path, read_only=True)
+
+        async def player(n: int) -> None:
+            await trio.sleep(n % 7 * 0.001)  # arrivals spread over a few scheduling rounds
+            request = bet(n)
+            with rig.fanout.expect_bet(request.bet_id) as waiter:
+                rig.send.send_nowait(request)
+                handed.append(request.bet_id)
+                answer = await waiter.wait()
+            assert isinstance(answer, BetConfirmed)
+            row = reader.execute(
+                "SELECT status FROM bets WHERE bet_id = ?", (request.bet_id,)
+            ).fetchone()
+            assert row == ("confirmed",)  # durable before the answer
+            answered.append(request.bet_id)
+
+        async with trio.open_nursery() as players:
+            for n in range(300):
+                players.start_soon(player, n)
+        rig.send.close()
+    committed = [e.bet.bet_id for e in rig.events() if isinstance(e, BetConfirmed)]
+    assert committed == handed
+    assert sorted(answered) == sorted(handed)
+    sizes = [sum(isinstance(e, BetConfirmed) for e in b) for b in rig.batches]
+    assert len(sizes) > 2 and max(sizes) > 1  # batched, and not one commit for everything
+    assert integrity_check(rig.reader()) == []
+
+
 async def test_a_settlement_sent_twice_resolves_the_bet_once(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -292,6 +365,37 @@ async def test_a_waiter_gets_the_first_answer_for_its_bet_only() -> None:
         fanout.publish([posted])
         assert await entry.wait() is posted
     assert fanout._bet_waiters == {} and fanout._ref_waiters == {}
+
+
+async def test_a_subscription_hands_out_a_committed_batch_without_yielding_per_event() -> None:
+    fanout = batcher.CommittedFanout()
+    sub = fanout.subscribe(1000, "hub")
+    batch = [balance(n) for n in range(100)]
+    fanout.publish(batch)
+    first = await sub.receive()  # the batch's first event may wait (and checkpoints)
+    with trio.testing.assert_no_checkpoints():
+        rest = [await sub.receive() for _ in range(99)]
+    assert [first, *rest] == batch
+
+
+async def test_a_subscription_lags_when_the_events_it_holds_would_pass_its_capacity() -> None:
+    fanout = batcher.CommittedFanout()
+    sub = fanout.subscribe(3, "small")
+    fanout.publish([balance(0), balance(1)])
+    fanout.publish([balance(2), balance(3)])  # 4 events held > 3: dropped, whole batch
+    assert fanout.dropped == 1
+    assert [await sub.receive() for _ in range(2)] == [balance(0), balance(1)]
+    with pytest.raises(batcher.Lagged):
+        await sub.receive()
+
+
+async def test_a_subscription_keeping_up_is_never_dropped_however_many_batches_pass() -> None:
+    fanout = batcher.CommittedFanout()
+    sub = fanout.subscribe(3, "steady")
+    for n in range(50):
+        fanout.publish([balance(n), balance(n)])
+        assert [await sub.receive() for _ in range(2)] == [balance(n), balance(n)]
+    assert fanout.dropped == 0
 
 
 async def test_closing_the_fanout_ends_every_subscription() -> None:
