@@ -1,10 +1,10 @@
 """The batcher: the only writer of the ledger database, and the fan-out of what it committed.
 
 It receives `WriterRequest`s, groups them into adaptive batches — flushed at `max_batch` items or
-`max_wait_ms` after the batch's *first* item, never on an idle timer; and a batch holding a
-request somebody waits on (a bet or payment whose answer is held until its commit, see
-`awaited`) is flushed as soon as a scheduling round brings nothing new, so a client never waits
-out the window for company that is not coming — and applies each batch in
+`max_wait_ms` after the batch's *first* item, never on an idle timer; a batch holding a request
+somebody waits on (`answered_after_commit`: a bet or payment whose answer is held until its
+commit) is flushed as soon as a scheduling round brings nothing new, so no client waits out the
+window for company that is not coming — and applies each batch in
 one SQLite transaction (`tap.store.db.apply_batch`: every decision about money is made there and
 in `tap.ledger`). Only after `COMMIT` returns does it hand the batch's events to `committed`, so
 nothing is announced that a crash could take back. When its input channel closes it drains what
@@ -109,10 +109,13 @@ class Subscription:
         except trio.EndOfChannel:
             return []
         while len(batch) < most:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+            if not self._batch:
+                try:
+                    self._batch.extend(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self.queued -= 1
+            batch.append(self._batch.popleft())
         return batch
 
     def __aiter__(self) -> AsyncIterator[Committed]:
@@ -214,18 +217,6 @@ class CommittedFanout:
             if not waiters:
                 del table[key]
 
-    def awaits(self, request: WriterRequest) -> bool:
-        """Whether a request is waiting for this writer request's answer (a bet or payment
-        whose 202 / 201 / ack is held until its commit): the writer then closes its batch
-        early (`run`'s `awaited`)."""
-        match request:
-            case PlaceBet(bet_id=bet_id):
-                return bet_id in self._bet_waiters
-            case Deposit(ref=ref) | Withdrawal(ref=ref) | AdminCredit(ref=ref):
-                return ref in self._ref_waiters
-            case _:
-                return False
-
     def publish(self, events: Sequence[Committed]) -> None:
         """Deliver one committed batch, in order. Called from trio context; never blocks."""
         for event in events:
@@ -298,6 +289,14 @@ def _timed_apply(
     events = db.apply_batch(conn, batch, now_ms, cell_caps=cell_caps)
     metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
     return events
+
+
+def answered_after_commit(req: WriterRequest) -> bool:
+    """Whether a client waits on this request's commit: every bet (its 202, `bet_ack` or
+    `ack: "commit"` answer is held until the batch commits — on this process or, over the bus,
+    on an edge) and every deposit, withdrawal and credit (201 after commit). Settlements and
+    ticks are the server's own. Pass it as `run(awaited=…)`."""
+    return isinstance(req, PlaceBet | Deposit | Withdrawal | AdminCredit)
 
 
 def _internal(req: WriterRequest) -> bool:
@@ -476,7 +475,7 @@ async def run(
     `cell_caps`: symbol → `max_cell_liability` (units, 0 = none), enforced on every bet; the
     liability table is recomputed from the open bets before the first request.
 
-    `awaited`: whether somebody waits on a request's answer (usually `CommittedFanout.awaits`);
+    `awaited`: whether somebody waits on a request's answer (`answered_after_commit` in tap);
     a batch holding one closes without waiting out `max_wait_ms` (see `_gather`). None: every
     batch takes the full window.
 

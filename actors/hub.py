@@ -395,6 +395,11 @@ async def run(
 async def _forward_committed(hub: Hub, committed: trio.MemoryReceiveChannel[Committed]) -> None:
     async for event in committed:
         hub.publish_committed(event)
+        while True:  # the rest of what is queued, in this round (a yield per event lags)
+            try:
+                hub.publish_committed(committed.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
 
 
 async def _forward_breaker(

@@ -89,7 +89,7 @@ class Rig:
                 self.receive,
                 self.record,
                 self.path,
-                awaited=self.fanout.awaits if self.early else None,
+                awaited=batcher.answered_after_commit if self.early else None,
             )
         )
 
@@ -387,6 +387,18 @@ async def test_a_subscription_lags_when_the_events_it_holds_would_pass_its_capac
     assert [await sub.receive() for _ in range(2)] == [balance(0), balance(1)]
     with pytest.raises(batcher.Lagged):
         await sub.receive()
+
+
+async def test_receive_batch_takes_across_committed_batches_up_to_its_limit() -> None:
+    fanout = batcher.CommittedFanout()
+    sub = fanout.subscribe(5, "bus")
+    fanout.publish([balance(0), balance(1), balance(2)])
+    fanout.publish([balance(3), balance(4)])
+    assert await sub.receive_batch(4) == [balance(n) for n in range(4)]
+    assert await sub.receive_batch(10) == [balance(4)]
+    fanout.publish([balance(n) for n in range(5)])  # all handed out: room for 5 again
+    assert fanout.dropped == 0
+    assert await sub.receive_batch(10) == [balance(n) for n in range(5)]
 
 
 async def test_a_subscription_keeping_up_is_never_dropped_however_many_batches_pass() -> None:

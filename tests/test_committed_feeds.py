@@ -1,0 +1,63 @@
+"""The hops a committed batch takes to the hub and the resolver: a whole batch in one round.
+
+Each hop used to yield to the scheduler once per event, which capped it at one event per
+scheduling round; under load the rounds are long and `bet_confirmed` fell seconds behind the
+commit (issue 12). These pin that a queued burst crosses each hop without a yield per event.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from actors import hub as hub_actor
+from tap.messages import BalanceChanged, Committed
+from tap.runtime.supervisor import _forward
+
+ALICE = "0x" + "a1" * 20
+
+
+def balance(n: int) -> BalanceChanged:
+    return BalanceChanged(address=ALICE, available=n, locked=0, at=1_732_287_600_000)
+
+
+class CountingHub(hub_actor.Hub):
+    def __init__(self) -> None:
+        super().__init__(1_000_000)
+        self.published: list[Committed] = []
+
+    def publish_committed(self, event: Committed) -> None:
+        self.published.append(event)
+
+
+async def test_the_hub_publishes_a_queued_burst_of_committed_events_in_one_round() -> None:
+    hub = CountingHub()
+    send, receive = trio.open_memory_channel[Committed](1000)
+    burst = [balance(n) for n in range(300)]
+    for event in burst:
+        send.send_nowait(event)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub_actor._forward_committed, hub, receive)
+        for _ in range(3):  # a few scheduling rounds, not 300
+            await trio.lowlevel.checkpoint()
+        assert hub.published == burst
+        send.close()
+
+
+async def test_a_feed_hop_passes_events_on_without_yielding_while_there_is_room() -> None:
+    send, receive = trio.open_memory_channel[int](10)
+    with trio.testing.assert_no_checkpoints():
+        for n in range(10):
+            await _forward(send, n)
+    assert [receive.receive_nowait() for _ in range(10)] == list(range(10))
+
+
+async def test_a_feed_hop_waits_for_room_when_its_consumer_is_behind() -> None:
+    send, receive = trio.open_memory_channel[int](1)
+    await _forward(send, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_forward, send, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert receive.receive_nowait() == 1  # the second was waiting, not dropped
+        await trio.testing.wait_all_tasks_blocked()
+        assert receive.receive_nowait() == 2
