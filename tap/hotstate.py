@@ -1,4 +1,5 @@
-"""The hot state admission consults: nonces, rate tokens, cell markers, spendable balances.
+"""The hot state admission consults: nonces, rate tokens, cell markers, spendable balances — and
+the login claims that make each challenge single use.
 
 `HotState` is the seam between the edge and where this state lives: `InMemoryHotState` (one
 process, the embedded default, defined here because it is pure) and `RedisHotState`
@@ -19,6 +20,7 @@ Time is an argument (`now_ms`); nothing here reads a clock.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
 
@@ -43,10 +45,24 @@ class Admit(msgspec.Struct, frozen=True):
 
 
 ADMITTED = Admit(True)
+# Live login claims one process remembers without Redis (~0.3 KB each, 30 MB at most). A claim
+# follows a signed login, and every login needs a challenge (rate-limited per client), so one
+# client alone cannot reach it; past it logins answer 503 until the oldest claim expires.
+MAX_CLAIMS = 100_000
 
 
 class HotStateUnavailable(Exception):
     """The backing store did not answer in time; admission answers 503 dependency_unavailable."""
+
+
+class ClaimsFull(Exception):
+    """The claim memory holds its maximum of live claims (`InMemoryHotState` only): nothing may be
+    evicted (that would let a claimed name be claimed again), so the claim is refused.
+    `retry_after_ms`: when the oldest claim expires."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__("claim memory full")
+        self.retry_after_ms = max(1, retry_after_ms)
 
 
 class HotState(Protocol):
@@ -99,6 +115,14 @@ class HotState(Protocol):
         at admission (409) and not only later by the writer's UNIQUE(address, nonce)."""
         ...
 
+    async def claim_once(self, name: str, ttl_ms: int, now_ms: int) -> bool:
+        """True the first time `name` is claimed within `ttl_ms` of its claim (then it is
+        remembered that long), False while an earlier claim lives. Every process sharing the
+        store sees every claim: a login challenge is redeemed once however many edges it is sent
+        to. Raises `HotStateUnavailable` when the store does not answer, `ClaimsFull` when it may
+        remember no more."""
+        ...
+
     async def ping(self) -> bool:
         """True when the store answers (readiness)."""
         ...
@@ -115,7 +139,10 @@ class InMemoryHotState:
     remembered for `marker_ttl_ms` and then dropped, which is safe because the writer's
     `UNIQUE(address, cell_id)` is the final authority: a marker only spares the writer a rejection.
     Pass at least how long a cell stays placeable, `(columns_ahead + 1) × column_ms`.
-    Bets and withdrawals of one address share one nonce namespace.
+    Bets and withdrawals of one address share one nonce namespace. Claims (`claim_once`) are
+    remembered for their ttl, at most `max_claims` at once (more → `ClaimsFull`), and leave
+    memory in claim order, O(1) amortized per claim: their ttls differ by at most one challenge
+    lifetime, so a claim may outstay its ttl by that much, never leave early.
     """
 
     def __init__(
@@ -125,11 +152,14 @@ class InMemoryHotState:
         burst: int,
         *,
         marker_ttl_ms: int = 3_600_000,  # an hour: far beyond any default grid's horizon (65 s)
+        max_claims: int = MAX_CLAIMS,
     ) -> None:
         self._nonces = ReplayGuard(2 * max_skew_ms)
         self._cells = ReplayGuard(marker_ttl_ms)
         self._limiter = KeyedLimiter(rate_per_s, burst)
         self._spendable: dict[str, int] = {}
+        self._claims: OrderedDict[str, int] = OrderedDict()  # name → until (ms), claim order
+        self._max_claims = max_claims
 
     async def admit_bet(
         self, address: str, nonce: str, cell_id: str, amount: int, now_ms: int
@@ -198,6 +228,27 @@ class InMemoryHotState:
     async def remember_nonces(self, used: Iterable[tuple[str, str, int]], now_ms: int) -> None:
         for address, nonce, _accepted_at in used:
             self._nonces.check_and_remember(address, nonce, now_ms)
+
+    async def claim_once(self, name: str, ttl_ms: int, now_ms: int) -> bool:
+        claims = self._claims
+        while claims:
+            oldest = next(iter(claims))
+            if claims[oldest] > now_ms:
+                break
+            del claims[oldest]
+        until = claims.get(name)
+        if until is not None:
+            if until > now_ms:
+                return False
+            del claims[name]  # expired behind a longer-lived older claim
+        if len(claims) >= self._max_claims:
+            raise ClaimsFull(claims[next(iter(claims))] - now_ms)
+        claims[name] = now_ms + ttl_ms
+        return True
+
+    def claims(self) -> int:
+        """Claims remembered now (tests); not part of `HotState`."""
+        return len(self._claims)
 
     async def ping(self) -> bool:
         return True

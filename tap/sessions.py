@@ -1,30 +1,78 @@
-"""Login challenges and sessions: who may sign bets, with which Ed25519 key, until when.
+"""Login challenges and sessions, signed instead of stored: who may sign bets, with which Ed25519
+key, until when — checkable by every process of a deployment, before and after any restart.
 
-A challenge is a single-use SIWE nonce the server issued for one address; a session binds an
-opaque bearer token to an address and the session public key the wallet authorised in its SIWE
-message. This module decides issuance, single use, expiry and lookup; the caller makes the random
-token and nonce, verifies signatures, and decides where the book lives (one process; restart means
-log in again).
+A session token is the session itself, signed: (address, session key, issued_at, expires_at) and
+an HMAC-SHA256 over them with the server secret. A challenge nonce is (issued_at, random part)
+and a MAC over them and the address it was issued for. So any process holding the secret answers
+"did we issue this, to whom, until when?" from the text alone, in O(1), with no shared memory and
+no round trip on the bet path; a restart forgets nothing because there is nothing to forget.
+What signing cannot give is single use: redeeming a challenge claims it once in a store every
+process shares (`claim_once`: Redis `SET NX` when configured, else the process's memory).
 
-Memory is bounded, and a flood cannot buy other people's entries (issue 9, defect 8). Addresses
-are free, so the bounds are on *clients* (the caller's key for who is asking: an IP address, an
-IPv6 /64) as well as globally:
-- a client holds at most `max_challenges_per_client` outstanding challenges (more →
-  `CapacityExceeded(per_client=True)`, a 429) and `max_sessions_per_client` sessions (more → that
-  client's own oldest session ends); an address holds at most `max_sessions_per_address`;
-- when the global cap is reached, the entry given up is the oldest of the client holding the
-  most — and only if it holds more than the newcomer would; otherwise the new one is refused
-  (`CapacityExceeded(per_client=False)`, a 503) rather than anyone's pending login evicted. So a
-  flood evicts its own entries first; to evict a legitimate pending challenge it would need as many
-  distinct clients as the cap, each holding no more than the victim.
-Every operation is O(1) amortized: challenges and sessions each have one TTL, so issue order is
-expiry order and the expired are taken from the front.
+This module decides the token and nonce formats, their checks, and the order of a login's checks
+(`login`: the SIWE message through `siwe.check_login`, then the nonce, then the challenge's own
+times, then the claim). It leaves to its caller the secret (≥ 32 bytes; `tap/runtime/
+session_secret.py` finds it), the claim store, and what a refusal looks like on the wire.
+
+Untrusted text is bounded before it is decoded: a token or nonce of any other length or alphabet
+is refused without being parsed, and MACs are compared in constant time. Tokens are signed, not
+encrypted: what they carry is what the login answer already told the client.
+
+Pure: times are arguments (`now_ms`); nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
+
+from tap import siwe
+from tap.errors import ApiError
+from tap.hotstate import ClaimsFull, HotStateUnavailable
+
+MIN_SECRET_BYTES: Final = 32
+# HMAC-SHA256 truncated to 128 bits: no forgery within reach of any online guesser.
+MAC_BYTES: Final = 16
+# Edge clocks may disagree: a claim is kept this long past its challenge's expiry, so a process
+# whose clock lags the claimer's by less than this still finds it while the message is in date.
+CLAIM_MARGIN_MS: Final = 60_000
+
+# ── token: base64url (unpadded) of version ‖ address ‖ session key ‖ issued_at ‖ expires_at ‖ MAC
+TOKEN_VERSION: Final = 1
+_TOKEN_FIELDS: Final = struct.Struct(">B20s32sQQ")  # the MAC covers all of it, version included
+TOKEN_BYTES: Final = _TOKEN_FIELDS.size + MAC_BYTES
+TOKEN_CHARS: Final = -(-TOKEN_BYTES * 4 // 3)  # 114
+_TOKEN_TEXT: Final = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_CHARS}}}", re.ASCII)
+
+# ── nonce: "1" ‖ issued_at (12 hex) ‖ random (16 hex) ‖ MAC (32 hex). EIP-4361 wants ≥ 8
+# alphanumerics; lowercase hex is that, and fixed-width fields need no separators.
+NONCE_VERSION: Final = "1"
+_ISSUED_HEX: Final = 12  # ms since the epoch, good until the year 10889
+_RANDOM_BYTES: Final = 8  # only to tell apart challenges issued in one millisecond to one address
+_NONCE_TEXT: Final = re.compile(
+    rf"{NONCE_VERSION}([0-9a-f]{{{_ISSUED_HEX}}})([0-9a-f]{{{2 * _RANDOM_BYTES}}})"
+    rf"([0-9a-f]{{{2 * MAC_BYTES}}})",
+    re.ASCII,
+)
+NONCE_CHARS: Final = 1 + _ISSUED_HEX + 2 * _RANDOM_BYTES + 2 * MAC_BYTES  # 61
+_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)
+
+# (name, ttl_ms, now_ms) → True the first time `name` is claimed within ttl_ms (`HotState`).
+ClaimOnce = Callable[[str, int, int], Awaitable[bool]]
+
+_LOGIN_TEXT: Final = {
+    siwe.BAD_SIGNATURE: "signature does not recover to the message's address",
+    siwe.WRONG_DOMAIN: "message domain or uri does not match this server",
+    siwe.WRONG_CHAIN: "message chain id does not match this server",
+    siwe.EXPIRED: "message is expired or not yet valid",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +81,6 @@ class Challenge:
     address: str  # lowercase 0x…
     issued_at: int  # ms
     expires_at: int  # ms
-    client: str = ""  # who asked for it (the caller's client key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,229 +89,171 @@ class Session:
     address: str  # lowercase 0x…
     session_key: str  # 64 hex, Ed25519 public key
     expires_at: int  # ms
-    client: str = ""  # who logged in (the caller's client key)
+    issued_at: int = 0  # ms
 
 
-class CapacityExceeded(Exception):
-    """No room for a new challenge or session. `per_client`: this client holds its maximum (429);
-    else the book is full of entries nobody may lose to this one (503). `retry_after_ms`: when
-    room will be there at the latest without anyone's help (the oldest entry in the way expires)."""
-
-    def __init__(self, what: str, *, per_client: bool, retry_after_ms: int) -> None:
-        super().__init__(f"{what}: {'client' if per_client else 'server'} at capacity")
-        self.per_client = per_client
-        self.retry_after_ms = max(1, retry_after_ms)
+def _address_bytes(address: str) -> bytes:
+    if _ADDRESS.fullmatch(address) is None:
+        raise ValueError(f"{address!r}: expected 0x and 40 hex digits")
+    return bytes.fromhex(address[2:])
 
 
-class Holdings:
-    """Which client holds which keys (oldest first), and who holds the most — each in O(1).
+def _subkey(secret: bytes, purpose: bytes) -> bytes:
+    """One key per use of the secret, so a MAC made for one purpose never passes for another."""
+    return hmac.new(secret, b"tap|" + purpose, hashlib.sha256).digest()
 
-    Counts are bucketed (`count → clients with that count`), as in an O(1) LFU cache: moving a
-    client up or down one is a dict move, and the largest bucket is tracked (a decrement leaves
-    the client one bucket below, so the maximum drops by at most one and stays non-empty).
-    """
 
-    def __init__(self) -> None:
-        self._held: dict[str, OrderedDict[str, None]] = {}
-        self._by_count: dict[int, dict[str, None]] = {}
-        self._max = 0
-
-    def count(self, client: str) -> int:
-        keys = self._held.get(client)
-        return 0 if keys is None else len(keys)
-
-    def oldest(self, client: str) -> str | None:
-        keys = self._held.get(client)
-        return None if not keys else next(iter(keys))
-
-    def heaviest(self) -> tuple[str, int] | None:
-        if self._max == 0:
-            return None
-        return next(iter(self._by_count[self._max])), self._max
-
-    def _move(self, client: str, old: int, new: int) -> None:
-        if old:
-            bucket = self._by_count[old]
-            del bucket[client]
-            if not bucket:
-                del self._by_count[old]
-        if new:
-            self._by_count.setdefault(new, {})[client] = None
-        if new > self._max:
-            self._max = new
-        elif old == self._max and old not in self._by_count:
-            self._max = new  # the only client at the top came down by one (or to zero)
-
-    def add(self, client: str, key: str) -> None:
-        keys = self._held.setdefault(client, OrderedDict())
-        keys[key] = None
-        self._move(client, len(keys) - 1, len(keys))
-
-    def remove(self, client: str, key: str) -> None:
-        keys = self._held.get(client)
-        if keys is None or key not in keys:
-            return
-        del keys[key]
-        self._move(client, len(keys) + 1, len(keys))
-        if not keys:
-            del self._held[client]
-
-    def __len__(self) -> int:
-        return len(self._held)
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
 
 
 class SessionBook:
+    """Issues and checks challenges and session tokens with one server secret.
+
+    Every process built with the same secret and `[auth]` settings accepts what any of them
+    issued. Nothing is stored here, so nothing here grows: a flood of challenges or logins costs
+    the caller's rate limits and the claim store's bounded memory, never anyone else's login.
+    """
+
     def __init__(
         self,
+        secret: bytes,
         *,
+        domain: str,
+        uri: str,
+        chain_id: int,
         challenge_ttl_ms: int,
         session_ttl_ms: int,
-        max_challenges: int = 100_000,
-        max_challenges_per_client: int = 2_000,
-        max_sessions: int = 200_000,
-        max_sessions_per_client: int = 10_000,
-        max_sessions_per_address: int = 16,
-    ):
+        claims_from_ms: int = 0,
+    ) -> None:
+        """`claims_from_ms`: the claim store knows nothing claimed before this time. A store in
+        process memory starts empty at each start, so pass the start time then: a challenge
+        issued before it is refused (the client asks for a new one) instead of possibly
+        redeemed twice. A shared, lasting store (Redis) passes 0."""
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"session secret: {len(secret)} bytes, expected >= {MIN_SECRET_BYTES}")
+        self.domain = domain
+        self.uri = uri
+        self.chain_id = chain_id
         self.challenge_ttl_ms = challenge_ttl_ms
         self.session_ttl_ms = session_ttl_ms
-        self.max_challenges = max_challenges
-        self.max_challenges_per_client = max_challenges_per_client
-        self.max_sessions = max_sessions
-        self.max_sessions_per_client = max_sessions_per_client
-        self.max_sessions_per_address = max_sessions_per_address
-        # Each address's live tokens, oldest first: logging in again and again cannot grow
-        # memory — past the cap the oldest session of that address ends.
-        self._by_address: dict[str, deque[str]] = {}
-        # Insertion order = issue order = expiry order (one TTL each).
-        self._challenges: OrderedDict[str, Challenge] = OrderedDict()
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._challenge_holders = Holdings()
-        self._session_holders = Holdings()
+        self.claims_from_ms = claims_from_ms
+        self._token_key = _subkey(secret, b"session-token|v1")
+        self._nonce_key = _subkey(secret, b"login-challenge|v1")
 
     # ── challenges ──
 
-    def issue_challenge(
-        self, address: str, nonce: str, now_ms: int, *, client: str = ""
-    ) -> Challenge:
-        """A new challenge for `client`, or `CapacityExceeded` (nothing changed then)."""
-        self._expire_challenges(now_ms)
-        held = self._challenge_holders.count(client)
-        if held >= self.max_challenges_per_client:
-            oldest = self._challenge_holders.oldest(client)
-            wait = self._challenges[oldest].expires_at - now_ms if oldest else 1
-            raise CapacityExceeded("challenges", per_client=True, retry_after_ms=wait)
-        if len(self._challenges) >= self.max_challenges:
-            victim = self._victim(self._challenge_holders, held)
-            if victim is None:
-                front = next(iter(self._challenges.values()))
-                raise CapacityExceeded(
-                    "challenges", per_client=False, retry_after_ms=front.expires_at - now_ms
-                )
-            self._drop_challenge(victim)
-        ch = Challenge(nonce, address.lower(), now_ms, now_ms + self.challenge_ttl_ms, client)
-        self._challenges[nonce] = ch
-        self._challenge_holders.add(client, nonce)
-        return ch
+    def issue_challenge(self, address: str, now_ms: int) -> Challenge:
+        """A new challenge for `address` (0x and 40 hex digits, any case)."""
+        random_part = secrets.token_bytes(_RANDOM_BYTES)
+        mac = self._nonce_mac(_address_bytes(address), now_ms, random_part)
+        nonce = f"{NONCE_VERSION}{now_ms:0{_ISSUED_HEX}x}{random_part.hex()}{mac.hex()}"
+        return Challenge(nonce, address.lower(), now_ms, now_ms + self.challenge_ttl_ms)
 
-    def take_challenge(self, nonce: str, now_ms: int) -> Challenge | None:
-        """The challenge for `nonce`, consumed: a second call (a replayed login) gets None."""
-        ch = self._drop_challenge(nonce)
-        if ch is None or ch.expires_at < now_ms:
+    def read_challenge(self, nonce: str, address: str) -> Challenge | None:
+        """The challenge `nonce` names if this server issued it for `address`, else None. Says
+        nothing about expiry or use (the message's times and the claim store do)."""
+        match = _NONCE_TEXT.fullmatch(nonce) if len(nonce) == NONCE_CHARS else None
+        if match is None or _ADDRESS.fullmatch(address) is None:
             return None
-        return ch
+        issued_at = int(match[1], 16)
+        expected = self._nonce_mac(_address_bytes(address), issued_at, bytes.fromhex(match[2]))
+        if not hmac.compare_digest(bytes.fromhex(match[3]), expected):
+            return None
+        return Challenge(nonce, address.lower(), issued_at, issued_at + self.challenge_ttl_ms)
 
-    def _drop_challenge(self, nonce: str) -> Challenge | None:
-        ch = self._challenges.pop(nonce, None)
-        if ch is not None:
-            self._challenge_holders.remove(ch.client, nonce)
-        return ch
-
-    def _expire_challenges(self, now_ms: int) -> None:
-        while self._challenges:
-            front = next(iter(self._challenges.values()))
-            if front.expires_at >= now_ms:
-                return
-            self._drop_challenge(front.nonce)
+    def _nonce_mac(self, address: bytes, issued_at: int, random_part: bytes) -> bytes:
+        if not 0 <= issued_at < 16**_ISSUED_HEX:
+            raise ValueError(f"issued_at = {issued_at}: out of the nonce's range")
+        return _mac(self._nonce_key, address + issued_at.to_bytes(8, "big") + random_part)
 
     # ── sessions ──
 
-    def open_session(
-        self, token: str, address: str, session_key: str, now_ms: int, *, client: str = ""
-    ) -> Session:
-        """A new session, or `CapacityExceeded` when the book is full of sessions nobody may
-        lose to this one (nothing changed then)."""
-        self._expire_sessions(now_ms)
-        s = Session(
-            token, address.lower(), session_key.lower(), now_ms + self.session_ttl_ms, client
+    def open_session(self, address: str, session_key_hex: str, now_ms: int) -> Session:
+        """A new session token for `address` and the Ed25519 key (64 hex) it authorised."""
+        expires_at = now_ms + self.session_ttl_ms
+        fields = _TOKEN_FIELDS.pack(
+            TOKEN_VERSION,
+            _address_bytes(address),
+            bytes.fromhex(session_key_hex),
+            now_ms,
+            expires_at,
         )
-        tokens = self._by_address.get(s.address)
-        # Room first from the newcomer's own address, then its own client, then the heaviest.
-        if tokens is not None and len(tokens) >= self.max_sessions_per_address:
-            self._forget(tokens[0])
-        held = self._session_holders.count(client)
-        if held >= self.max_sessions_per_client:
-            oldest = self._session_holders.oldest(client)
-            if oldest is not None:
-                self._forget(oldest)
-                held -= 1
-        if len(self._sessions) >= self.max_sessions:
-            victim = self._victim(self._session_holders, held)
-            if victim is None:
-                front = next(iter(self._sessions.values()))
-                raise CapacityExceeded(
-                    "sessions", per_client=False, retry_after_ms=front.expires_at - now_ms
-                )
-            self._forget(victim)
-        self._sessions[token] = s
-        self._by_address.setdefault(s.address, deque()).append(token)
-        self._session_holders.add(client, token)
-        return s
-
-    def _forget(self, token: str) -> None:
-        s = self._sessions.pop(token, None)
-        if s is None:
-            return
-        self._session_holders.remove(s.client, token)
-        tokens = self._by_address.get(s.address)
-        if tokens is not None:
-            try:
-                tokens.remove(token)  # at most max_sessions_per_address long
-            except ValueError:
-                pass
-            if not tokens:
-                del self._by_address[s.address]
-
-    def _expire_sessions(self, now_ms: int) -> None:
-        while self._sessions:
-            front = next(iter(self._sessions.values()))
-            if front.expires_at > now_ms:
-                return
-            self._forget(front.token)
+        raw = fields + _mac(self._token_key, fields)
+        token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        return Session(token, address.lower(), session_key_hex.lower(), expires_at, now_ms)
 
     def lookup(self, token: str, now_ms: int) -> Session | None:
-        s = self._sessions.get(token)
-        if s is None:
+        """The session `token` carries, if this server signed it and it has not expired; None
+        for anything else (a garbage token is just "unknown"). O(1): a length and alphabet
+        check, one base64 decode, one HMAC."""
+        if len(token) != TOKEN_CHARS or _TOKEN_TEXT.fullmatch(token) is None:
             return None
-        if s.expires_at <= now_ms:
-            self._forget(token)
+        raw = base64.urlsafe_b64decode(token + "=" * (-TOKEN_CHARS % 4))
+        # Unpadded base64 has spare low bits in its last character: only the one spelling this
+        # server writes is accepted, so a token has exactly one text.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
             return None
-        return s
-
-    # ── both ──
-
-    @staticmethod
-    def _victim(holders: Holdings, newcomer_holds: int) -> str | None:
-        """The key to give up for a newcomer that holds `newcomer_holds`: the oldest of the
-        heaviest client, if it holds more than the newcomer will (else nobody's)."""
-        top = holders.heaviest()
-        if top is None or top[1] <= newcomer_holds + 1:
+        fields, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        if not hmac.compare_digest(mac, _mac(self._token_key, fields)):
             return None
-        return holders.oldest(top[0])
+        version, address, key, issued_at, expires_at = _TOKEN_FIELDS.unpack(fields)
+        if version != TOKEN_VERSION or expires_at <= now_ms:
+            return None
+        return Session(token, "0x" + address.hex(), key.hex(), expires_at, issued_at)
 
-    def prune(self, now_ms: int) -> None:
-        self._expire_challenges(now_ms)
-        self._expire_sessions(now_ms)
+    # ── login ──
 
-    def counts(self) -> tuple[int, int]:
-        """(outstanding challenges, live sessions), for gauges and tests."""
-        return len(self._challenges), len(self._sessions)
+    async def login(
+        self, message: str, signature: str, now_ms: int, *, claim_once: ClaimOnce
+    ) -> Session:
+        """Exchange a signed SIWE message for a session, or raise `ApiError` with API.md's code.
+
+        Cheapest and non-consuming checks first, the claim last, so a refused login never spends
+        its challenge: the message (`siwe.check_login`: format, domain, chain, dates, session key,
+        signature), the nonce (issued by us for the signer → else `unknown_nonce`), the
+        challenge's own times in the message (a client may not stretch its login's validity or
+        date it ahead → `expired`), then one claim of the nonce in the shared store (already
+        claimed → `unknown_nonce`; store down → 503 `dependency_unavailable`; full → 503
+        `overloaded`).
+        """
+        checked = siwe.check_login(
+            message,
+            signature,
+            domain=self.domain,
+            uri=self.uri,
+            chain_id=self.chain_id,
+            now_ms=now_ms,
+        )
+        if checked.error is not None:
+            raise ApiError(checked.error, checked.detail or _LOGIN_TEXT.get(checked.error, ""))
+        msg, key = checked.message, checked.session_key
+        assert msg is not None and key is not None  # check_login's contract when error is None
+        challenge = self.read_challenge(msg.nonce, msg.address)
+        if challenge is None or challenge.issued_at < self.claims_from_ms:
+            raise ApiError("unknown_nonce", "nonce was not issued for this address, or was used")
+        if msg.issued_at_ms != challenge.issued_at or msg.expiration_ms != challenge.expires_at:
+            raise ApiError(
+                "expired",
+                "Issued At and Expiration Time must be the challenge's issued_at and "
+                "expiration_time",
+            )
+        # `check_login` refused now >= expiration, so the claim lives at least the margin.
+        ttl_ms = challenge.expires_at - now_ms + CLAIM_MARGIN_MS
+        try:
+            first = await claim_once(f"login:{msg.nonce}", ttl_ms, now_ms)
+        except HotStateUnavailable:
+            raise ApiError(
+                "dependency_unavailable",
+                "the login store is unavailable; sign in again shortly",
+                retry_after_s=1,
+            ) from None
+        except ClaimsFull as e:
+            raise ApiError(
+                "overloaded",
+                "too many logins in flight; sign in again shortly",
+                retry_after_s=-(-e.retry_after_ms // 1000),
+            ) from None
+        if not first:
+            raise ApiError("unknown_nonce", "nonce was not issued for this address, or was used")
+        return self.open_session(msg.address, key.hex, now_ms)

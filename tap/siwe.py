@@ -4,8 +4,9 @@ this server, and recover the wallet that signed it (EIP-191 `personal_sign`).
 It decides whether a message conforms to the EIP-4361 ABNF (`parse`), whether it was meant for us
 and is in date (`validate`: `wrong_domain`, `wrong_chain`, `expired`), which session key it
 registers (`session_key_of`), and who signed it (`recover_address`: `bad_signature`).
-It leaves to its caller the challenge store: that the nonce was issued by us, for this address,
-is unexpired and is used once (`unknown_nonce`), and the session that follows.
+It leaves to its caller the nonce: that it was issued by us, for this address, with these times,
+and is used once (`unknown_nonce`), and the session that follows (`tap/sessions.py`, which makes
+the nonces and runs `check_login` for every login).
 
 Field syntax is checked at the character level of RFC 3986 / RFC 3339 as the ABNF cites them;
 line structure, order and blank lines exactly as the ABNF writes them, with LF line ends and no
@@ -17,7 +18,6 @@ Pure: times are arguments (`now_ms`); nothing here reads a clock.
 from __future__ import annotations
 
 import re
-import secrets
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -50,7 +50,7 @@ WRONG_DOMAIN: Final = "wrong_domain"
 WRONG_CHAIN: Final = "wrong_chain"
 EXPIRED: Final = "expired"
 BAD_SIGNATURE: Final = "bad_signature"
-UNKNOWN_NONCE: Final = "unknown_nonce"  # decided by the caller's challenge store
+UNKNOWN_NONCE: Final = "unknown_nonce"  # decided by the caller (tap/sessions.py)
 INVALID_REQUEST: Final = "invalid_request"  # not an EIP-4361 message, or no usable session key
 
 SESSION_KEY_URN: Final = "urn:tap:session-key:ed25519:"
@@ -81,16 +81,6 @@ _DATE_TIME = re.compile(
 )
 _SIGNATURE = re.compile(r"(?:0x)?[0-9a-fA-F]{130}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def new_nonce() -> str:
-    """A fresh challenge nonce: 32 hex digits (128 random bits), alphanumeric as EIP-4361 wants."""
-    return secrets.token_hex(16)
-
-
-def valid_challenge_nonce(nonce: str) -> bool:
-    """EIP-4361's `nonce`: at least 8 letters and digits."""
-    return _NONCE.fullmatch(nonce) is not None
 
 
 class SiweFormatError(ValueError):
@@ -390,9 +380,8 @@ def check_login(
 ) -> LoginCheck:
     """Everything about a login except the nonce, cheapest first; the signature last.
 
-    The caller then looks `message.nonce` up in its challenge store (issued for
-    `message.address`, unexpired, unused → else `unknown_nonce`) and consumes it. A caller that
-    wants to spare the signature recovery for unknown nonces may `parse` and peek first.
+    The caller then checks `message.nonce` (issued for `message.address`, unexpired, unused →
+    else `unknown_nonce`) and consumes it: `SessionBook.login` does.
     """
     try:
         msg = parse(message_text)

@@ -5,8 +5,9 @@ defaults: a database, archive and backups under the test's directory, a quick br
 to speak of, mock deposits); `ServerProcess` starts `python -m tap.runtime.cli serve` in a nursery
 and returns once it announced its URL and `/healthz` says `pass` (bets are taken). `Client` is one
 wallet's session on one server: SIWE login with an Ed25519 session key, mock deposits, signed bets.
-Two clients may share one wallet (`wallet=`), one session per server, as a player of two processes
-needs: sessions live in each process's memory.
+Two clients may share one wallet (`wallet=`), one session per server. (A session is valid on every
+process of a deployment — tests/test_e2e_sessions.py — so one login would do; a session per
+server keeps each client independent of the other.)
 
 Every wait is bounded by `trio.fail_after`; nothing sleeps to let time pass except the short
 polls for readiness.

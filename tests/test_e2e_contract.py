@@ -77,7 +77,7 @@ async def test_prefer_wait_is_case_insensitive(tmp_path: Path) -> None:
         assert r.json()["status"] == "confirmed"
 
 
-async def test_a_websocket_session_ends_when_its_token_expires(tmp_path: Path) -> None:
+async def test_a_session_ends_when_its_token_expires_on_http_and_websocket(tmp_path: Path) -> None:
     async with serving(tmp_path, auth__session_ttl_ms=1500) as server:
         player = server.player()
         await player.login()
@@ -89,6 +89,8 @@ async def test_a_websocket_session_ends_when_its_token_expires(tmp_path: Path) -
             await ws.send({"type": "place_bet", "req_id": "late", **bet})
             error = await ws.next_of_type("error", where=lambda f: f.get("req_id") == "late")
             assert error["error"]["code"] == "unauthorized"
+        r = await player.http.get("/api/balance", headers=player.auth)  # and on HTTP
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
 
 
 async def test_challenges_are_rate_limited_per_client(tmp_path: Path) -> None:

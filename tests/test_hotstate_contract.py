@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trio
 
 from tap.config import Config
 from tap.hotstate import ADMITTED, Admit, HotState
@@ -239,3 +240,25 @@ async def test_stakes_must_be_positive(hot: HotState) -> None:
 
 async def test_ping_answers_true_when_the_store_is_up(hot: HotState) -> None:
     assert await hot.ping()
+
+
+# ── login claims ──────────────────────────────────────────────────────────────────────────────
+
+
+async def test_a_name_is_claimed_once_while_its_claim_lives(hot: HotState) -> None:
+    assert await hot.claim_once("login:n1", 60_000, T0)
+    assert not await hot.claim_once("login:n1", 60_000, T0 + 1)
+    assert await hot.claim_once("login:n2", 60_000, T0 + 1)
+    assert not await hot.claim_once("login:n2", 60_000, T0 + 2)
+
+
+async def test_of_many_claims_of_one_name_at_once_exactly_one_wins(hot: HotState) -> None:
+    wins: list[bool] = []
+
+    async def claim() -> None:
+        wins.append(await hot.claim_once("login:race", 60_000, T0))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(claim)
+    assert sorted(wins) == [False] * 19 + [True]

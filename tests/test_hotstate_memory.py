@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tap.hotstate import ADMITTED, Admit, HotState, InMemoryHotState
+from tap.hotstate import ADMITTED, Admit, ClaimsFull, HotState, InMemoryHotState
 
 SKEW = 30_000
 A = "0x" + "aa" * 20
@@ -160,3 +160,44 @@ async def test_ping_answers_and_aclose_is_harmless() -> None:
     hot = make()
     assert await hot.ping() is True
     await hot.aclose()
+
+
+# ── login claims ──────────────────────────────────────────────────────────────────────────────
+
+
+async def test_a_claim_is_free_again_when_its_ttl_has_passed() -> None:
+    hot = make()
+    assert await hot.claim_once("n", 1_000, 0)
+    assert not await hot.claim_once("n", 1_000, 999)
+    assert await hot.claim_once("n", 1_000, 1_000)
+    assert hot.claims() == 1
+
+
+async def test_claims_are_bounded_and_a_full_store_refuses_rather_than_evicts() -> None:
+    hot = InMemoryHotState(SKEW, 10.0, 20, max_claims=3)
+    for i in range(3):
+        assert await hot.claim_once(f"n{i}", 1_000, 100 * i)
+    with pytest.raises(ClaimsFull) as full:
+        await hot.claim_once("late", 1_000, 250)
+    assert full.value.retry_after_ms == 750  # when n0 expires
+    assert not await hot.claim_once("n0", 1_000, 250)  # nothing was evicted
+    assert await hot.claim_once("late", 1_000, 1_000)  # n0 expired and left
+    assert hot.claims() == 3
+
+
+async def test_expired_claims_leave_memory_without_being_asked_about() -> None:
+    hot = make()
+    for i in range(1_000):
+        assert await hot.claim_once(f"flood{i}", 1_000, i)
+    assert await hot.claim_once("later", 1_000, 5_000)
+    assert hot.claims() == 1
+
+
+async def test_a_claim_behind_a_longer_lived_one_expires_on_time() -> None:
+    """Claims leave memory in claim order; one with a shorter ttl that waits behind an older,
+    longer one is still free again once its own ttl has passed."""
+    hot = make()
+    assert await hot.claim_once("long", 10_000, 0)
+    assert await hot.claim_once("short", 100, 1)
+    assert not await hot.claim_once("short", 100, 100)
+    assert await hot.claim_once("short", 100, 101)

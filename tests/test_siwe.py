@@ -401,11 +401,3 @@ def test_ms_to_iso_writes_milliseconds_and_z_and_reads_back(ms: int) -> None:
     text = siwe.ms_to_iso(ms)
     assert len(text) == 24 and text.endswith("Z") and text[19] == "."
     assert siwe.iso_to_ms(text) == ms
-
-
-def test_new_nonces_are_eip4361_nonces_and_differ() -> None:
-    nonces = {siwe.new_nonce() for _ in range(100)}
-    assert len(nonces) == 100
-    assert all(siwe.valid_challenge_nonce(n) for n in nonces)
-    assert not siwe.valid_challenge_nonce("abc1234")
-    assert not siwe.valid_challenge_nonce("abcd-1234")

@@ -3,8 +3,8 @@
 The deployment under test: two full servers share the Redis hot state (nonces, rate buckets, cell
 markers, spendable balances) and the ledger file (SQLite serializes their writers), and ingest
 the same ticks from one standalone feed simulator (`feed.source = "ws-sim"`), run in the test's
-own nursery. Sessions live in each process's memory, so a player logs in on each server and
-signs every request with the session key of the server it goes to.
+own nursery. A player logs in on each server (one session per server, although either token is
+good on both: tests/test_e2e_sessions.py) and signs every request with that session's key.
 
 What is pinned:
 - one nonce sent 100 times at once, half to each process → exactly one bet, on either;

@@ -40,7 +40,7 @@ from tap.messages import (
 )
 from tap.ratelimit import KeyedLimiter, client_address, client_key, parse_networks
 from tap.runtime import logs, metrics
-from tap.sessions import CapacityExceeded, Session
+from tap.sessions import Session
 from tap.wire import WireError, decode_untrusted
 
 log = logging.getLogger("tap.edge")
@@ -289,16 +289,6 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         forwarded = ",".join(request.headers.getlist("X-Forwarded-For")) if trusted else None
         return client_key(client_address(request.remote_addr, forwarded, trusted))
 
-    def capacity_error(err: CapacityExceeded) -> ApiError:
-        retry = -(-err.retry_after_ms // 1000)
-        if err.per_client:
-            return ApiError(
-                "rate_limited", f"too many outstanding {err.args[0]}", retry_after_s=retry
-            )
-        return ApiError(
-            "overloaded", f"the server holds its maximum of {err.args[0]}", retry_after_s=retry
-        )
-
     # ── request bookkeeping ────────────────────────────────────────────────────────────────
 
     @app.before_request
@@ -386,7 +376,8 @@ def create_app(svc: EdgeServices) -> QuartTrio:
 
     @app.post("/api/auth/challenge")
     async def challenge() -> Response:
-        # Unauthenticated and memory-backed: one client may not flood out others' challenges.
+        # Unauthenticated, and each challenge may end in a signature recovery and a login claim
+        # (the claim store is bounded): one client may ask only so fast.
         who = client()
         wait_ms = challenge_limiter.take(who, svc.clock.now_ms())
         if wait_ms:
@@ -400,11 +391,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
         address = req.address
         if not valid_address(address):
             raise ApiError("invalid_request", "address: expected 0x followed by 40 hex digits")
-        now = svc.clock.now_ms()
-        try:
-            ch = svc.sessions.issue_challenge(address.lower(), siwe.new_nonce(), now, client=who)
-        except CapacityExceeded as e:
-            raise capacity_error(e) from None
+        ch = svc.sessions.issue_challenge(address, svc.clock.now_ms())
         return json_response(
             {
                 "nonce": ch.nonce,
@@ -419,11 +406,7 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     @app.post("/api/auth/login")
     async def login() -> Response:
         req = decode_body(LoginRequest, await body(), cfg.limits.max_body_bytes)
-        now = svc.clock.now_ms()
-        try:
-            session = svc.login(req.message, req.signature, now, client=client())
-        except CapacityExceeded as e:
-            raise capacity_error(e) from None
+        session = await svc.login(req.message, req.signature, svc.clock.now_ms())
         return json_response(
             {
                 "token": session.token,

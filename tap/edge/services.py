@@ -17,7 +17,6 @@ import msgspec
 import trio
 
 from actors.batcher import CommittedFanout
-from tap import siwe
 from tap.admission import verify_withdrawal
 from tap.config import Config
 from tap.edge.desk import BetDesk, PendingBets, WriterSender, bet_id_for, signed_request_error
@@ -102,43 +101,10 @@ class EdgeServices:
 
     # ── auth ───────────────────────────────────────────────────────────────────────────────
 
-    def login(self, message: str, signature: str, now: int, *, client: str = "") -> Session:
-        auth = self.cfg.auth
-        try:
-            parsed = siwe.parse(message)
-        except siwe.SiweFormatError as e:
-            raise ApiError("invalid_request", f"message: {e}") from None
-        signer = siwe.recover_address(message, signature)
-        if signer is None or signer != parsed.address.lower():
-            raise ApiError("bad_signature", "signature does not recover to the message's address")
-        problem = siwe.validate(
-            parsed, domain=auth.domain, uri=auth.uri, chain_id=auth.chain_id, now_ms=now
-        )
-        if problem is not None:
-            raise ApiError(problem, _LOGIN_TEXT.get(problem, problem))
-        session_key = siwe.session_key_of(parsed)
-        if session_key is None:
-            raise ApiError(
-                "invalid_request",
-                "message: exactly one resource urn:tap:session-key:ed25519:<64 hex> is required",
-            )
-        challenge = self.sessions.take_challenge(parsed.nonce, now)
-        if challenge is None or challenge.address != signer:
-            raise ApiError("unknown_nonce", "nonce was not issued for this address, or was used")
-        # The message must carry the challenge's own times (API.md: "exactly those values"):
-        # a client may not stretch its login's validity or date it in the future.
-        if (
-            parsed.issued_at_ms != challenge.issued_at
-            or parsed.expiration_ms != challenge.expires_at
-        ):
-            raise ApiError(
-                "expired",
-                "Issued At and Expiration Time must be the challenge's issued_at and "
-                "expiration_time",
-            )
-        return self.sessions.open_session(
-            secrets.token_urlsafe(32), signer, session_key, now, client=client
-        )
+    async def login(self, message: str, signature: str, now: int) -> Session:
+        """The one login path (`SessionBook.login`), claiming the challenge in this process's
+        hot state: Redis when configured, so every edge sees every claim."""
+        return await self.sessions.login(message, signature, now, claim_once=self.hot.claim_once)
 
     # ── bets ───────────────────────────────────────────────────────────────────────────────
 
@@ -455,12 +421,6 @@ class EdgeServices:
 def _is_check(value: Any) -> bool:
     return isinstance(value, dict) and "status" in value
 
-
-_LOGIN_TEXT = {
-    "wrong_domain": "message domain or uri does not match this server",
-    "wrong_chain": "message chain id does not match this server",
-    "expired": "message is expired or not yet valid",
-}
 
 _frame_encoder = msgspec.json.Encoder()
 

@@ -76,7 +76,6 @@ from tap.runtime.supervisor import (
     _archive_now,
     _confirmed_bets,
     _offer,
-    _prune_sessions,
     _pump,
     _rebuild_on_recovery,
     _watch_signals,
@@ -463,7 +462,7 @@ async def serve_edge(
                     svc = EdgeServices(
                         cfg=cfg,
                         clock=clock,
-                        sessions=session_book(cfg),
+                        sessions=session_book(cfg, clock.now_ms()),
                         desk=desk,
                         pending=pending,
                         hot=hot,
@@ -486,7 +485,6 @@ async def serve_edge(
                     )
                     if handle_signals:
                         services.start_soon(_watch_signals, stop)
-                    services.start_soon(_prune_sessions, svc.sessions, clock)
                     edge_done = trio.Event()
 
                     async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:

@@ -60,6 +60,7 @@ from tap.hotstate import HotState, HotStateUnavailable, InMemoryHotState
 from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, WriterRequest
 from tap.runtime import hypercorn_guard
 from tap.runtime.clock import Clock
+from tap.runtime.session_secret import load_session_secret
 from tap.sessions import SessionBook
 from tap.store import archive, db
 from tap.store.backup import ServerLock
@@ -220,14 +221,19 @@ async def _confirmed_bets(
                     await out.send(bet)
 
 
-def session_book(cfg: Config) -> SessionBook:
+def session_book(cfg: Config, started_ms: int) -> SessionBook:
+    """The session book of a process started at `started_ms`: signed with the deployment's
+    session secret (`tap/runtime/session_secret.py`; `ConfigError` when it is too short)."""
     return SessionBook(
+        load_session_secret(cfg.server.db_path),
+        domain=cfg.auth.domain,
+        uri=cfg.auth.uri,
+        chain_id=cfg.auth.chain_id,
         challenge_ttl_ms=cfg.auth.challenge_ttl_ms,
         session_ttl_ms=cfg.auth.session_ttl_ms,
-        max_challenges=cfg.limits.max_challenges,
-        max_challenges_per_client=cfg.limits.max_challenges_per_client,
-        max_sessions=cfg.limits.max_sessions,
-        max_sessions_per_client=cfg.limits.max_sessions_per_client,
+        # Login claims in process memory start empty: refuse challenges issued before this
+        # start rather than maybe redeem one twice. Claims in Redis outlive the process.
+        claims_from_ms=0 if cfg.redis.url else started_ms,
     )
 
 
@@ -482,7 +488,7 @@ async def _serve(
                     svc = EdgeServices(
                         cfg=cfg,
                         clock=clock,
-                        sessions=session_book(cfg),
+                        sessions=session_book(cfg, clock.now_ms()),
                         desk=desk,
                         pending=pending,
                         hot=hot,
@@ -512,7 +518,6 @@ async def _serve(
                     hc = hypercorn_config(cfg, reuse_port=reuse_port)
                     if handle_signals:
                         services.start_soon(_watch_signals, stop)
-                    services.start_soon(_prune_sessions, svc.sessions, clock)
                     edge_done = trio.Event()
 
                     async def serve_edge(
@@ -639,13 +644,6 @@ async def _archive_now(cfg: Config, clock: Clock) -> dict[str, Any]:
     except archive.ArchiverBusy:
         raise ApiError("archive_running", "an archive run is already in progress") from None
     return report
-
-
-async def _prune_sessions(sessions: SessionBook, clock: Clock) -> None:
-    """Expired challenges and sessions leave memory within a minute, looked up or not."""
-    while True:
-        await trio.sleep(60)
-        sessions.prune(clock.now_ms())
 
 
 def _offer(channel: trio.MemorySendChannel[str], reason: str) -> None:

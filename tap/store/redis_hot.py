@@ -17,6 +17,7 @@ so each script works inside one slot (Redis Cluster-safe):
     p:epoch                  str   counter that makes rebuild marks unique
     p:alive                  str   the gateway's sentinel: missing ⇒ the data was lost
     p:breaker:override       str   the latest breaker override (and the pub/sub channel's name)
+    p:claim:<name>           str   a claim (`claim_once`: a redeemed login challenge), for its ttl
 
 Time. The rate bucket runs on the `now_ms` the edge passes, as the in-memory one does: both give
 the same answers, tests drive it with a mock clock, and a bucket never refills backwards in time
@@ -294,6 +295,17 @@ class RedisHotState:
         ]
         if commands:
             await self._each(commands)
+
+    async def claim_once(self, name: str, ttl_ms: int, now_ms: int) -> bool:
+        """`SET NX PX`: one atomic command, so of any number of edges claiming one name at once
+        exactly one hears True. The ttl runs on Redis's clock (a duration needs no shared
+        origin); `now_ms` is not needed."""
+        if ttl_ms <= 0:
+            raise ValueError(f"ttl_ms = {ttl_ms}: expected a positive duration")
+        reply = await self.gateway.call(
+            RedisCommand(("SET", f"{self.prefix}:claim:{name}", "1", "NX", "PX", str(ttl_ms)))
+        )
+        return reply is not None
 
     async def ping(self) -> bool:
         return await self.gateway.ping()
