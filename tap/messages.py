@@ -326,7 +326,7 @@ AddressText = Annotated[str, Meta(max_length=64)]  # "0x" + 40 hex
 SignatureText = Annotated[str, Meta(max_length=256)]  # 128 hex (Ed25519), "0x" + 130 hex (EIP-191)
 CellIdText = Annotated[str, Meta(max_length=128)]  # "{symbol}:{col}:{row}"
 SiweMessage = Annotated[str, Meta(max_length=4096)]  # an EIP-4361 message is ~600 characters
-TokenText = Annotated[str, Meta(max_length=256)]  # a session token is 43 characters
+TokenText = Annotated[str, Meta(max_length=256)]  # a session token is 114 (tap/sessions.py)
 ReasonText = Annotated[str, Meta(max_length=256)]  # an operator's note
 ReqId = Annotated[str, Meta(max_length=64)]  # echoed back: never more than this
 ChannelName = Annotated[str, Meta(max_length=64)]  # "prices:BTC-USD", "grid:…", "account"

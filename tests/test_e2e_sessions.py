@@ -11,7 +11,9 @@ What is pinned:
 - with Redis, a challenge issued at one server is redeemed at the other, once: a replay at either
   is `unknown_nonce`, and of 20 concurrent logins with one challenge over both exactly one wins;
 - forged tokens and nonces are 401 (a message that is not EIP-4361 at all: 400), never 5xx;
-- Redis down at login → 503 `dependency_unavailable`; the challenge is not spent.
+- Redis down at login → 503 `dependency_unavailable`; the challenge is not spent;
+- with the scale-out roles (a core and edges), a challenge from one edge is redeemed at another,
+  once, and the token bets there and is good on an edge started later.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ import pytest
 import trio
 
 from tap.sessions import TOKEN_CHARS
-from tests.e2e import Player, Server, serving
+from tests.e2e import Player, Server, pick_cell, serving
 from tests.redis_fixtures import ThrowawayRedis, redis_prefix, redis_url, throwaway_redis
 from tests.test_e2e_redis import redis_overrides
+from tests.test_scaleout_roles import deployment, start_edge
 
 __all__ = ["redis_prefix", "redis_url", "throwaway_redis"]
 
 DEPOSIT = 5_000_000
+STAKE = 1_000_000
 ANSWER_WITHIN_S = 1.5  # the Redis request timeout (750 ms) plus a busy 2-core machine
 
 
@@ -219,3 +223,31 @@ async def test_redis_down_at_login_is_503_and_spends_no_challenge(
             while (r := await player.post_login(message, signature)).status_code == 503:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.redis
+async def test_on_a_core_and_edges_a_session_from_one_edge_bets_on_another_and_on_a_new_one(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """The scale-out roles (`run_server(role="core" | "edge")`): a challenge from edge A is
+    redeemed at edge B, once; the token bets at B and is good on an edge started afterwards."""
+    async with deployment(tmp_path, redis_url, redis_prefix, edges=2, within=90) as d:
+        a, b = d.edges
+        player = a.player()
+        message = player.login_message(await challenge_at(a, player))
+        signature = player.sign_message(message)
+        r = await login_at(b, message, signature)
+        assert r.status_code == 200, r.text
+        player.token = r.json()["token"]
+        r = await login_at(a, message, signature)
+        assert r.status_code == 401 and code_of(r) == "unknown_nonce", r.text
+        await player.deposit(10 * STAKE)  # through edge A
+        player.server, player.http = b, b.http()
+        cell = await pick_cell(b, min_lead_ms=3000)
+        r = await player.place(cell_id=cell["cell_id"], amount=STAKE)
+        assert r.status_code == 202, r.text
+        c = await start_edge(d.nursery, d)  # a deploy adds (or replaces) an edge
+        d.edges.append(c)
+        r = await balance_with(c, player.token)
+        assert r.status_code == 200, r.text
+        assert r.json()["available"] == 9 * STAKE

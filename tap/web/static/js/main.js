@@ -148,7 +148,7 @@ async function loginWith(getWallet) {
   }
 }
 
-/** The server no longer knows our token (it expired, or a restart forgot it). */
+/** The server no longer accepts our token (it expired, or the server's session secret changed). */
 async function sessionLost() {
   if (state.relogging || !state.session) return;
   state.relogging = true;
