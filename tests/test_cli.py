@@ -90,3 +90,14 @@ def test_a_play_money_server_says_so_and_the_production_example_does_not() -> No
     assert any("mock_deposits" in w for w in dev)
     prod = load_config(ROOT / "configs" / "prod.example.toml", environ={})
     assert cli.play_money_warnings(prod) == []
+
+
+def test_serve_with_a_short_session_secret_is_a_configuration_error_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(logs, "configure", lambda level, *, as_json: None)
+    monkeypatch.setenv("TAP__SERVER__DB_PATH", f'"{tmp_path / "tap.db"}"')
+    monkeypatch.setenv("TAP_SESSION_SECRET", "too short")
+    assert cli.main(["serve"]) == 2
+    assert "TAP_SESSION_SECRET" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no database, no secret file: nothing started

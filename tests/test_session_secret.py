@@ -53,10 +53,19 @@ def test_the_env_var_wins_and_the_files_content_is_a_valid_value_for_it(tmp_path
     assert not (tmp_path / "other" / "session.secret").exists()  # none made when the env gives one
 
 
-@pytest.mark.parametrize("value", ["", "short", "x" * 31, " " * 40])
+@pytest.mark.parametrize("value", ["short", "x" * 31, " " + "x" * 31 + "\n"])
 def test_a_short_env_secret_refuses_to_start(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=ENV_VAR):
         load_session_secret(str(tmp_path / "tap.db"), {ENV_VAR: value})
+    assert list(tmp_path.iterdir()) == []  # and no file was made in its place
+
+
+@pytest.mark.parametrize("value", ["", " ", "\n"])
+def test_a_blank_env_secret_counts_as_unset(tmp_path: Path, value: str) -> None:
+    """Compose passes `${TAP_SESSION_SECRET:-}` as an empty value when the host has none."""
+    db = str(tmp_path / "tap.db")
+    assert load_session_secret(db, {ENV_VAR: value}) == load_session_secret(db, {})
+    assert (tmp_path / "session.secret").exists()
 
 
 def test_a_short_secret_file_refuses_to_start(tmp_path: Path) -> None:

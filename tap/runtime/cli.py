@@ -35,9 +35,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from tap.runtime.procs import watch_parent
+    from tap.runtime.session_secret import load_session_secret
     from tap.runtime.supervisor import run_server
 
     cfg = _config(args)
+    # A missing or short session secret stops here, as a configuration error, before anything
+    # starts (the edge would only find it once the writer and the feed were running).
+    load_session_secret(cfg.server.db_path)
     if args.port is not None:
         cfg = _with_port(cfg, args.port)
     if args.edges is not None:

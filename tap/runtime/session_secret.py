@@ -1,10 +1,10 @@
 """Where the server secret that signs session tokens and login challenges comes from.
 
 It decides the source and refuses a weak one: `TAP_SESSION_SECRET` from the environment when set
-(at least 32 bytes; every process of a multi-host deployment must be given the same one), else the
-file `session.secret` next to the database, made on first start and read on every later one, so
-`make run` restarts and several processes on one host sign alike with no setup. It leaves to its
-caller what the secret signs (`tap/sessions.py`).
+and not blank (at least 32 bytes; every process of a multi-host deployment must be given the same
+one), else the file `session.secret` next to the database, made on first start and read on every
+later one, so `make run` restarts and several processes on one host sign alike with no setup. It
+leaves to its caller what the secret signs (`tap/sessions.py`).
 
 The secret is the text's UTF-8 bytes, stripped of surrounding whitespace, in both cases: copying
 the file's content into `TAP_SESSION_SECRET` keeps every token valid. Changing the secret (a new
@@ -37,8 +37,9 @@ def load_session_secret(db_path: str, environ: Mapping[str, str] | None = None) 
     when the one found is shorter than 32 bytes: a short secret would make every token
     guessable, so the server refuses to start rather than serve with it."""
     env = os.environ if environ is None else environ
-    if ENV_VAR in env:
-        secret = env[ENV_VAR].strip().encode()
+    # Set but empty counts as unset (compose's `${TAP_SESSION_SECRET:-}`): the file is as secret.
+    secret = env.get(ENV_VAR, "").strip().encode()
+    if secret:
         if len(secret) < MIN_SECRET_BYTES:
             raise ConfigError(
                 f"{ENV_VAR}: {len(secret)} bytes, expected at least {MIN_SECRET_BYTES} "
