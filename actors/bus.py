@@ -491,7 +491,6 @@ async def run_forwarder(
     incoming: trio.MemoryReceiveChannel[BusRequest],
     writer: RemoteWriter,
     fanout: CommittedFanout,
-    clock: Clock,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:

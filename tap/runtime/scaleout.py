@@ -70,6 +70,7 @@ from tap.messages import (
 )
 from tap.runtime.clock import Clock
 from tap.runtime.ops_app import OpsApp
+from tap.runtime.stage import Stage
 from tap.runtime.supervisor import (
     Running,
     WriterTask,
@@ -174,18 +175,13 @@ async def serve_core(
                     log.warning("hot state unavailable at startup; rebuilt on recovery")
                     _offer(recovered_tx, "startup")
                 # The relay outlives the producers: it publishes the writer's last verdicts.
-                relay_done = trio.Event()
-
-                async def run_relay(task_status: trio.TaskStatus[None]) -> None:
-                    try:
-                        await bus.run_relay(
-                            cfg.bus, gateway, keys, fanout, inflight, epoch,
-                            capacity=ledger_sync.CAPACITY, task_status=task_status,
-                        )  # fmt: skip
-                    finally:
-                        relay_done.set()
-
-                await outer.start(run_relay)
+                relaying = Stage("relay")
+                await outer.start(
+                    partial(
+                        relaying.run, bus.run_relay, cfg.bus, gateway, keys, fanout, inflight,
+                        epoch, capacity=ledger_sync.CAPACITY,
+                    )
+                )  # fmt: skip
                 try:
                     async with trio.open_nursery() as services:
                         # ── channels between actors (each bounded; size says why) ──
@@ -239,49 +235,35 @@ async def serve_core(
                             )
                         )  # fmt: skip
                         services.start_soon(_confirmed_bets, fanout, bets_tx, reload_open)
-                        resolver_done = trio.Event()
-
-                        async def run_resolver(task_status: trio.TaskStatus[Any]) -> None:
-                            try:
-                                await resolver.run(
-                                    cfg, clock, tick_resolver_rx, bets_rx, resolver_writer,
-                                    startup.open_bets, startup.last_tick_before or None,
-                                    startup.reload_ticks, task_status=task_status,
-                                )  # fmt: skip
-                            finally:
-                                resolver_done.set()
-
-                        await services.start(run_resolver)
-                        ingest_scope = trio.CancelScope()
-                        ingest_done = trio.Event()
-
-                        async def run_ingest(task_status: trio.TaskStatus[Any]) -> None:
-                            try:
-                                with ingest_scope:
-                                    await ingest.run(
-                                        cfg,
-                                        clock,
-                                        [
-                                            TickOutput("breaker", tick_breaker_tx, lossless=True),
-                                            TickOutput("resolver", tick_resolver_tx, lossless=True),
-                                            TickOutput("market", tick_market_tx, lossless=False),
-                                        ],
-                                        task_status=task_status,
-                                    )
-                            finally:
-                                ingest_done.set()
-
-                        feed = await services.start(run_ingest)
-                        intake_scope = trio.CancelScope()
-
-                        async def run_intake(task_status: trio.TaskStatus[None]) -> None:
-                            with intake_scope:
-                                await bus.run_intake(
-                                    cfg.redis, gateway, keys, intake_writer, inflight, on_request,
-                                    task_status=task_status,
-                                )  # fmt: skip
-
-                        await services.start(run_intake)
+                        resolving = Stage("resolver")
+                        await services.start(
+                            partial(
+                                resolving.run, resolver.run, cfg, clock, tick_resolver_rx, bets_rx,
+                                resolver_writer, startup.open_bets,
+                                startup.last_tick_before or None, startup.reload_ticks,
+                            )
+                        )  # fmt: skip
+                        ingesting = Stage("ingest")
+                        feed = await services.start(
+                            partial(
+                                ingesting.run,
+                                ingest.run,
+                                cfg,
+                                clock,
+                                [
+                                    TickOutput("breaker", tick_breaker_tx, lossless=True),
+                                    TickOutput("resolver", tick_resolver_tx, lossless=True),
+                                    TickOutput("market", tick_market_tx, lossless=False),
+                                ],
+                            )
+                        )
+                        intake = Stage("intake")
+                        await services.start(
+                            partial(
+                                intake.run, bus.run_intake, cfg.redis, gateway, keys, intake_writer,
+                                inflight, on_request,
+                            )
+                        )  # fmt: skip
 
                         # ── the operations endpoints ──
                         async def readiness() -> tuple[bool, dict[str, Any]]:
@@ -336,21 +318,18 @@ async def serve_core(
                         await stop.wait()
                         # Stop reading requests first (unread ones wait in the stream for the
                         # next start), then the feed; the resolver hands over what it has.
-                        intake_scope.cancel()
-                        ingest_scope.cancel()
-                        await ingest_done.wait()
+                        await intake.stop()
+                        await ingesting.stop()
                         for ticks_in in (tick_breaker_tx, tick_resolver_tx, tick_market_tx):
                             ticks_in.close()
-                        with trio.move_on_after(cfg.server.graceful_timeout_s):
-                            await resolver_done.wait()
+                        await resolving.finished(cfg.server.graceful_timeout_s)
                         services.cancel_scope.cancel()
                 finally:
                     for sender in (to_writer, intake_writer, resolver_writer):
                         sender.close()
                 await writer.done.wait()
                 fanout.close()  # the relay publishes what is left, then returns
-                with trio.move_on_after(cfg.server.graceful_timeout_s):
-                    await relay_done.wait()
+                await relaying.finished(cfg.server.graceful_timeout_s)
                 outer.cancel_scope.cancel()  # the Redis gateway
             writer.raise_failure()
         finally:
@@ -405,17 +384,12 @@ async def serve_edge(
                 cfg,
                 balance_source=lambda a: reader.run(lambda c: db.available_through(c, a)),
             )
-            forwarder_done = trio.Event()
-
-            async def run_forwarder(task_status: trio.TaskStatus[None]) -> None:
-                try:
-                    await bus.run_forwarder(
-                        gateway, keys, to_core_rx, writer, fanout, clock, task_status=task_status
-                    )
-                finally:
-                    forwarder_done.set()
-
-            await outer.start(run_forwarder)
+            forwarding = Stage("forwarder")
+            await outer.start(
+                partial(
+                    forwarding.run, bus.run_forwarder, gateway, keys, to_core_rx, writer, fanout
+                )
+            )
             try:
                 async with trio.open_nursery() as services:
                     # ── channels between actors (each bounded; size says why) ──
@@ -485,20 +459,14 @@ async def serve_edge(
                     )
                     if handle_signals:
                         services.start_soon(_watch_signals, stop)
-                    edge_done = trio.Event()
-
-                    async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
-                        try:
-                            await hypercorn_serve(
-                                create_app(svc),
-                                hypercorn_config(cfg, reuse_port=reuse_port),
-                                shutdown_trigger=stop.wait,
-                                task_status=task_status,
-                            )
-                        finally:
-                            edge_done.set()
-
-                    binds = await services.start(serve_http)
+                    serving = Stage("http")
+                    binds = await services.start(
+                        partial(
+                            serving.run, hypercorn_serve, create_app(svc),
+                            hypercorn_config(cfg, reuse_port=reuse_port),
+                            shutdown_trigger=stop.wait,
+                        )
+                    )  # fmt: skip
                     url = binds[0]
                     log.info("edge serving", extra={"url": url})
                     gc.collect()
@@ -506,12 +474,11 @@ async def serve_edge(
                     task_status.started(
                         Running(url, int(url.rsplit(":", 1)[1]), clock, stop, None, svc)
                     )
-                    await edge_done.wait()
+                    await serving.done.wait()
                     services.cancel_scope.cancel()
             finally:
                 writer.close()  # the forwarder hands what is queued to the stream, then returns
-            with trio.move_on_after(cfg.server.graceful_timeout_s):
-                await forwarder_done.wait()
+            await forwarding.finished(cfg.server.graceful_timeout_s)
             outer.cancel_scope.cancel()
     finally:
         fanout.close()

@@ -61,6 +61,7 @@ from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, W
 from tap.runtime import hypercorn_guard
 from tap.runtime.clock import Clock
 from tap.runtime.session_secret import load_session_secret
+from tap.runtime.stage import Stage
 from tap.sessions import SessionBook
 from tap.store import archive, db
 from tap.store.backup import ServerLock
@@ -433,47 +434,30 @@ async def _serve(
                         market.run, cfg, clock, tick_market_rx, brk_market_rx, the_hub.publish
                     )
                     services.start_soon(_confirmed_bets, fanout, bets_tx, reload_open)
-                    resolver_done = trio.Event()
-
-                    async def run_resolver(task_status: trio.TaskStatus[Any]) -> None:
-                        try:
-                            await resolver.run(
-                                cfg,
-                                clock,
-                                tick_resolver_rx,
-                                bets_rx,
-                                resolver_writer,
-                                startup.open_bets,
-                                startup.last_tick_before or None,
-                                startup.reload_ticks,
-                                task_status=task_status,
-                            )
-                        finally:
-                            resolver_done.set()
-
-                    await services.start(run_resolver)
-                    # Ingest runs in its own cancel scope: at shutdown it stops first, so the
-                    # resolver can finish with every tick it was given (see below).
-                    ingest_scope = trio.CancelScope()
-                    ingest_done = trio.Event()
-
-                    async def run_ingest(task_status: trio.TaskStatus[Any]) -> None:
-                        try:
-                            with ingest_scope:
-                                await ingest.run(
-                                    cfg,
-                                    clock,
-                                    [
-                                        TickOutput("breaker", tick_breaker_tx, lossless=True),
-                                        TickOutput("resolver", tick_resolver_tx, lossless=True),
-                                        TickOutput("market", tick_market_tx, lossless=False),
-                                    ],
-                                    task_status=task_status,
-                                )
-                        finally:
-                            ingest_done.set()
-
-                    feed = await services.start(run_ingest)
+                    resolving = Stage("resolver")
+                    await services.start(
+                        partial(
+                            resolving.run, resolver.run, cfg, clock, tick_resolver_rx, bets_rx,
+                            resolver_writer, startup.open_bets, startup.last_tick_before or None,
+                            startup.reload_ticks,
+                        )
+                    )  # fmt: skip
+                    # Ingest is a stage of its own: at shutdown it stops first, so the resolver
+                    # can finish with every tick it was given (see below).
+                    ingesting = Stage("ingest")
+                    feed = await services.start(
+                        partial(
+                            ingesting.run,
+                            ingest.run,
+                            cfg,
+                            clock,
+                            [
+                                TickOutput("breaker", tick_breaker_tx, lossless=True),
+                                TickOutput("resolver", tick_resolver_tx, lossless=True),
+                                TickOutput("market", tick_market_tx, lossless=False),
+                            ],
+                        )
+                    )
 
                     # ── the edge ──
                     desk = BetDesk(
@@ -518,19 +502,10 @@ async def _serve(
                     hc = hypercorn_config(cfg, reuse_port=reuse_port)
                     if handle_signals:
                         services.start_soon(_watch_signals, stop)
-                    edge_done = trio.Event()
-
-                    async def serve_edge(
-                        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-                    ) -> None:
-                        try:
-                            await hypercorn_serve(
-                                app, hc, shutdown_trigger=stop.wait, task_status=task_status
-                            )
-                        finally:
-                            edge_done.set()
-
-                    binds = await services.start(serve_edge)
+                    serving = Stage("http")
+                    binds = await services.start(
+                        partial(serving.run, hypercorn_serve, app, hc, shutdown_trigger=stop.wait)
+                    )
                     url = binds[0]
                     port = int(url.rsplit(":", 1)[1])
                     log.info("serving", extra={"url": url})
@@ -542,16 +517,14 @@ async def _serve(
                     task_status.started(Running(url, port, clock, stop, feed.manual, svc))
                     # Returns once `stop` fired and Hypercorn drained in-flight requests within
                     # its graceful timeout; then every other producer is stopped.
-                    await edge_done.wait()
+                    await serving.done.wait()
                     # Stop the feed, then end the tick channels: the resolver hands the writer
                     # every tick and outcome it has (a decided win must not come back as a void
                     # because its ticks were dropped), bounded in case the writer is stuck.
-                    ingest_scope.cancel()
-                    await ingest_done.wait()
+                    await ingesting.stop()
                     for ticks_in in (tick_breaker_tx, tick_resolver_tx, tick_market_tx):
                         ticks_in.close()
-                    with trio.move_on_after(cfg.server.graceful_timeout_s):
-                        await resolver_done.wait()
+                    await resolving.finished(cfg.server.graceful_timeout_s)
                     services.cancel_scope.cancel()
             finally:
                 # Every producer is gone: close the writer's input so it drains and returns.
