@@ -32,7 +32,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -256,6 +256,57 @@ class CommittedFanout:
         for send, _ in self._subscribers:
             send.close()
         self._subscribers = []
+
+
+# Events one subscriber may fall behind: a column end settles every open bet of a column in one
+# batch (plus one balance event per address); 64k covers several full columns at peak rate.
+FOLLOW_CAPACITY = 65_536
+# A resync after a lag that fails is retried after 1 s, doubling up to 30 s.
+RESYNC_BACKOFF_S = (1.0, 30.0)
+
+
+async def follow(
+    fanout: CommittedFanout,
+    name: str,
+    on_event: Callable[[Committed], Awaitable[None]],
+    on_lag: Callable[[], Awaitable[None]],
+    *,
+    capacity: int = FOLLOW_CAPACITY,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hand every committed event to `on_event`, in order, until the fan-out closes.
+
+    The one way a consumer follows the fan-out. If it lags (`capacity` events behind), it
+    subscribes again *first* and then calls `on_lag` to resync from the ledger, so an event
+    committed in between is in one or the other. A resync that raises (Redis down, a ledger read
+    failing) drops that subscription and is tried again after 1 s, doubling up to 30 s: a
+    follower never dies of its resync. `on_event` owns its own errors."""
+    sub = fanout.subscribe(capacity, name)
+    task_status.started()
+    while True:
+        try:
+            async for event in sub:
+                await on_event(event)
+            return
+        except Lagged:
+            log.error("committed-event follower %r lagged; resyncing from the ledger", name)
+            sub = await _resubscribe(fanout, name, capacity, on_lag)
+
+
+async def _resubscribe(
+    fanout: CommittedFanout, name: str, capacity: int, on_lag: Callable[[], Awaitable[None]]
+) -> Subscription:
+    delay, longest = RESYNC_BACKOFF_S
+    while True:
+        sub = fanout.subscribe(capacity, name)
+        try:
+            await on_lag()
+            return sub
+        except Exception as e:
+            sub.close()
+            log.warning("%s: resync failed (%r); retrying in %.0f s", name, e, delay)
+            await trio.sleep(delay)
+            delay = min(2 * delay, longest)
 
 
 # ── the writer ───────────────────────────────────────────────────────────────────────────────

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
-from actors.batcher import CommittedFanout, Lagged, Subscription
+from actors.batcher import FOLLOW_CAPACITY, CommittedFanout, follow
 from tap.edge.desk import PendingBets
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import (
@@ -46,15 +46,11 @@ from tap.runtime import metrics
 
 log = logging.getLogger(__name__)
 
-# Events one subscriber may fall behind: a column end settles every open bet of a column in one
-# batch (plus one balance event per address); 64k covers several full columns at peak rate.
-CAPACITY = 65_536
+CAPACITY = FOLLOW_CAPACITY  # events this follower may fall behind before it resyncs
 
 # The writer's refusals that stored nothing: the nonce was never burned in the ledger.
 UNSTORED_REFUSALS = frozenset({"overloaded", "internal_error", "invalid_request"})
 
-# A resync after a lag that fails is retried after 1 s, doubling up to 30 s.
-RESYNC_BACKOFF_S = (1.0, 30.0)
 # A pending bet the ledger does not hold this long after its 202 was refused without being
 # stored (busy lock, a bad item) and its refusal was among the events missed. The writer's
 # own worst case (every busy retry, a full queue) is a few seconds.
@@ -116,50 +112,29 @@ async def run(
     """Follow every commit until the fan-out closes. After a lag: `committed_bets` reads the
     ledger's verdicts on pending bets (`now_ms` dates the stale ones), then `rebuild` reloads
     the hot balances from the ledger (module text)."""
-    sub = fanout.subscribe(CAPACITY, "ledger-sync")
-    task_status.started()
-    while True:
+
+    async def on_event(event: Committed) -> None:
         try:
-            async for event in sub:
-                try:
-                    await apply(hot, pending, event)
-                except HotStateUnavailable:
-                    metrics.REDIS_ERRORS.inc()  # safe direction; recovery rebuilds balances
-                except Exception:
-                    # A bug on one event must not stop the hot state following the ledger;
-                    # the next rebuild repairs whatever this one left.
-                    log.exception("ledger-sync could not apply %s", type(event).__name__)
-            return
-        except Lagged:
-            log.error("ledger-sync lagged; resyncing pending bets and hot balances from the ledger")
-            sub = await resync(fanout, hot, pending, rebuild, committed_bets, now_ms)
+            await apply(hot, pending, event)
+        except HotStateUnavailable:
+            metrics.REDIS_ERRORS.inc()  # safe direction; recovery rebuilds balances
+        except Exception:
+            # A bug on one event must not stop the hot state following the ledger;
+            # the next rebuild repairs whatever this one left.
+            log.exception("ledger-sync could not apply %s", type(event).__name__)
 
-
-async def resync(
-    fanout: CommittedFanout,
-    hot: HotState | None,
-    pending: PendingBets,
-    rebuild: Callable[[], Awaitable[None]],
-    committed_bets: CommittedBets | None,
-    now_ms: Callable[[], int] | None,
-) -> Subscription:
-    """Subscribe again, then read the ledger (so a commit from now on is in one or the other);
-    on failure drop that subscription and try again later, with backoff."""
-    delay, longest = RESYNC_BACKOFF_S
-    while True:
-        sub = fanout.subscribe(CAPACITY, "ledger-sync")
+    async def on_lag() -> None:
         try:
             if committed_bets is not None:
                 await reconcile_pending(hot, pending, committed_bets, now_ms)
             await rebuild()
-            return sub
-        except Exception as e:  # HotStateUnavailable, a ledger read failing: never fatal here
-            sub.close()
-            if isinstance(e, HotStateUnavailable):
-                metrics.REDIS_ERRORS.inc()
-            log.warning("ledger-sync resync failed (%r); retrying in %.0f s", e, delay)
-            await trio.sleep(delay)
-            delay = min(2 * delay, longest)
+        except HotStateUnavailable:
+            metrics.REDIS_ERRORS.inc()
+            raise
+
+    await follow(
+        fanout, "ledger-sync", on_event, on_lag, capacity=CAPACITY, task_status=task_status
+    )
 
 
 async def reconcile_pending(

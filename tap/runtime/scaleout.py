@@ -51,7 +51,7 @@ from actors import (
     redis_gateway,
     resolver,
 )
-from actors.batcher import CommittedFanout
+from actors.batcher import FOLLOW_CAPACITY, CommittedFanout
 from actors.ingest import TickOutput
 from tap.config import Config, ConfigError, describe
 from tap.edge.app import create_app
@@ -63,6 +63,7 @@ from tap.messages import (
     BreakerChanged,
     BreakerMode,
     BusRequest,
+    Committed,
     MarketState,
     PlaceBet,
     Tick,
@@ -179,7 +180,7 @@ async def serve_core(
                 await outer.start(
                     partial(
                         relaying.run, bus.run_relay, cfg.bus, gateway, keys, fanout, inflight,
-                        epoch, capacity=ledger_sync.CAPACITY,
+                        epoch, capacity=FOLLOW_CAPACITY,
                     )
                 )  # fmt: skip
                 try:
@@ -234,7 +235,7 @@ async def serve_core(
                                 lambda: (brk.state(), brk.reason()),
                             )
                         )  # fmt: skip
-                        services.start_soon(_confirmed_bets, fanout, bets_tx, reload_open)
+                        await services.start(_confirmed_bets, fanout, bets_tx, reload_open)
                         resolving = Stage("resolver")
                         await services.start(
                             partial(
@@ -400,7 +401,7 @@ async def serve_edge(
                     # Breaker changes for the hub (rare).
                     brk_hub_tx, brk_hub_rx = trio.open_memory_channel[BreakerChanged](16)
                     # Committed events for the hub, pumped from the fan-out.
-                    committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Any](4096)
+                    committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Committed](4096)
 
                     # ── actors, in dependency order ──
                     the_hub = hub.Hub(cfg.server.ws_queue)
@@ -415,7 +416,7 @@ async def serve_edge(
                             committed_bets=committed_bets, now_ms=clock.now_ms,
                         )
                     )  # fmt: skip
-                    services.start_soon(_pump, fanout, committed_hub_tx, the_hub)
+                    await services.start(_pump, fanout, committed_hub_tx, the_hub)
                     await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
                     mkt = await services.start(
                         market.run_mirror, cfg, clock, market_rx, the_hub.publish

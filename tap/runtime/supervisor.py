@@ -48,7 +48,7 @@ from actors import (
     redis_gateway,
     resolver,
 )
-from actors.batcher import CommittedFanout, Lagged
+from actors.batcher import CommittedFanout
 from actors.ingest import ManualFeed, TickOutput
 from tap.config import Config, describe
 from tap.edge.app import create_app
@@ -57,7 +57,15 @@ from tap.edge.services import EdgeServices
 from tap.edge.ws import MAX_FRAME_BYTES
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable, InMemoryHotState
-from tap.messages import Bet, BetConfirmed, BreakerChanged, BreakerMode, Tick, WriterRequest
+from tap.messages import (
+    Bet,
+    BetConfirmed,
+    BreakerChanged,
+    BreakerMode,
+    Committed,
+    Tick,
+    WriterRequest,
+)
 from tap.runtime import hypercorn_guard
 from tap.runtime.clock import Clock
 from tap.runtime.session_secret import load_session_secret
@@ -203,23 +211,22 @@ async def _confirmed_bets(
     fanout: CommittedFanout,
     out: trio.MemorySendChannel[Bet],
     reload_open: Callable[[], Awaitable[list[Any]]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Feed the resolver every confirmed bet. If this subscription ever lags, subscribe again
-    *first* and then re-send every open bet from the ledger: a bet confirmed in between is in
-    one or the other (the resolver's `add` ignores bets it already holds)."""
+    """Feed the resolver every confirmed bet; after a lag, every open bet from the ledger (the
+    resolver's `add` ignores bets it already holds)."""
+
+    async def on_event(event: Committed) -> None:
+        if isinstance(event, BetConfirmed):
+            await _forward(out, event.bet)
+
+    async def on_lag() -> None:
+        for bet in await reload_open():
+            await out.send(bet)
+
     async with out:
-        sub = fanout.subscribe(ledger_sync.CAPACITY, "resolver")
-        while True:
-            try:
-                async for event in sub:
-                    if isinstance(event, BetConfirmed):
-                        await _forward(out, event.bet)
-                return
-            except Lagged:
-                log.error("resolver feed lagged; re-adding open bets from the ledger")
-                sub = fanout.subscribe(ledger_sync.CAPACITY, "resolver")
-                for bet in await reload_open():
-                    await out.send(bet)
+        await batcher.follow(fanout, "resolver", on_event, on_lag, task_status=task_status)
 
 
 def session_book(cfg: Config, started_ms: int) -> SessionBook:
@@ -392,7 +399,7 @@ async def _serve(
                     # one commit batch fits.
                     bets_tx, bets_rx = trio.open_memory_channel[Bet](4096)
                     # Committed events for the hub, pumped from the fan-out.
-                    committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Any](4096)
+                    committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Committed](4096)
 
                     # ── actors, in dependency order ──
                     await services.start(
@@ -412,7 +419,7 @@ async def _serve(
                     await services.start(maintenance.run_integrity, cfg, clock)
                     await services.start(maintenance.run_backups, cfg, clock)
                     the_hub = hub.Hub(cfg.server.ws_queue)
-                    services.start_soon(_pump, fanout, committed_hub_tx, the_hub)
+                    await services.start(_pump, fanout, committed_hub_tx, the_hub)
                     await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
                     brk = await services.start(
                         partial(
@@ -433,7 +440,7 @@ async def _serve(
                     mkt = await services.start(
                         market.run, cfg, clock, tick_market_rx, brk_market_rx, the_hub.publish
                     )
-                    services.start_soon(_confirmed_bets, fanout, bets_tx, reload_open)
+                    await services.start(_confirmed_bets, fanout, bets_tx, reload_open)
                     resolving = Stage("resolver")
                     await services.start(
                         partial(
@@ -643,18 +650,17 @@ async def _rebuild_on_recovery(
 
 
 async def _pump(
-    fanout: CommittedFanout, out: trio.MemorySendChannel[Any], the_hub: hub.Hub
+    fanout: CommittedFanout,
+    out: trio.MemorySendChannel[Committed],
+    the_hub: hub.Hub,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Committed events → the hub. If this feed ever lags, account frames were lost: every WS
     client is closed with 1013 (API.md: resync over HTTP) rather than silently missing them."""
+
+    async def on_lag() -> None:
+        the_hub.close_all(1013, "account messages were lost; resync over HTTP")
+
     async with out:
-        sub = fanout.subscribe(ledger_sync.CAPACITY, "hub")
-        while True:
-            try:
-                async for event in sub:
-                    await _forward(out, event)
-                return
-            except Lagged:
-                log.error("hub feed lagged; closing WS clients with 1013 so they resync")
-                sub = fanout.subscribe(ledger_sync.CAPACITY, "hub")
-                the_hub.close_all(1013, "account messages were lost; resync over HTTP")
+        await batcher.follow(fanout, "hub", partial(_forward, out), on_lag, task_status=task_status)
