@@ -87,6 +87,9 @@ class Plan(msgspec.Struct, frozen=True):
     fanout_clients: int
     fanout_s: float
     confirm_s: float  # the measured window of a repeated (confirming) top probe
+    # Every target is also probed at this one rate, whatever its capacity: server CPU per
+    # request compared at equal load (per-request CPU falls as batches grow with the rate).
+    cpu_rate: float
 
 
 QUICK = Plan(
@@ -103,6 +106,7 @@ QUICK = Plan(
     fanout_clients=200,
     fanout_s=8.0,
     confirm_s=3.0,
+    cpu_rate=200.0,
 )
 FULL = Plan(
     warmup_s=1.0,
@@ -118,6 +122,7 @@ FULL = Plan(
     fanout_clients=1000,
     fanout_s=30.0,
     confirm_s=10.0,
+    cpu_rate=200.0,
 )
 
 
@@ -616,8 +621,10 @@ class Prober:
         2-second probe can pass by luck at a rate the target cannot hold, and the 70 % run would
         then be taken from a capacity nobody measured twice.
         """
-        self.say(f"{name}: searching for the highest sustained rate")
         freeze_heap()
+        self.say(f"{name}: server CPU per request at {self.plan.cpu_rate:.0f}/s")
+        at_cpu_rate = await self.probe(workload, self.plan.cpu_rate)
+        self.say(f"{name}: searching for the highest sustained rate")
         search = CapacitySearch(
             self.plan.start_rate, growth=1.5, max_probes=self.plan.max_probes, confirmations=1
         )
@@ -655,6 +662,9 @@ class Prober:
             "p99_ms_at_max": last["latency"]["p99_ms"] if last and "latency" in last else None,
             "confirm_p99_ms_at_max": confirm.get("p99_ms"),
             "server_cpu_ms_per_req_at_max": last["server_cpu_ms_per_req"] if last else None,
+            "cpu_rate": self.plan.cpu_rate,
+            "server_cpu_ms_per_req_at_cpu_rate": at_cpu_rate["server_cpu_ms_per_req"],
+            "at_cpu_rate": at_cpu_rate,
             "limited_by": limited_by,
             "probes": probes,
         }
@@ -824,6 +834,14 @@ async def bench_all(plan: Plan, data_dir: Path, vus: int, tap_config: str | None
         "http_vs_quart": _ratio(rate.get("tap_http"), rate.get("quart_http")),
         "http_vs_shape": _ratio(rate.get("tap_http"), rate.get("shape_http")),
         "ws_vs_echo": _ratio(rate.get("tap_ws"), rate.get("ws_echo")),
+    }
+    # Server CPU per request at the same rate (`Plan.cpu_rate`): how many times a baseline's
+    # cost a tap bet is — steadier than capacities on a shared machine.
+    cpu = {k: v.get("server_cpu_ms_per_req_at_cpu_rate") for k, v in t.items()}
+    report["cpu_ratios"] = {
+        "http_over_quart": _ratio(cpu.get("tap_http"), cpu.get("quart_http")),
+        "http_over_shape": _ratio(cpu.get("tap_http"), cpu.get("shape_http")),
+        "ws_over_echo": _ratio(cpu.get("tap_ws"), cpu.get("ws_echo")),
     }
     report["goals"] = run_goals(report)
     return report
@@ -1139,7 +1157,8 @@ def format_bench(report: dict[str, Any]) -> str:
     spread = report.get("spread")
     if spread:
         lines.append(f"spread over {len(report['runs'])} runs (min / median / max):")
-        for group in ("max_rate", "ratios", "tap_at_70pct"):
+        groups = ("max_rate", "ratios", "cpu_ratios", "server_cpu_ms_per_req_at_cpu_rate")
+        for group in (*groups, "tap_at_70pct"):
             for key, sp in spread[group].items():
                 if sp is not None:
                     lines.append(
@@ -1159,16 +1178,18 @@ def _format_run(report: dict[str, Any]) -> list[str]:
     if targets:
         lines.append(
             f"{'target':<12}{'sustained/s':>12}{'1-probe/s':>10}{'p99 at max':>12}"
-            f"{'conf p99':>10}{'CPU/req':>10}  limited by"
+            f"{'conf p99':>10}{'CPU/req':>10}{'CPU@fixed':>10}  limited by"
         )
         for name, t in targets.items():
             cpu = t.get("server_cpu_ms_per_req_at_max")
+            fixed = t.get("server_cpu_ms_per_req_at_cpu_rate")
             c99 = t.get("confirm_p99_ms_at_max")
             lines.append(
                 f"{name:<12}{t['max_rate']:>12.0f}{t.get('single_probe_max', 0):>10.0f}"
                 f"{_ms(t.get('p99_ms_at_max')):>12}"
                 f"{'' if c99 is None else _ms(c99):>10}"
-                f"{'' if cpu is None else f'{cpu:.2f} ms':>10}  {t['limited_by']}"
+                f"{'' if cpu is None else f'{cpu:.2f} ms':>10}"
+                f"{'' if fixed is None else f'{fixed:.2f} ms':>10}  {t['limited_by']}"
             )
     at70 = report.get("tap_at_70pct")
     if at70:
@@ -1181,6 +1202,8 @@ def _format_run(report: dict[str, Any]) -> list[str]:
         )
     for key, value in report.get("ratios", {}).items():
         lines.append(f"ratio {key}: {value if value is not None else 'n/a'}")
+    for key, value in report.get("cpu_ratios", {}).items():
+        lines.append(f"server CPU per request, {key}: {value if value is not None else 'n/a'}")
     return lines
 
 
