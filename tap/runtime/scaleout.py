@@ -28,7 +28,6 @@ queued requests to the stream, then Redis goes.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import Sequence
@@ -69,6 +68,7 @@ from tap.messages import (
     Tick,
     WriterRequest,
 )
+from tap.runtime import heap
 from tap.runtime.clock import Clock
 from tap.runtime.ops_app import OpsApp
 from tap.runtime.stage import Stage
@@ -311,8 +311,7 @@ async def serve_core(
                         )
                         url = binds[0]
                         log.info("core serving", extra={"url": url, "epoch": epoch})
-                        gc.collect()
-                        gc.freeze()
+                        heap.settle()  # freeze and raise the thresholds: tap/runtime/heap.py
                         task_status.started(
                             Running(url, int(url.rsplit(":", 1)[1]), clock, stop, feed.manual, None)
                         )
@@ -470,8 +469,7 @@ async def serve_edge(
                     )  # fmt: skip
                     url = binds[0]
                     log.info("edge serving", extra={"url": url})
-                    gc.collect()
-                    gc.freeze()
+                    heap.settle()  # freeze and raise the thresholds: tap/runtime/heap.py
                     task_status.started(
                         Running(url, int(url.rsplit(":", 1)[1]), clock, stop, None, svc)
                     )

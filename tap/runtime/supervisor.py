@@ -20,7 +20,6 @@ confirmed, so no money moved.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -66,7 +65,7 @@ from tap.messages import (
     Tick,
     WriterRequest,
 )
-from tap.runtime import hypercorn_guard
+from tap.runtime import heap, hypercorn_guard
 from tap.runtime.clock import Clock
 from tap.runtime.session_secret import load_session_secret
 from tap.runtime.stage import Stage
@@ -516,11 +515,9 @@ async def _serve(
                     url = binds[0]
                     port = int(url.rsplit(":", 1)[1])
                     log.info("serving", extra={"url": url})
-                    # Everything built so far lives as long as the process: move it out of the
-                    # collector's reach, so a full collection scans only what serving creates
-                    # (measured: 70–160 ms gen-2 pauses over ~245k startup objects without it).
-                    gc.collect()
-                    gc.freeze()
+                    # Everything built so far lives as long as the process: frozen out of the
+                    # collector's reach, and its thresholds raised (tap/runtime/heap.py).
+                    heap.settle()
                     task_status.started(Running(url, port, clock, stop, feed.manual, svc))
                     # Returns once `stop` fired and Hypercorn drained in-flight requests within
                     # its graceful timeout; then every other producer is stopped.
