@@ -19,41 +19,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, Final, cast, get_args
+from typing import Any, cast
 
 import redis
 import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from actors.redis_gateway import RedisCommand, RedisGateway
 from tap.config import RedisConfig
 from tap.messages import BreakerMode
+from tap.store.redis_hot import MODES, override_channel
 
 log = logging.getLogger(__name__)
 
-MODES: Final[frozenset[str]] = frozenset(get_args(BreakerMode))
 OverrideInput = trio.MemorySendChannel[BreakerMode]  # a breaker actor's override input
 POLL_S = 0.2  # how often the listening thread looks up to see whether it should stop
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 2.0
-
-
-def override_channel(prefix: str) -> str:
-    """The pub/sub channel, and the key holding the latest mode (`tap:breaker:override`)."""
-    return f"{prefix}:breaker:override"
-
-
-async def publish_override(gateway: RedisGateway, prefix: str, mode: BreakerMode) -> int:
-    """Store `mode` as the current override and publish it; returns how many subscribers heard
-    it. Raises `HotStateUnavailable` when Redis does not answer in time."""
-    if mode not in MODES:
-        raise ValueError(f"mode = {mode!r}: expected one of {sorted(MODES)}")
-    name = override_channel(prefix)
-    _, receivers = await gateway.call_many(
-        (RedisCommand(("SET", name, mode)), RedisCommand(("PUBLISH", name, mode)))
-    )
-    return int(receivers)
 
 
 class _Listener:

@@ -49,7 +49,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from actors.batcher import CommittedFanout, Lagged
-from actors.redis_gateway import RedisCommand, RedisGateway
 from tap.config import BusConfig, RedisConfig
 from tap.hotstate import HotStateUnavailable
 from tap.messages import (
@@ -72,6 +71,8 @@ from tap.messages import (
 )
 from tap.runtime import metrics
 from tap.runtime.clock import Clock
+from tap.store.redis_link import Gateway as RedisGateway
+from tap.store.redis_link import RedisCommand
 
 log = logging.getLogger("tap.bus")
 

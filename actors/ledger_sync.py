@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import trio
 
 from actors.batcher import FOLLOW_CAPACITY, CommittedFanout, follow
-from tap.edge.desk import PendingBets
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import (
     Bet,
@@ -42,6 +41,7 @@ from tap.messages import (
     Committed,
     EntryPosted,
 )
+from tap.pending import PendingBets
 from tap.runtime import metrics
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -60,9 +61,11 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from tap.config import RedisConfig
+from tap.config import Config, RedisConfig
 from tap.hotstate import HotStateUnavailable
 from tap.runtime import metrics
+from tap.store.redis_hot import SCRIPTS, BalanceSource, RedisHotState, sentinel_key
+from tap.store.redis_link import MAX_PIPELINE, RecoveryHook, RedisCommand, Undo
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +74,12 @@ log = logging.getLogger(__name__)
 # process sustains (loadgen/bench_redis.py) that is a fraction of the request deadline, and a
 # longer queue would only hold requests that then miss it.
 QUEUE_SIZE = 1024
-# Commands per pipeline: bounds one round trip's thread time and reply size; a burst larger than
-# this simply takes two round trips.
-MAX_PIPELINE = 512
 HEARTBEAT_MS = 1000  # sentinel check and recovery probe while idle or down
 HEALTH_CHECK_INTERVAL_S = 2  # redis-py PINGs a connection idle longer than this before use
 # Server answers that mean "not now" rather than "your command is wrong".
 _UNAVAILABLE_REPLIES = (BusyLoadingError, ReadOnlyError, OutOfMemoryError)
 _UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK")
 
-RecoveryHook = Callable[[str], None]  # "reconnected" | "data_lost"; runs on the trio thread
-
-
-@dataclass(frozen=True, slots=True)
-class RedisCommand:
-    """One command of a pipeline: a plain command (`args` starts with its name), or a Lua script
-    of the gateway's library called by name via EVALSHA (`args` = its keys, then its arguments)."""
-
-    args: tuple[str | int, ...]
-    script: str | None = None
-    numkeys: int = 0
-
-
-# Given the replies of a request whose caller has gone, the commands that undo what it did
-# (a reservation nobody will hand to the writer). Pure: it may run in a worker thread.
-Undo = Callable[[Sequence[Any]], Sequence[RedisCommand]]
 
 
 @dataclass(eq=False, slots=True)
@@ -486,3 +470,38 @@ async def run(
             task_status.started(handle)
     finally:
         await gateway.close()
+
+
+@asynccontextmanager
+async def open_redis_hot_state(
+    cfg: Config,
+    *,
+    balance_source: BalanceSource | None = None,
+    on_recovered: RecoveryHook | None = None,
+) -> AsyncIterator[RedisHotState]:
+    """Start a gateway for `cfg.redis` and yield a `RedisHotState` on it; the gateway stops on
+    exit (tests and tools; the supervisors start `run` in their own nursery with `SCRIPTS` and
+    `sentinel_key(prefix)` and build `RedisHotState.from_config` on the handle)."""
+    async with trio.open_nursery() as nursery:
+        gateway: RedisGateway = await nursery.start(
+            _run_gateway, cfg, on_recovered, name="redis-gateway"
+        )
+        try:
+            yield RedisHotState.from_config(gateway, cfg, balance_source=balance_source)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _run_gateway(
+    cfg: Config,
+    on_recovered: RecoveryHook | None,
+    *,
+    task_status: trio.TaskStatus[RedisGateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await run(
+        cfg.redis,
+        SCRIPTS,
+        sentinel_key=sentinel_key(cfg.redis.prefix),
+        on_recovered=on_recovered,
+        task_status=task_status,
+    )

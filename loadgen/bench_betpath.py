@@ -28,7 +28,7 @@ from actors.batcher import CommittedFanout
 from actors.ledger_sync import apply as sync_apply
 from tap.admission import bet_payload
 from tap.config import Config
-from tap.edge.desk import BetDesk, PendingBets
+from tap.edge.desk import BetDesk
 from tap.hotstate import InMemoryHotState
 from tap.messages import (
     BalanceChanged,
@@ -39,6 +39,7 @@ from tap.messages import (
     PlaceBet,
     WriterRequest,
 )
+from tap.pending import PendingBets
 from tap.quotes import GridBook
 from tap.sessions import Session
 from tap.store import db

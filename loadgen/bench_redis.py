@@ -22,9 +22,9 @@ import redis
 import trio
 from prometheus_client import REGISTRY
 
+from actors.redis_gateway import open_redis_hot_state
 from tap.config import Config, LimitsConfig, RedisConfig
 from tap.hotstate import HotState, InMemoryHotState
-from tap.store.redis_hot import open_redis_hot_state
 
 STAKE = 1_000
 T0 = 1_732_290_000_000

@@ -28,9 +28,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.redis_gateway import open_redis_hot_state
 from tap.config import Config
 from tap.hotstate import Admit, HotState
-from tap.store.redis_hot import RedisHotState, open_redis_hot_state
+from tap.store.redis_hot import RedisHotState
 from tests.redis_fixtures import delete_prefix, hot_config, redis_url
 
 __all__ = ["redis_url"]

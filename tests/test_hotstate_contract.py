@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import trio
 
+from actors.redis_gateway import open_redis_hot_state
 from tap.config import Config
 from tap.hotstate import ADMITTED, Admit, HotState
-from tap.store.redis_hot import RedisHotState, open_redis_hot_state
+from tap.store.redis_hot import RedisHotState
 from tests.redis_fixtures import hot_config, redis_prefix, redis_url
 
 __all__ = ["redis_prefix", "redis_url"]  # fixtures used through `hot`

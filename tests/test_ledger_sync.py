@@ -19,7 +19,6 @@ from prometheus_client import REGISTRY
 
 from actors import ledger_sync
 from actors.batcher import CommittedFanout
-from tap.edge.desk import PendingBets
 from tap.hotstate import ADMITTED, Admit, HotStateUnavailable, InMemoryHotState
 from tap.messages import (
     BalanceChanged,
@@ -31,6 +30,7 @@ from tap.messages import (
     EntryPosted,
     LedgerEntry,
 )
+from tap.pending import PendingBets
 
 NOW = 1_732_290_000_000
 ALICE = "0xa11ce"

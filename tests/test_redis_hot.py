@@ -16,9 +16,8 @@ from redis.crc import key_slot
 from trio.testing import wait_all_tasks_blocked
 
 from actors import breaker_override, ledger_sync
-from actors.redis_gateway import RedisCommand
+from actors.redis_gateway import open_redis_hot_state
 from tap.config import Config
-from tap.edge.desk import PendingBets
 from tap.hotstate import Admit
 from tap.messages import (
     BetConfirmed,
@@ -31,8 +30,10 @@ from tap.messages import (
     Settle,
     WriterRequest,
 )
+from tap.pending import PendingBets
 from tap.store import db
-from tap.store.redis_hot import RedisHotState, open_redis_hot_state
+from tap.store.redis_hot import RedisHotState, override_channel
+from tap.store.redis_link import RedisCommand
 from tests.builders import placed_bet
 from tests.redis_fixtures import (
     ThrowawayRedis,
@@ -543,7 +544,7 @@ async def test_published_override_reaches_every_subscriber(redis_config: Config)
         with trio.fail_after(WAIT_S):
             assert await hot.publish_override("open") == 1
             assert await receive.receive() == "open"
-            channel = breaker_override.override_channel(redis_config.redis.prefix)
+            channel = override_channel(redis_config.redis.prefix)
             await hot.gateway.call(RedisCommand(("PUBLISH", channel, "sideways")))
             await hot.publish_override("auto")
             assert await receive.receive() == "auto"  # the bad payload was skipped

@@ -17,10 +17,11 @@ import pytest
 import trio
 
 from actors import breaker_override
+from actors.redis_gateway import open_redis_hot_state
 from tap.config import Config
 from tap.hotstate import HotStateUnavailable
 from tap.messages import BreakerMode
-from tap.store.redis_hot import RedisHotState, open_redis_hot_state
+from tap.store.redis_hot import RedisHotState
 from tests.redis_fixtures import ThrowawayRedis, hot_config, throwaway_redis
 
 __all__ = ["throwaway_redis"]

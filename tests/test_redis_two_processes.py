@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tap.store.redis_hot import open_redis_hot_state
+from actors.redis_gateway import open_redis_hot_state
 from tests.redis_fixtures import hot_config, redis_prefix, redis_url
 
 __all__ = ["redis_prefix", "redis_url"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -39,6 +38,7 @@ from tap.config import Config, MarketConfig
 from tap.errors import ApiError
 from tap.hotstate import Admit, HotState, HotStateUnavailable
 from tap.messages import Bet, BetRequest, PlaceBet, WriterRequest
+from tap.pending import PendingBets
 from tap.quotes import Quote, QuoteRefusal
 from tap.runtime import logs, metrics
 from tap.sessions import Session
@@ -61,30 +61,6 @@ class WriterSender(Protocol):
 def bet_id_for(address: str, nonce: str) -> str:
     """Deterministic: the nonce is the idempotency key, so (address, nonce) names the bet."""
     return "b" + hashlib.blake2b(f"{address}|{nonce}".encode(), digest_size=12).hexdigest()
-
-
-@dataclass
-class PendingBets:
-    """Bets answered 202 but not yet committed, so GET can show them as `pending`, with the
-    request id that placed each, so the commit's log line names it too."""
-
-    by_id: dict[str, Bet] = field(default_factory=dict)
-    request_ids: dict[str, str] = field(default_factory=dict)
-
-    def add(self, bet: Bet, request_id: str | None = None) -> None:
-        self.by_id[bet.bet_id] = bet
-        if request_id is not None:
-            self.request_ids[bet.bet_id] = request_id
-
-    def pop(self, bet_id: str) -> Bet | None:
-        self.request_ids.pop(bet_id, None)
-        return self.by_id.pop(bet_id, None)
-
-    def request_id(self, bet_id: str) -> str | None:
-        return self.request_ids.get(bet_id)
-
-    def get(self, bet_id: str) -> Bet | None:
-        return self.by_id.get(bet_id)
 
 
 class BetDesk:

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 import trio
 
-from actors.batcher import CommittedFanout
 from tap.admission import verify_withdrawal
 from tap.config import Config
-from tap.edge.desk import BetDesk, PendingBets, WriterSender, bet_id_for, signed_request_error
+from tap.edge.desk import BetDesk, WriterSender, bet_id_for, signed_request_error
 from tap.errors import ApiError
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import (
     AdminCredit,
     Bet,
     BreakerMode,
+    Committed,
     Deposit,
     EntryPosted,
     GridView,
@@ -37,6 +38,7 @@ from tap.messages import (
     WsBreaker,
     WsGrid,
 )
+from tap.pending import PendingBets
 from tap.runtime import metrics
 from tap.runtime.clock import Clock
 from tap.sessions import Session, SessionBook
@@ -64,6 +66,18 @@ class Reader(Protocol):
     async def ping(self) -> bool: ...
 
 
+class Commits(Protocol):
+    """Where a request's verdict is awaited (the committed fan-out, `actors.batcher`): register
+    *before* handing the request over, so the answer cannot slip past."""
+
+    def expect_bet(self, bet_id: str) -> AbstractContextManager[Waiter]: ...
+    def expect_entry(self, ref: str) -> AbstractContextManager[Waiter]: ...
+
+
+class Waiter(Protocol):
+    async def wait(self) -> Committed: ...
+
+
 class MarketHandle(Protocol):
     def grid(self, symbol: str) -> GridView | None: ...
     def last_tick(self, symbol: str) -> Tick | None: ...
@@ -83,7 +97,7 @@ class EdgeServices:
     pending: PendingBets
     hot: HotState
     writer: WriterSender
-    fanout: CommittedFanout
+    fanout: Commits
     reader: Reader
     market: MarketHandle
     breaker_state: Callable[[str], str]  # symbol → "open" | "closed"

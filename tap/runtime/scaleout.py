@@ -54,7 +54,7 @@ from actors.batcher import FOLLOW_CAPACITY, CommittedFanout
 from actors.ingest import TickOutput
 from tap.config import Config, ConfigError, describe
 from tap.edge.app import create_app
-from tap.edge.desk import BetDesk, PendingBets
+from tap.edge.desk import BetDesk
 from tap.edge.services import EdgeServices
 from tap.hotstate import HotStateUnavailable
 from tap.messages import (
@@ -68,6 +68,7 @@ from tap.messages import (
     Tick,
     WriterRequest,
 )
+from tap.pending import PendingBets
 from tap.runtime import heap
 from tap.runtime.clock import Clock
 from tap.runtime.ops_app import OpsApp

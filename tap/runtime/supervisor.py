@@ -51,7 +51,7 @@ from actors.batcher import CommittedFanout
 from actors.ingest import ManualFeed, TickOutput
 from tap.config import Config, describe
 from tap.edge.app import create_app
-from tap.edge.desk import BetDesk, PendingBets
+from tap.edge.desk import BetDesk
 from tap.edge.services import EdgeServices
 from tap.edge.ws import MAX_FRAME_BYTES
 from tap.errors import ApiError
@@ -65,6 +65,7 @@ from tap.messages import (
     Tick,
     WriterRequest,
 )
+from tap.pending import PendingBets
 from tap.runtime import heap, hypercorn_guard
 from tap.runtime.clock import Clock
 from tap.runtime.session_secret import load_session_secret

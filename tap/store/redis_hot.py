@@ -91,19 +91,15 @@ other edge is admitting, and `rebuild_from` otherwise.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
-import trio
-
-from actors import breaker_override, redis_gateway
-from actors.redis_gateway import RecoveryHook, RedisCommand, RedisGateway
 from tap.config import Config
 from tap.hotstate import ADMITTED, Admit, AdmitReason, HotStateUnavailable
 from tap.messages import BreakerMode
 from tap.ratelimit import TokenBucket, rate_fraction
+from tap.store.redis_link import MAX_PIPELINE, Gateway, RedisCommand, Undo
 
 _HERE = Path(__file__).resolve().parent
 SCRIPT_NAMES: Final = (
@@ -131,6 +127,14 @@ SEED_ATTEMPTS = 3  # an unknown balance seeded this often and still unknown: Red
 SCAN_COUNT = 1000  # keys per SCAN step of a rebuild's mark phase
 
 
+MODES: Final[frozenset[str]] = frozenset(get_args(BreakerMode))  # an operator's override
+
+
+def override_channel(prefix: str) -> str:
+    """The pub/sub channel, and the key holding the latest mode (`tap:breaker:override`)."""
+    return f"{prefix}:breaker:override"
+
+
 def sentinel_key(prefix: str) -> str:
     return f"{prefix}:alive"
 
@@ -146,7 +150,7 @@ class RedisHotState:
 
     def __init__(
         self,
-        gateway: RedisGateway,
+        gateway: Gateway,
         *,
         prefix: str,
         max_skew_ms: int,
@@ -176,7 +180,7 @@ class RedisHotState:
 
     @classmethod
     def from_config(
-        cls, gateway: RedisGateway, cfg: Config, *, balance_source: BalanceSource | None = None
+        cls, gateway: Gateway, cfg: Config, *, balance_source: BalanceSource | None = None
     ) -> RedisHotState:
         return cls(
             gateway,
@@ -370,12 +374,19 @@ class RedisHotState:
         return None if reply is None else int(reply)
 
     async def publish_override(self, mode: BreakerMode) -> int:
-        """Tell every edge's breaker (see `actors/breaker_override.py`); returns the receivers."""
-        return await breaker_override.publish_override(self.gateway, self.prefix, mode)
+        """Tell every process's breaker (`actors/breaker_override.py` listens): store `mode` as
+        the current override and publish it; returns how many subscribers heard it."""
+        if mode not in MODES:
+            raise ValueError(f"mode = {mode!r}: expected one of {sorted(MODES)}")
+        name = override_channel(self.prefix)
+        _, receivers = await self.gateway.call_many(
+            (RedisCommand(("SET", name, mode)), RedisCommand(("PUBLISH", name, mode)))
+        )
+        return int(receivers)
 
     # ── internals ───────────────────────────────────────────────────────────────────────────
 
-    async def _admit(self, address: str, command: RedisCommand, undo: redis_gateway.Undo) -> Admit:
+    async def _admit(self, address: str, command: RedisCommand, undo: Undo) -> Admit:
         for _ in range(SEED_ATTEMPTS):
             reply = await self.gateway.call(command, undo=undo)
             code, retry_after_ms = reply[0], reply[1]
@@ -415,7 +426,7 @@ class RedisHotState:
 
     def _undo_admission(
         self, address: str, amount: int, *, nonce: str, cell_id: str | None
-    ) -> redis_gateway.Undo:
+    ) -> Undo:
         """An admission whose caller is gone never reaches the writer: release it, nonce too
         (the client heard 503 and may send the same request again)."""
 
@@ -445,7 +456,7 @@ class RedisHotState:
     async def _each(self, commands: list[RedisCommand]) -> list[Any]:
         """Many independent commands, one pipeline per `MAX_PIPELINE`."""
         replies: list[Any] = []
-        step = redis_gateway.MAX_PIPELINE
+        step = MAX_PIPELINE
         for i in range(0, len(commands), step):
             replies.extend(await self.gateway.call_many(commands[i : i + step]))
         return replies
@@ -453,38 +464,3 @@ class RedisHotState:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-@asynccontextmanager
-async def open_redis_hot_state(
-    cfg: Config,
-    *,
-    balance_source: BalanceSource | None = None,
-    on_recovered: RecoveryHook | None = None,
-) -> AsyncIterator[RedisHotState]:
-    """Start a gateway for `cfg.redis` and yield a `RedisHotState` on it; the gateway stops on
-    exit. The supervisor may instead start `actors.redis_gateway.run` in its own nursery with
-    `SCRIPTS` and `sentinel_key(prefix)` and build `RedisHotState.from_config` on the handle."""
-    async with trio.open_nursery() as nursery:
-        gateway: RedisGateway = await nursery.start(
-            _run_gateway, cfg, on_recovered, name="redis-gateway"
-        )
-        try:
-            yield RedisHotState.from_config(gateway, cfg, balance_source=balance_source)
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def _run_gateway(
-    cfg: Config,
-    on_recovered: RecoveryHook | None,
-    *,
-    task_status: trio.TaskStatus[RedisGateway] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await redis_gateway.run(
-        cfg.redis,
-        SCRIPTS,
-        sentinel_key=sentinel_key(cfg.redis.prefix),
-        on_recovered=on_recovered,
-        task_status=task_status,
-    )
