@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -160,6 +161,17 @@ async def test_a_bet_through_an_edge_is_committed_by_the_core_and_resolved(
         balance = await player.balance()
         assert balance["locked"] == 0
         assert balance["available"] == 19 * STAKE + frame["bet"]["payout"]
+        # The core serves the operations endpoints and nothing a player could call.
+        async with httpx.AsyncClient(base_url=d.core.url) as core:
+            ready = await core.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {
+                "database": "pass", "redis": "pass", "accepting": "pass"
+            }
+            assert (await core.get("/healthz")).json()["status"] == "pass"
+            assert "tap_bets_total" in (await core.get("/metrics")).text
+            assert (await core.get("/api/grid/BTC-USD")).status_code == 404
+            assert (await core.post("/readyz")).status_code == 405
 
 
 async def test_a_bet_accepted_by_one_edge_is_confirmed_on_the_other_edges_websocket(
@@ -194,6 +206,9 @@ async def test_a_silent_core_opens_the_edges_breaker_and_its_return_closes_it(
         cell = await pick_cell(edge, min_lead_ms=5000)
         d.core.stop.set()  # the core goes away (drains and exits)
         await wait_until(partial(breaker_is, edge, "open"))
+        health = (await edge.http().get("/healthz")).json()
+        assert health["checks"]["core"]["status"] == "warn"
+        assert health["checks"]["circuit_breaker"]["reason"] == "core_unreachable"
         r = await player.place(cell_id=cell["cell_id"], amount=STAKE)
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "breaker_open"

@@ -111,6 +111,9 @@ class EdgeServices:
     writer_depth: Callable[[], tuple[int, int]] = lambda: (0, 0)
     writer_alive: Callable[[], bool] = lambda: True
     redis_configured: bool = False
+    # An edge of a scale-out deployment: is the core heard (its heartbeat within
+    # `bus.core_silence_ms`)? None in the one-process server, where the core is this process.
+    core_alive: Callable[[], bool] | None = None
     _refs: int = field(default=0)
 
     # ── auth ───────────────────────────────────────────────────────────────────────────────
@@ -410,6 +413,11 @@ class EdgeServices:
                 "capacity": capacity,
             },
         }
+        if self.core_alive is not None:
+            alive = self.core_alive()
+            checks["core"] = {"status": "pass" if alive else "warn"}
+            if not alive:
+                checks["core"]["reason"] = "no heartbeat from the core: bets refuse with 503"
         if len(self.cfg.markets) > 1:
             checks["price_feeds"] = feeds
         if ready_checks["database"] == "fail":

@@ -457,6 +457,7 @@ async def serve_edge(
                             trio.to_thread.run_sync, maintenance.integrity_violations, cfg
                         ),
                         writer_depth=writer.statistics,
+                        core_alive=link.alive,
                     )
                     if handle_signals:
                         services.start_soon(_watch_signals, stop)
