@@ -106,6 +106,10 @@ async def two_edges(tmp_path: Path, url: str, prefix: str) -> AsyncIterator[Edge
             TAP__FEED__URL=f'"ws://127.0.0.1:{feed_port}/"',
             TAP__REDIS__URL=f'"{url}"',
             TAP__REDIS__PREFIX=f'"{prefix}"',
+            # The feed runs in this test's process: on a loaded machine its ticks can arrive
+            # over a second late, and the breaker would rightly refuse bets (late_feed). What
+            # is pinned here is the shared money, not the breaker (tests/test_breaker.py).
+            TAP__BREAKER__MAX_TICK_AGE_MS="10000",
         )
         a = ServerProcess(env, log_path=tmp_path / "a.log")
         b = ServerProcess(env, log_path=tmp_path / "b.log")
