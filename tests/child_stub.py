@@ -6,7 +6,8 @@ order in which the supervisor made its children act. It becomes ready the way a 
 by writing `--ready-file`, or by answering `GET /readyz` 200 on `--readyz-port` (503 for its
 first `--not-ready-for` probes). On SIGTERM it "drains" for `--drain-s` and exits 0, unless it
 `--ignores-term`. `--exit-code N` exits at once (a child that cannot start); `--die-after-s S`
-exits 1 that long after it is ready (a crash loop).
+exits 1 that long after it is ready (a crash loop); with `--slow-restart MARKER` every start
+after the first stays starting (no handler, not ready) for a minute.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--ignores-term", action="store_true")
     parser.add_argument("--exit-code", type=int)
     parser.add_argument("--die-after-s", type=float)
+    parser.add_argument("--slow-restart", metavar="MARKER")
     args = parser.parse_args()
 
     def event(what: str) -> None:
@@ -45,6 +47,11 @@ def main() -> None:
     event(f"start {os.getpid()}")
     if args.exit_code is not None:
         sys.exit(args.exit_code)
+    if args.slow_restart:
+        marker = Path(args.slow_restart)
+        if marker.exists():  # started before: this start takes long (SIGTERM's default applies)
+            time.sleep(60)
+        marker.touch()
 
     def on_term(signum: int, frame: object) -> None:
         event("term")

@@ -21,8 +21,9 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import httpx
 import trio
@@ -69,11 +70,22 @@ async def _kill(process: trio.Process) -> None:
 
 
 class ServerProcess:
-    """One `tap serve` subprocess. `log_path`: where its stderr (the server's log) goes."""
+    """One `tap serve` subprocess. `log_path`: where its stderr (the server's log) goes; `args`:
+    more `serve` options (`--role core`, `--port P`); `ready`: what `start` waits for, "bets"
+    (/healthz `pass`: the breaker closed) or "serving" (/readyz 200, for a core's ops port)."""
 
-    def __init__(self, env: dict[str, str], *, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        log_path: Path | None = None,
+        args: Sequence[str] = (),
+        ready: Literal["bets", "serving"] = "bets",
+    ) -> None:
         self.env = env
         self.log_path = log_path
+        self.args = list(args)
+        self.ready = ready
         self.proc: trio.Process | None = None
         self.url = ""
 
@@ -85,7 +97,7 @@ class ServerProcess:
         try:
             self.proc = await nursery.start(
                 lambda task_status: trio.run_process(  # noqa: ASYNC105 - nursery.start awaits it
-                    [sys.executable, "-m", "tap.runtime.cli", "serve"],
+                    [sys.executable, "-m", "tap.runtime.cli", "serve", *self.args],
                     env=self.env,
                     cwd=str(ROOT),
                     stdout=subprocess.PIPE,
@@ -106,10 +118,18 @@ class ServerProcess:
                 assert chunk, f"server exited before serving: {buf!r}{self.log_tail()}"
                 buf += chunk
         self.url = m.group(1)
+        # Ready for bets: /healthz `pass` (breaker closed), more than /readyz's "serving". A
+        # probe that times out (a busy machine, a process still warming up) is asked again.
+        path = "/readyz" if self.ready == "serving" else "/healthz"
         async with httpx.AsyncClient(base_url=self.url) as c:
             with trio.fail_after(READY_WITHIN_S):
-                # Ready for bets: /healthz `pass` (breaker closed), more than /readyz's "serving".
-                while (await c.get("/healthz")).json()["status"] != "pass":  # noqa: ASYNC110
+                while True:
+                    try:
+                        r = await c.get(path)
+                    except httpx.TimeoutException:
+                        continue
+                    if r.status_code == 200 and (path == "/readyz" or r.json()["status"] == "pass"):
+                        return
                     await trio.sleep(0.1)
 
     def log_tail(self) -> str:

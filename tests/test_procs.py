@@ -171,6 +171,23 @@ async def test_a_killed_child_is_started_again_and_the_others_are_left_alone(
     assert the_fleet.exit_code == 0
 
 
+async def test_a_stop_while_a_restarted_child_is_still_starting_is_clean(tmp_path: Path) -> None:
+    stubs = Stubs(tmp_path)
+    specs = [stubs.core(), stubs.edge(1, "--slow-restart", str(tmp_path / "started"))]
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        the_fleet: Fleet = await nursery.start(
+            partial(supervise, specs, FAST, stop=stop, handle_signals=False)
+        )
+        edge = the_fleet.child("edge-1")
+        assert edge.proc is not None
+        os.kill(edge.proc.pid, signal.SIGKILL)
+        await _until(lambda: edge.starts == 2 and edge.alive)
+        stop.set()
+    assert edge.proc.returncode == -signal.SIGTERM  # it died of the signal, still starting
+    assert the_fleet.exit_code == 0
+
+
 def test_the_restart_delay_doubles_up_to_the_cap() -> None:
     policy = Policy(backoff_first_s=0.5, backoff_cap_s=30.0)
     assert [restart_delay(n, policy) for n in range(1, 9)] == [

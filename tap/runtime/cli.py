@@ -48,11 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve_fleet(args, cfg)
     if args.core_port is not None:
         return _usage_error("--core-port goes with --edges (the core of a fleet)")
-    options: dict[str, Any] = {}
-    if args.role != "all":  # the lead's roles; `--role all` is the one-process server as ever
-        options["role"] = args.role
-    if args.reuse_port:
-        options["reuse_port"] = True
+    options: dict[str, Any] = {"role": args.role, "reuse_port": args.reuse_port}
 
     async def serve_and_announce() -> None:
         async with trio.open_nursery() as nursery:

@@ -331,10 +331,13 @@ async def _keep(child: Child, policy: Policy) -> None:
 
 async def _stop_waves(waves: list[list[Child]], policy: Policy) -> bool:
     """SIGTERM each wave in turn and wait for it (bounded, then SIGKILL). True when every
-    child that was running exited 0."""
+    child that was serving exited 0. A child still starting (a restart not ready yet) may die
+    of the SIGTERM itself before its handler is installed: it had nothing to drain, so that
+    counts as clean too."""
     clean = True
     for wave in waves:
         running = [c for c in wave if c.alive]
+        starting = {id(c) for c in running if not c.ready}
         for child in running:
             assert child.proc is not None
             log.info("stopping child", extra={"child": child.spec.name, "pid": child.proc.pid})
@@ -342,7 +345,12 @@ async def _stop_waves(waves: list[list[Child]], policy: Policy) -> bool:
         async with trio.open_nursery() as nursery:
             for child in running:
                 nursery.start_soon(_reap, child, policy.stop_within_s)
-        clean = clean and all(c.proc is not None and c.proc.returncode == 0 for c in running)
+        ok = {0}
+        clean = clean and all(
+            c.proc is not None
+            and c.proc.returncode in (ok | {-signal.SIGTERM} if id(c) in starting else ok)
+            for c in running
+        )
     return clean
 
 
