@@ -263,6 +263,32 @@ async def run_intake(
         reader.close()
 
 
+async def waiting_holds(gateway: RedisGateway, keys: BusKeys) -> dict[str, int]:
+    """Per address, the stakes and withdrawals waiting in the requests stream (handed over by
+    an edge, not yet committed): their holds are in the hot state and not yet in the ledger.
+
+    A rebuild of the hot state from the ledger subtracts them, or it would give those holds back
+    and read high by them until they commit. Read *after* the ledger: a request committed in
+    between is then counted in both, which reads low (the safe direction) until the next
+    rebuild. Pages of `READ_COUNT`; the stream is bounded by the edges' `bus.max_backlog`."""
+    holds: dict[str, int] = {}
+    after = "-"
+    while True:
+        entries = await gateway.call(
+            RedisCommand(("XRANGE", keys.requests, after, "+", "COUNT", READ_COUNT))
+        )
+        for entry_id, fields in entries:
+            after = "(" + entry_id
+            try:  # redis-py hands the fields over as a dict
+                request = _requests.decode(fields[FIELD])
+            except (msgspec.DecodeError, KeyError, TypeError):
+                continue  # the intake drops it too
+            if isinstance(request, PlaceBet | Withdrawal):
+                holds[request.address] = holds.get(request.address, 0) + request.amount
+        if len(entries) < READ_COUNT:
+            return holds
+
+
 async def _create_group(gateway: RedisGateway, keys: BusKeys) -> None:
     try:
         await gateway.call(

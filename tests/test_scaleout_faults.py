@@ -153,12 +153,6 @@ async def test_the_core_sigkilled_and_restarted_loses_nothing_and_doubles_nothin
     await c.check_ledger()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core's startup rebuild of the hot state sets each balance to the ledger's "
-    "available, dropping the holds of bets still waiting in bus:requests; when they commit, "
-    "Redis reads high by their stakes (lead's tap/runtime/scaleout.py)",
-)
 async def test_bets_waiting_in_the_stream_over_a_core_restart_keep_the_hot_balance_exact(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:

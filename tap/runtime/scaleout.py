@@ -158,8 +158,17 @@ async def serve_core(
                     balance_source=lambda a: reader.run(lambda c: db.available_through(c, a)),
                 )
 
+                async def ledger_less_waiting() -> dict[str, tuple[int, int]]:
+                    """The ledger's balances, less what waits in the requests stream (its holds
+                    are in Redis and not yet in the ledger: `bus.waiting_holds`)."""
+                    balances = await reader.run(db.all_available_through)
+                    for address, held in (await bus.waiting_holds(gateway, keys)).items():
+                        available, through = balances.get(address, (0, 0))
+                        balances[address] = (available - held, through)
+                    return balances
+
                 async def rebuild_hot() -> None:
-                    await hot.rebuild_from(lambda: reader.run(db.all_available_through))
+                    await hot.rebuild_from(ledger_less_waiting)
                     since = clock.now_ms() - 2 * cfg.auth.max_skew_ms
                     nonces = await reader.run(lambda c: db.recent_nonces(c, since))
                     await hot.remember_nonces(nonces, clock.now_ms())
