@@ -4,6 +4,7 @@
     python -m loadgen run steady-3k --serve tap          # start tap on loopback, then run
     python -m loadgen bench --quick --out report.json    # capacity of tap vs its baselines
     python -m loadgen bench naive | fanout | batcher | resolver | redis | betpath | client
+    python -m loadgen bench scale --quick                # one process vs core + 1, 2 edges
     python -m loadgen killloop --kills 50 --seed S       # SIGKILL campaign (loadgen/killloop.py)
 
 Exit status: 0 when every threshold held, 1 when one broke (or a bench target failed), 2 when
@@ -36,7 +37,7 @@ from loadgen.targets import (
 )
 from loadgen.vu import SetupError
 
-BENCHES = ("all", "naive", "fanout", "batcher", "resolver", "redis", "betpath", "client")
+BENCHES = ("all", "naive", "fanout", "batcher", "resolver", "redis", "betpath", "client", "scale")
 
 
 def data_dir_for(arg: str | None) -> Path:

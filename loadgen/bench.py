@@ -1088,6 +1088,13 @@ async def bench_delegated(module: str, quick: bool, data_dir: Path) -> dict[str,
     return {"bench": module, "result": result}
 
 
+async def bench_scale(quick: bool, data_dir: Path) -> dict[str, Any]:
+    """One process, then core + 1 and core + 2 edges (loadgen/bench_scale.py prints its table)."""
+    from loadgen import bench_scale
+
+    return {"bench": "scale", **await bench_scale.run(quick=quick, directory=str(data_dir))}
+
+
 async def run(
     which: str,
     *,
@@ -1113,6 +1120,7 @@ async def run(
         "resolver": lambda: bench_delegated("bench_resolver", quick, data_dir),
         "redis": lambda: bench_delegated("bench_redis", quick, data_dir),
         "betpath": lambda: bench_delegated("bench_betpath", quick, data_dir),
+        "scale": lambda: bench_scale(quick, data_dir),
     }
     load_before = _loadavg()
     report = await benches[which]()
