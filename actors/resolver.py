@@ -40,7 +40,7 @@ import trio
 
 from tap.config import Config, MarketConfig
 from tap.grid import CellId
-from tap.messages import Bet, Outcome, PlaceBet, Settle, StoreTicks, Tick
+from tap.messages import Bet, Outcome, PlaceBet, Settle, StoreTicks, Tick, project
 from tap.resolver import BetOutsideHistory, OpenBet, ResolverIndex
 from tap.runtime.clock import Clock
 
@@ -61,32 +61,9 @@ def open_bet(bet: Bet | PlaceBet, market: MarketConfig) -> OpenBet:
     its cell id, so its window and band come from the market's grid; a `PlaceBet` (the ledger's
     form at startup) carries them, and the index checks they are on the grid."""
     if isinstance(bet, PlaceBet):
-        return OpenBet(
-            bet_id=bet.bet_id,
-            address=bet.address,
-            col=bet.col,
-            row=bet.row,
-            t_start=bet.t_start,
-            t_end=bet.t_end,
-            price_lo=bet.price_lo,
-            price_hi=bet.price_hi,
-            amount=bet.amount,
-            multiplier_bps=bet.multiplier_bps,
-        )
+        return project(OpenBet, bet)
     cell = CellId.parse(bet.cell_id)
-    bounds = cell.bounds(market)
-    return OpenBet(
-        bet_id=bet.bet_id,
-        address=bet.address,
-        col=cell.col,
-        row=cell.row,
-        t_start=bounds.t_start,
-        t_end=bounds.t_end,
-        price_lo=bounds.price_lo,
-        price_hi=bounds.price_hi,
-        amount=bet.amount,
-        multiplier_bps=bet.multiplier_bps,
-    )
+    return project(OpenBet, bet, cell.bounds(market), col=cell.col, row=cell.row)
 
 
 class _ToWriter:

@@ -10,7 +10,7 @@ Pure data: no behaviour beyond small derived views.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -28,6 +28,28 @@ BetStatus = Literal[
 EntryKind = Literal["deposit", "stake", "payout", "refund", "withdrawal", "adjustment"]
 BreakerMode = Literal["open", "closed", "auto"]
 BreakerStateName = Literal["open", "closed"]
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def project(kind: type[S], *sources: object, **values: object) -> S:
+    """A `kind` built from the same-named fields of `sources` (earlier sources win), with
+    `values` taking precedence over both: the one way a bet's fields move from one shape to the
+    next (a WS frame to a request, a quote and a request to the writer's `PlaceBet`, a `PlaceBet`
+    to the player's `Bet` or the resolver's `OpenBet`), instead of a hand copy per pair that can
+    drop or swap a field. A field no source has keeps its default (or is an error if it has
+    none: `TypeError` from the constructor)."""
+    fields: dict[str, object] = {}
+    for name in kind.__struct_fields__:
+        if name in values:
+            fields[name] = values[name]
+            continue
+        for source in sources:
+            if hasattr(source, name):
+                fields[name] = getattr(source, name)
+                break
+    return kind(**fields)
 
 
 class Frozen(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,17 +145,7 @@ class PlaceBet(Frozen, frozen=True, tag="place_bet"):
     def as_bet(self, status: BetStatus = "pending", reason: str | None = None) -> Bet:
         """The bet this request is before the ledger has confirmed it (the desk's 202, a
         refusal that stored nothing): the player-facing fields, no confirmation yet."""
-        return Bet(
-            bet_id=self.bet_id,
-            address=self.address,
-            cell_id=self.cell_id,
-            amount=self.amount,
-            multiplier_bps=self.multiplier_bps,
-            nonce=self.nonce,
-            status=status,
-            accepted_at=self.accepted_at,
-            reason=reason,
-        )
+        return project(Bet, self, status=status, reason=reason)
 
 
 class Deposit(Frozen, frozen=True, tag="deposit"):

@@ -37,7 +37,7 @@ from tap.admission import SessionKey, verify_bet
 from tap.config import Config, MarketConfig
 from tap.errors import ApiError
 from tap.hotstate import Admit, HotState, HotStateUnavailable
-from tap.messages import Bet, BetRequest, PlaceBet, WriterRequest
+from tap.messages import Bet, BetRequest, PlaceBet, WriterRequest, project
 from tap.pending import PendingBets
 from tap.quotes import Quote, QuoteRefusal
 from tap.runtime import logs, metrics
@@ -193,26 +193,12 @@ class BetDesk:
                 raise ApiError("replayed_nonce", "nonce already used", bet_id=bet_id)
             raise ApiError(reason, _REASON_TEXT.get(reason, reason))
 
-        request = PlaceBet(
-            bet_id=bet_id,
-            address=address,
-            cell_id=req.cell_id,
-            symbol=quoted.symbol,
-            col=quoted.col,
-            row=quoted.row,
-            t_start=quoted.t_start,
-            t_end=quoted.t_end,
-            price_lo=quoted.price_lo,
-            price_hi=quoted.price_hi,
-            amount=req.amount,
-            multiplier_bps=quoted.multiplier_bps,
-            nonce=req.nonce,
+        # The quote's cell geometry and locked multiplier, the request's stake and signed fields
+        # (its cell id as the player signed it).
+        request = project(
+            PlaceBet, quoted, req, bet_id=bet_id, address=address, cell_id=req.cell_id,
             accepted_at=now,
-            timestamp=req.timestamp,
-            chain_id=req.chain_id,
-            min_multiplier_bps=req.min_multiplier_bps,
-            signature=req.signature,
-        )
+        )  # fmt: skip
         bet = request.as_bet()
         self.pending.add(bet, logs.REQUEST_ID.get())
         try:

@@ -38,6 +38,7 @@ from tap.messages import (
     WsPong,
     WsSubscribe,
     WsUnsubscribe,
+    project,
 )
 from tap.runtime import metrics
 from tap.sessions import Session
@@ -168,15 +169,7 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                             )
                         )
                         continue
-                    req = BetRequest(
-                        cell_id=bet.cell_id,
-                        amount=bet.amount,
-                        nonce=bet.nonce,
-                        timestamp=bet.timestamp,
-                        chain_id=bet.chain_id,
-                        signature=bet.signature,
-                        min_multiplier_bps=bet.min_multiplier_bps,
-                    )
+                    req = project(BetRequest, bet)
                     try:
                         placed = await svc.desk.place(session, req)
                     except ApiError as err:
