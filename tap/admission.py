@@ -352,6 +352,8 @@ class AdmissionRules:
     def check_withdrawal(
         self, now_ms: int, session_key: SessionKey, address: str, withdrawal: SignedWithdrawal
     ) -> str | None:
+        """A withdrawal's signed-request checks, then its nonce (remembered only if everything
+        else passed): the refusal code, or None."""
         refusal = verify_withdrawal(
             now_ms,
             chain_id=self.chain_id,

@@ -164,6 +164,9 @@ class InMemoryHotState:
     async def admit_bet(
         self, address: str, nonce: str, cell_id: str, amount: int, now_ms: int
     ) -> Admit:
+        """`HotState.admit_bet` in one process's memory: the same four steps in the same order,
+        each undone on a later refusal (the rate token excepted), with no await in between, so
+        two admissions never interleave."""
         if amount <= 0:
             raise ValueError(f"amount = {amount}: the edge admits positive stakes only")
         wait_ms = self._limiter.take(address, now_ms)
@@ -204,6 +207,8 @@ class InMemoryHotState:
         nonce: str | None = None,
         held_by: str | None = None,
     ) -> None:
+        """`HotState.release` in memory: give back what an admission reserved (and, if named,
+        the cell marker and the nonce), at most once per holder."""
         # `held_by` is not needed here: an in-memory rebuild subtracts the holds still pending.
         self._spendable[address] = self._spendable.get(address, 0) + amount
         if cell_id is not None:
@@ -230,6 +235,9 @@ class InMemoryHotState:
             self._nonces.check_and_remember(address, nonce, now_ms)
 
     async def claim_once(self, name: str, ttl_ms: int, now_ms: int) -> bool:
+        """`HotState.claim_once` in memory: claims expire in the order they were made (one TTL
+        each), so the expired are dropped from the front in O(1) amortized; when `max_claims`
+        live claims are held a new one is refused (`ClaimsFull`) rather than any evicted."""
         claims = self._claims
         while claims:
             oldest = next(iter(claims))

@@ -568,6 +568,8 @@ class WriterTask:
         self.failure: Exception | None = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the writer until its input closes (then it drains, commits and returns); see
+        the class text for what a failure before and after startup means."""
         started = _Started(task_status)
         try:
             await batcher.run(

@@ -205,6 +205,9 @@ class RedisHotState:
     async def admit_bet(
         self, address: str, nonce: str, cell_id: str, amount: int, now_ms: int
     ) -> Admit:
+        """`HotState.admit_bet` as one Lua script call (`SCRIPTS["admit_bet"]`): rate token,
+        nonce `SET NX`, cell marker, reservation, atomically on the server; the undo given to the
+        gateway takes the reservation back if this caller is gone when the reply arrives."""
         if amount <= 0:
             raise ValueError(f"amount = {amount}: the edge admits positive stakes only")
         nonce_key = self._key(address, "n", nonce)
@@ -229,6 +232,7 @@ class RedisHotState:
         return await self._admit(address, command, undo)
 
     async def admit_withdrawal(self, address: str, nonce: str, amount: int, now_ms: int) -> Admit:
+        """`HotState.admit_withdrawal` as one Lua script call: nonce, then the reservation."""
         if amount <= 0:
             raise ValueError(f"amount = {amount}: the edge admits positive withdrawals only")
         command = RedisCommand(

@@ -80,6 +80,9 @@ def _respond(file: StaticFile) -> Response:
 
 
 def create_blueprint() -> Blueprint:
+    """The player's page as a Quart blueprint: `/` is the page, `/web/<name>` its files. Every
+    file is read once at startup and served from memory with its content type and an ETag
+    (a matching `If-None-Match` gets 304); a name not in the bundle is a JSON 404."""
     files = load_static()
     index = files["index.html"]
     bp = Blueprint("web", __name__)
