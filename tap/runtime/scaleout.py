@@ -39,19 +39,15 @@ import trio
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors import (
-    breaker,
     breaker_override,
     bus,
     hub,
-    ingest,
     ledger_sync,
     maintenance,
     market,
     redis_gateway,
-    resolver,
 )
 from actors.batcher import FOLLOW_CAPACITY, CommittedFanout
-from actors.ingest import TickOutput
 from tap.config import Config, ConfigError, describe
 from tap.edge.app import create_app
 from tap.edge.desk import BetDesk
@@ -65,7 +61,6 @@ from tap.messages import (
     Committed,
     MarketState,
     PlaceBet,
-    Tick,
     WriterRequest,
 )
 from tap.pending import PendingBets
@@ -77,14 +72,14 @@ from tap.runtime.supervisor import (
     Running,
     WriterTask,
     _archive_now,
-    _confirmed_bets,
     _offer,
     _pump,
-    _rebuild_on_recovery,
     _watch_signals,
     hypercorn_config,
     load_startup_state,
     session_book,
+    start_bookkeeping,
+    start_pricing,
 )
 from tap.store import db
 from tap.store.backup import ServerLock
@@ -126,7 +121,6 @@ async def serve_core(
         inflight = bus.Inflight()
         keys = bus.BusKeys.of(cfg.redis.prefix)
         epoch = bus.new_epoch()
-        symbol = cfg.feed.symbol
 
         # The writer's input, shared by the intake and the resolver; the intake waits when it is
         # full (the requests stream is the buffer, and its length the edges' 503).
@@ -196,78 +190,35 @@ async def serve_core(
                 try:
                     async with trio.open_nursery() as services:
                         # ── channels between actors (each bounded; size says why) ──
-                        # Ticks for the breaker and for resolution (lossless): as in `all`.
-                        tick_breaker_tx, tick_breaker_rx = trio.open_memory_channel[Tick](1024)
-                        tick_resolver_tx, tick_resolver_rx = trio.open_memory_channel[Tick](4096)
-                        # Ticks for prices and the grid (lossy): only the newest matters.
-                        tick_market_tx, tick_market_rx = trio.open_memory_channel[Tick](64)
-                        # Breaker changes are rare: a small buffer each.
-                        brk_market_tx, brk_market_rx = trio.open_memory_channel[BreakerChanged](16)
                         # What the edges' mirrors need (lossy: the next tick or heartbeat
                         # replaces a dropped one): a few seconds of ticks.
                         to_edges_tx, to_edges_rx = trio.open_memory_channel[
                             MarketState | BreakerChanged
                         ](256)
+                        # Operator overrides: a handful at a time at most.
                         override_tx, override_rx = trio.open_memory_channel[BreakerMode](16)
-                        # Confirmed bets for the resolver: one commit batch's burst.
-                        bets_tx, bets_rx = trio.open_memory_channel[Bet](4096)
 
                         # ── actors, in dependency order ──
-                        await services.start(
-                            partial(
-                                ledger_sync.run, fanout, hot, pending, rebuild_hot,
-                                committed_bets=committed_bets, now_ms=clock.now_ms,
-                            )
+                        await start_bookkeeping(
+                            services, cfg, clock, fanout=fanout, hot=hot, pending=pending,
+                            rebuild_hot=rebuild_hot, committed_bets=committed_bets,
+                            recovered=recovered_rx,
                         )  # fmt: skip
-                        services.start_soon(_rebuild_on_recovery, recovered_rx, rebuild_hot)
-                        await services.start(maintenance.run_archiver, cfg, clock)
-                        await services.start(maintenance.run_integrity, cfg, clock)
-                        await services.start(maintenance.run_backups, cfg, clock)
-                        brk = await services.start(
-                            partial(
-                                breaker.run, cfg.breaker, clock, tick_breaker_rx,
-                                [brk_market_tx, to_edges_tx.clone()],  # type: ignore[list-item]
-                                override_rx, symbol=symbol,
-                                judge_tick_age=cfg.feed.source != "sim",
-                            )
+                        pricing = await start_pricing(
+                            services, cfg, clock, fanout=fanout, resolver_writer=resolver_writer,
+                            startup=startup, reload_open=reload_open, overrides=override_rx,
+                            breaker_outputs=[to_edges_tx.clone()],  # type: ignore[list-item]
+                            publish=lambda channel, frame: None,  # no WS clients on the core
+                            states=lambda state: bus.offer(to_edges_tx, state),
                         )  # fmt: skip
+                        brk, feed = pricing.breaker, pricing.feed
                         await services.start(breaker_override.run, cfg.redis, override_tx)
-                        await services.start(
-                            partial(
-                                market.run, cfg, clock, tick_market_rx, brk_market_rx,
-                                lambda channel, frame: None,  # no WS clients on the core
-                                states=lambda state: bus.offer(to_edges_tx, state),
-                            )
-                        )  # fmt: skip
                         await services.start(
                             partial(
                                 bus.run_market_relay, gateway, keys, clock, epoch, to_edges_rx,
                                 lambda: (brk.state(), brk.reason()),
                             )
                         )  # fmt: skip
-                        await services.start(_confirmed_bets, fanout, bets_tx, reload_open)
-                        resolving = Stage("resolver")
-                        await services.start(
-                            partial(
-                                resolving.run, resolver.run, cfg, clock, tick_resolver_rx, bets_rx,
-                                resolver_writer, startup.open_bets,
-                                startup.last_tick_before or None, startup.reload_ticks,
-                            )
-                        )  # fmt: skip
-                        ingesting = Stage("ingest")
-                        feed = await services.start(
-                            partial(
-                                ingesting.run,
-                                ingest.run,
-                                cfg,
-                                clock,
-                                [
-                                    TickOutput("breaker", tick_breaker_tx, lossless=True),
-                                    TickOutput("resolver", tick_resolver_tx, lossless=True),
-                                    TickOutput("market", tick_market_tx, lossless=False),
-                                ],
-                            )
-                        )
                         intake = Stage("intake")
                         await services.start(
                             partial(
@@ -329,10 +280,7 @@ async def serve_core(
                         # Stop reading requests first (unread ones wait in the stream for the
                         # next start), then the feed; the resolver hands over what it has.
                         await intake.stop()
-                        await ingesting.stop()
-                        for ticks_in in (tick_breaker_tx, tick_resolver_tx, tick_market_tx):
-                            ticks_in.close()
-                        await resolving.finished(cfg.server.graceful_timeout_s)
+                        await pricing.drain(cfg.server.graceful_timeout_s)
                         services.cancel_scope.cancel()
                 finally:
                     for sender in (to_writer, intake_writer, resolver_writer):

@@ -48,7 +48,9 @@ from actors import (
     resolver,
 )
 from actors.batcher import CommittedFanout
+from actors.breaker import BreakerHandle
 from actors.ingest import ManualFeed, TickOutput
+from actors.market import MarketHandle
 from tap.config import Config, describe
 from tap.edge.app import create_app
 from tap.edge.desk import BetDesk
@@ -313,7 +315,6 @@ async def _serve(
     reader = StoreReader(db_path)
     fanout = CommittedFanout()
     pending = PendingBets()
-    symbol = cfg.feed.symbol
 
     # The writer's input. Full ⇒ the edge answers 503 overloaded at once (DESIGN rule 4); sized so
     # a few max_batch commits' worth can wait while one is being fsync'd.
@@ -383,88 +384,31 @@ async def _serve(
             try:
                 async with trio.open_nursery() as services:
                     # ── channels between actors (each bounded; size says why) ──
-                    # Ticks the breaker must see, in order (lossless): a few seconds of a busy feed.
-                    tick_breaker_tx, tick_breaker_rx = trio.open_memory_channel[Tick](1024)
-                    # Ticks for resolution and the tick log (lossless): a column's worth of a busy
-                    # feed, so closing a column never makes ingest wait.
-                    tick_resolver_tx, tick_resolver_rx = trio.open_memory_channel[Tick](4096)
-                    # Ticks for prices and the grid (lossy): only the newest matters.
-                    tick_market_tx, tick_market_rx = trio.open_memory_channel[Tick](64)
-                    # Breaker changes are rare (at most one per tick): a small buffer each.
-                    brk_market_tx, brk_market_rx = trio.open_memory_channel[BreakerChanged](16)
+                    # Breaker changes for the hub: rare (at most one per tick), a small buffer.
                     brk_hub_tx, brk_hub_rx = trio.open_memory_channel[BreakerChanged](16)
                     # Operator overrides: a handful at a time at most.
                     override_tx, override_rx = trio.open_memory_channel[BreakerMode](16)
-                    # Confirmed bets for the resolver: its intake is O(1) per bet, so a burst of
-                    # one commit batch fits.
-                    bets_tx, bets_rx = trio.open_memory_channel[Bet](4096)
                     # Committed events for the hub, pumped from the fan-out.
                     committed_hub_tx, committed_hub_rx = trio.open_memory_channel[Committed](4096)
 
                     # ── actors, in dependency order ──
-                    await services.start(
-                        partial(
-                            ledger_sync.run,
-                            fanout,
-                            hot,
-                            pending,
-                            rebuild_hot,
-                            committed_bets=committed_bets,
-                            now_ms=clock.now_ms,
-                        )
-                    )
-                    services.start_soon(_rebuild_on_recovery, recovered_rx, rebuild_hot)
-                    # Maintenance: own connections, read-mostly; the writer has migrated already.
-                    await services.start(maintenance.run_archiver, cfg, clock)
-                    await services.start(maintenance.run_integrity, cfg, clock)
-                    await services.start(maintenance.run_backups, cfg, clock)
+                    await start_bookkeeping(
+                        services, cfg, clock, fanout=fanout, hot=hot, pending=pending,
+                        rebuild_hot=rebuild_hot, committed_bets=committed_bets,
+                        recovered=recovered_rx,
+                    )  # fmt: skip
                     the_hub = hub.Hub(cfg.server.ws_queue)
                     await services.start(_pump, fanout, committed_hub_tx, the_hub)
                     await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
-                    brk = await services.start(
-                        partial(
-                            breaker.run,
-                            cfg.breaker,
-                            clock,
-                            tick_breaker_rx,
-                            [brk_market_tx, brk_hub_tx],
-                            override_rx,
-                            symbol=symbol,
-                            # The in-process simulator's ts is our schedule, not a market's clock.
-                            judge_tick_age=cfg.feed.source != "sim",
-                        )
-                    )
+                    pricing = await start_pricing(
+                        services, cfg, clock, fanout=fanout, resolver_writer=resolver_writer,
+                        startup=startup, reload_open=reload_open, overrides=override_rx,
+                        breaker_outputs=[brk_hub_tx], publish=the_hub.publish,
+                    )  # fmt: skip
+                    brk, mkt, feed = pricing.breaker, pricing.market, pricing.feed
                     if cfg.redis.url:
                         # Operator overrides arrive over pub/sub so every process obeys one command.
                         await services.start(breaker_override.run, cfg.redis, override_tx)
-                    mkt = await services.start(
-                        market.run, cfg, clock, tick_market_rx, brk_market_rx, the_hub.publish
-                    )
-                    await services.start(_confirmed_bets, fanout, bets_tx, reload_open)
-                    resolving = Stage("resolver")
-                    await services.start(
-                        partial(
-                            resolving.run, resolver.run, cfg, clock, tick_resolver_rx, bets_rx,
-                            resolver_writer, startup.open_bets, startup.last_tick_before or None,
-                            startup.reload_ticks,
-                        )
-                    )  # fmt: skip
-                    # Ingest is a stage of its own: at shutdown it stops first, so the resolver
-                    # can finish with every tick it was given (see below).
-                    ingesting = Stage("ingest")
-                    feed = await services.start(
-                        partial(
-                            ingesting.run,
-                            ingest.run,
-                            cfg,
-                            clock,
-                            [
-                                TickOutput("breaker", tick_breaker_tx, lossless=True),
-                                TickOutput("resolver", tick_resolver_tx, lossless=True),
-                                TickOutput("market", tick_market_tx, lossless=False),
-                            ],
-                        )
-                    )
 
                     # ── the edge ──
                     desk = BetDesk(
@@ -523,13 +467,7 @@ async def _serve(
                     # Returns once `stop` fired and Hypercorn drained in-flight requests within
                     # its graceful timeout; then every other producer is stopped.
                     await serving.done.wait()
-                    # Stop the feed, then end the tick channels: the resolver hands the writer
-                    # every tick and outcome it has (a decided win must not come back as a void
-                    # because its ticks were dropped), bounded in case the writer is stuck.
-                    await ingesting.stop()
-                    for ticks_in in (tick_breaker_tx, tick_resolver_tx, tick_market_tx):
-                        ticks_in.close()
-                    await resolving.finished(cfg.server.graceful_timeout_s)
+                    await pricing.drain(cfg.server.graceful_timeout_s)
                     services.cancel_scope.cancel()
             finally:
                 # Every producer is gone: close the writer's input so it drains and returns.
@@ -542,6 +480,120 @@ async def _serve(
         fanout.close()
         reader.close()
         await hot.aclose()
+
+
+@dataclass
+class Pricing:
+    """The core's feed side once started: the handles the edge (or the bus) reads, and the
+    stages stopped in order at shutdown (`drain`)."""
+
+    breaker: BreakerHandle
+    market: MarketHandle
+    feed: Any  # ingest's handle (`.manual` when the feed is manual)
+    ingesting: Stage
+    resolving: Stage
+    ticks_in: tuple[trio.MemorySendChannel[Tick], ...]
+
+    async def drain(self, within_s: float) -> None:
+        """Stop the feed, then end the tick channels: the resolver hands the writer every tick
+        and outcome it has (a decided win must not come back as a void because its ticks were
+        dropped), bounded in case the writer is stuck."""
+        await self.ingesting.stop()
+        for ticks_in in self.ticks_in:
+            ticks_in.close()
+        await self.resolving.finished(within_s)
+
+
+async def start_pricing(
+    services: trio.Nursery,
+    cfg: Config,
+    clock: Clock,
+    *,
+    fanout: CommittedFanout,
+    resolver_writer: trio.MemorySendChannel[WriterRequest],
+    startup: StartupState,
+    reload_open: Callable[[], Awaitable[list[Any]]],
+    overrides: trio.MemoryReceiveChannel[BreakerMode],
+    breaker_outputs: Sequence[trio.MemorySendChannel[BreakerChanged]],
+    publish: market.Publish,
+    states: market.StateSink | None = None,
+) -> Pricing:
+    """Start the feed side of the core in `services`, in dependency order: breaker, market,
+    the resolver (fed the writer's confirmations) and ingest last. `breaker_outputs` hear every
+    breaker change besides the market (the hub, or the bus to the edges); `publish` takes the
+    market's frames (the hub's fan-out, or nothing on a core); `states`, every priced tick."""
+    # ── channels between actors (each bounded; size says why) ──
+    # Ticks the breaker must see, in order (lossless): a few seconds of a busy feed.
+    tick_breaker_tx, tick_breaker_rx = trio.open_memory_channel[Tick](1024)
+    # Ticks for resolution and the tick log (lossless): a column's worth of a busy feed, so
+    # closing a column never makes ingest wait.
+    tick_resolver_tx, tick_resolver_rx = trio.open_memory_channel[Tick](4096)
+    # Ticks for prices and the grid (lossy): only the newest matters.
+    tick_market_tx, tick_market_rx = trio.open_memory_channel[Tick](64)
+    # Breaker changes are rare (at most one per tick): a small buffer.
+    brk_market_tx, brk_market_rx = trio.open_memory_channel[BreakerChanged](16)
+    # Confirmed bets for the resolver: its intake is O(1) per bet, so a burst of one commit
+    # batch fits.
+    bets_tx, bets_rx = trio.open_memory_channel[Bet](4096)
+
+    brk = await services.start(
+        partial(
+            breaker.run, cfg.breaker, clock, tick_breaker_rx, [brk_market_tx, *breaker_outputs],
+            overrides, symbol=cfg.feed.symbol,
+            # The in-process simulator's ts is our schedule, not a market's clock.
+            judge_tick_age=cfg.feed.source != "sim",
+        )
+    )  # fmt: skip
+    mkt = await services.start(
+        partial(market.run, cfg, clock, tick_market_rx, brk_market_rx, publish, states=states)
+    )
+    await services.start(_confirmed_bets, fanout, bets_tx, reload_open)
+    resolving = Stage("resolver")
+    await services.start(
+        partial(
+            resolving.run, resolver.run, cfg, clock, tick_resolver_rx, bets_rx, resolver_writer,
+            startup.open_bets, startup.last_tick_before or None, startup.reload_ticks,
+        )
+    )  # fmt: skip
+    # Ingest is a stage of its own: at shutdown it stops first, so the resolver can finish with
+    # every tick it was given (`Pricing.drain`).
+    ingesting = Stage("ingest")
+    outputs = [
+        TickOutput("breaker", tick_breaker_tx, lossless=True),
+        TickOutput("resolver", tick_resolver_tx, lossless=True),
+        TickOutput("market", tick_market_tx, lossless=False),
+    ]
+    feed = await services.start(partial(ingesting.run, ingest.run, cfg, clock, outputs))
+    return Pricing(
+        brk, mkt, feed, ingesting, resolving, (tick_breaker_tx, tick_resolver_tx, tick_market_tx)
+    )
+
+
+async def start_bookkeeping(
+    services: trio.Nursery,
+    cfg: Config,
+    clock: Clock,
+    *,
+    fanout: CommittedFanout,
+    hot: HotState,
+    pending: PendingBets,
+    rebuild_hot: Callable[[], Awaitable[None]],
+    committed_bets: ledger_sync.CommittedBets,
+    recovered: trio.MemoryReceiveChannel[str],
+) -> None:
+    """Start the core's ledger side in `services`: ledger-sync (the hot state follows every
+    commit), the rebuild after a Redis recovery, and maintenance (archiver, integrity, backups:
+    own connections, read-mostly; the writer has migrated already)."""
+    await services.start(
+        partial(
+            ledger_sync.run, fanout, hot, pending, rebuild_hot,
+            committed_bets=committed_bets, now_ms=clock.now_ms,
+        )
+    )  # fmt: skip
+    services.start_soon(_rebuild_on_recovery, recovered, rebuild_hot)
+    await services.start(maintenance.run_archiver, cfg, clock)
+    await services.start(maintenance.run_integrity, cfg, clock)
+    await services.start(maintenance.run_backups, cfg, clock)
 
 
 class WriterTask:
