@@ -221,3 +221,28 @@ async def test_a_silent_core_opens_the_edges_breaker_and_its_return_closes_it(
         cell = await pick_cell(edge, min_lead_ms=3000)
         r = await player.place(cell_id=cell["cell_id"], amount=STAKE)
         assert r.status_code == 202, r.text
+
+
+async def test_a_websocket_bet_through_an_edge_is_answered_once_after_the_core_committed(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    async with deployment(tmp_path, redis_url, redis_prefix) as d:
+        edge = d.edges[0]
+        player = edge.player()
+        await player.login()
+        await player.deposit(10 * STAKE)
+        cell = await pick_cell(edge, min_lead_ms=3000)
+        async with player.ws() as ws:
+            await ws.subscribe("account")
+            body = player.signed_bet(cell["cell_id"], STAKE)
+            await ws.send({"type": "place_bet", "req_id": "c1", "ack": "commit", **body})
+            confirmed = await ws.next_of_type("bet_confirmed")
+            assert confirmed["req_id"] == "c1"
+            assert confirmed["bet"]["nonce"] == body["nonce"]
+            assert confirmed["balance"] == {"available": 9 * STAKE, "locked": STAKE}
+            assert (await ws.ping())["type"] == "pong"
+            assert ws.frames_of(["bet_ack", "bet_confirmed", "balance"]) == []
+            # A replay through the same edge: refused by the shared hot state before the bus.
+            await ws.send({"type": "place_bet", "req_id": "c2", "ack": "commit", **body})
+            error = await ws.next_of_type("error", where=lambda f: f["req_id"] == "c2")
+            assert error["error"]["code"] == "replayed_nonce"
