@@ -167,6 +167,10 @@ async def cluster(
             TAP__FEED__URL=f'"ws://127.0.0.1:{feed_port}/"',
             TAP__REDIS__URL=f'"{url}"',
             TAP__REDIS__PREFIX=f'"{prefix}"',
+            # The feed runs in the test's process: on a loaded machine its ticks can arrive
+            # over a second late, and the breaker would rightly refuse bets (late_feed). These
+            # tests pin money and processes, not the breaker (tests/test_breaker.py).
+            TAP__BREAKER__MAX_TICK_AGE_MS="10000",
             **overrides,
         )
         client = redis.Redis.from_url(url, socket_timeout=5)
