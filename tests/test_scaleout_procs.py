@@ -142,8 +142,10 @@ async def test_funds_for_7_stakes_and_200_bets_at_once_over_two_edges_confirm_ex
         answers = await post_together(sends)
         codes = [code_of(r) for r in answers]
         # Accepted (202), or refused for money: at admission on the shared hot balance, or
-        # by the core's writer (the ledger's own check).
-        assert set(codes) <= {"202", "insufficient_funds"}, sorted(Counter(codes).items())
+        # by the core's writer (the ledger's own check). On a busy machine a few of the 200
+        # arrive after their column locked (cell_not_placeable), which takes nothing away.
+        allowed = {"202", "insufficient_funds", "cell_not_placeable"}
+        assert set(codes) <= allowed, sorted(Counter(codes).items())
         accepted = {r.json()["bet_id"] for r in answers if r.status_code == 202}
     bets = c.bets_of(on_a.address)
     confirmed = {bet_id for bet_id, status in bets.items() if status == "confirmed"}
