@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -33,8 +34,10 @@ def test_a_fleets_processes_are_named_by_role(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None and parent.stdout.readline().strip() == "up"
         server = FleetServer("tap", "127.0.0.1", 0, parent, tmp_path / "log")  # type: ignore[arg-type]
-        named = server.processes()
-        assert sorted(named) == ["core", "edge-1", "edge-2"]
+        deadline = time.monotonic() + 10  # a child's /proc entry may lag its start a little
+        while sorted(named := server.processes()) != ["core", "edge-1", "edge-2"]:
+            assert time.monotonic() < deadline, named
+            time.sleep(0.05)
         assert parent.pid not in named.values()
     finally:
         parent.kill()
