@@ -1,13 +1,18 @@
 """`python -m loadgen bench`: tap's capacity against same-run baselines, on servers started here.
 
 It decides the benchmark protocol. For each target — (1) a bare ASGI 202 endpoint on
-Hypercorn-trio, (2) a minimal Quart-trio route, (3) tap's full HTTP bet path (unique signed bets,
-real commits, every 202 followed to its confirmation), (4) a Quart-trio WebSocket echo, (5) tap's
-WebSocket `place_bet` — it searches for the highest open-loop arrival rate that is *sustained*:
-over the measured window p99 ≤ 100 ms, no 5xx, no transport failure, no refusal other than the
-odd `cell_not_placeable` race (≤ 1 %), and the generator sent every arrival. Then it runs tap at
-70 % of its own HTTP capacity and reports that p99. `report.json` carries every probe, the CPU of
-generator, signer and server during it, and `ratios: {http_vs_bare, http_vs_quart, ws_vs_echo}`.
+Hypercorn-trio, (2) a minimal Quart-trio route, (3) the same-shape ceiling (a Quart-trio route
+that answers 202 and pushes one frame to the client's WebSocket), (4) tap's full HTTP bet path
+(unique signed bets, real commits, every 202 followed to its `bet_confirmed`), (5) a Quart-trio
+WebSocket echo, (6) tap's WebSocket `place_bet` with `ack: "commit"` — it first reads the
+server's CPU per request at one fixed rate (`Plan.cpu_rate`), then searches for the highest
+open-loop arrival rate that is *sustained*: over the measured window p99 ≤ 100 ms, no 5xx, no
+transport failure, no refusal other than the odd `cell_not_placeable` race (≤ 1 %), the generator
+sent every arrival, and for targets that push a confirmation its 202 → confirmation p99 ≤ 100 ms
+too; the top rate counts only once a longer repeat of it passed as well. Then it runs tap at 70 %
+of its own HTTP capacity. `report.json` carries every probe, the CPU of generator, signer and
+server during it, `ratios` (capacities) and `cpu_ratios` (server CPU per request at the fixed
+rate); `--runs N` repeats everything and adds the spread.
 
 Same run, same machine, same generator: the ratios are what the bench is for; absolute numbers
 move with the hardware. When the generator itself was saturated at a target's limit
