@@ -48,7 +48,7 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from actors.batcher import CommittedFanout, Lagged
+from actors.fanout import CommittedFanout, Lagged
 from tap.config import BusConfig, RedisConfig
 from tap.hotstate import HotStateUnavailable
 from tap.messages import (

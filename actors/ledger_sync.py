@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
-from actors.batcher import FOLLOW_CAPACITY, CommittedFanout, follow
+from actors.fanout import FOLLOW_CAPACITY, CommittedFanout, follow
 from tap.hotstate import HotState, HotStateUnavailable
 from tap.messages import (
     Bet,

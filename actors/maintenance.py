@@ -34,7 +34,7 @@ import trio
 from tap.config import Config
 from tap.runtime import metrics
 from tap.runtime.clock import Clock
-from tap.store import archive, backup, db
+from tap.store import archive, backup, connect
 from tap.store.integrity import integrity_check
 
 log = logging.getLogger("tap.maintenance")
@@ -56,7 +56,7 @@ def _backup(cfg: Config, now_ms: int) -> Path:
 
 def integrity_violations(cfg: Config) -> list[str]:
     """The ledger integrity check on a fresh read-only connection (a WAL snapshot)."""
-    conn = db.open_connection(cfg.server.db_path, read_only=True)
+    conn = connect.open_connection(cfg.server.db_path, read_only=True)
     try:
         return integrity_check(conn)
     finally:

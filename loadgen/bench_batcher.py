@@ -22,10 +22,11 @@ from typing import Any
 import trio
 
 from actors import batcher
+from actors.fanout import CommittedFanout
 from tap.config import BatcherConfig
 from tap.messages import BetConfirmed, BetRejected, Committed, Deposit, PlaceBet, WriterRequest
 from tap.runtime.clock import Clock
-from tap.store import db
+from tap.store import connect, write
 
 STAKE = 1_000  # units per bet; every account is funded for all of its bets
 EPOCH_MS = 1_732_290_000_000
@@ -62,19 +63,19 @@ def _bets(count: int, accounts: int) -> list[PlaceBet]:
 
 
 def _fund(path: Path, accounts: int, per_account: int) -> None:
-    conn = db.open_writer(path)
+    conn = connect.open_writer(path)
     deposits: list[WriterRequest] = [
         Deposit(address=_address(a), amount=per_account, ref=f"fund-{a}", at=EPOCH_MS)
         for a in range(accounts)
     ]
-    db.apply_batch(conn, deposits, EPOCH_MS)
+    write.apply_batch(conn, deposits, EPOCH_MS)
     conn.close()
 
 
 def executemany_ceiling(path: Path, bets: Sequence[PlaceBet], max_batch: int) -> float:
     """Seconds to write the same rows with three `executemany` calls per transaction and no
     per-item logic: the fastest this schema can take these bets from Python."""
-    conn = db.open_connection(path)
+    conn = connect.open_connection(path)
     bet_sql = (
         "INSERT INTO bets (bet_id, address, cell_id, symbol, col, row, t_start, t_end, "
         "price_lo, price_hi, amount, multiplier_bps, nonce, status, accepted_at, confirmed_at, "
@@ -157,7 +158,7 @@ async def _through_batcher(
         if tally["confirmed"] + tally["rejected"] == len(bets):
             done.set()
 
-    fanout = batcher.CommittedFanout()
+    fanout = CommittedFanout()
 
     def publish(events: Sequence[Committed]) -> None:
         count(events)

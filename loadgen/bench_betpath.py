@@ -24,7 +24,7 @@ import trio
 from nacl.signing import SigningKey
 
 from actors import hub as hub_actor
-from actors.batcher import CommittedFanout
+from actors.fanout import CommittedFanout
 from actors.ledger_sync import apply as sync_apply
 from tap.admission import bet_payload
 from tap.config import Config
@@ -42,7 +42,7 @@ from tap.messages import (
 from tap.pending import PendingBets
 from tap.quotes import GridBook
 from tap.sessions import Session
-from tap.store import db
+from tap.store import connect, write
 
 NOW = 1_795_000_000_000
 PRICE = 10_000_000
@@ -164,16 +164,16 @@ async def _after_commit(placed: list[PlaceBet]) -> float:
 
 
 def _writer(placed: list[PlaceBet], directory: Path) -> float:
-    conn = db.open_writer(directory / "bench.db")
+    conn = connect.open_writer(directory / "bench.db")
     addresses = sorted({b.address for b in placed})
-    db.apply_batch(
+    write.apply_batch(
         conn,
         [Deposit(address=a, amount=10**12, ref=f"d{a}", at=NOW) for a in addresses],
         NOW,
     )
     start = time.thread_time()
     for i in range(0, len(placed), 64):
-        db.apply_batch(conn, placed[i : i + 64], NOW)
+        write.apply_batch(conn, placed[i : i + 64], NOW)
     per_bet = (time.thread_time() - start) / len(placed)
     conn.close()
     return per_bet

@@ -1,7 +1,7 @@
 """A production-sized ledger database for restore drills and storage measurements.
 
 `python -m loadgen.filldb --db PATH --entries 1000000 --tick-days 7` writes, through the real
-writer (`tap.store.db.apply_batch`, the batcher's own function), deposits for `--accounts`
+writer (`tap.store.write.apply_batch`, the batcher's own function), deposits for `--accounts`
 players, then bets and their settlements until the ledger holds `--entries` rows, and the
 ticks of `--tick-days` days at `--tick-ms`. The result passes `tap check`, so `tap backup`,
 `tap restore` (which verifies a backup before using it) and `tap archive` can be timed on it as
@@ -18,8 +18,17 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tap.messages import DecidedBy, Deposit, Outcome, PlaceBet, Settle, StoreTicks, Tick
-from tap.store import db
+from tap.messages import (
+    DecidedBy,
+    Deposit,
+    Outcome,
+    PlaceBet,
+    Settle,
+    StoreTicks,
+    Tick,
+    WriterRequest,
+)
+from tap.store import connect, write
 
 SYMBOL = "BTC-USD"
 COLUMN_MS = 5000
@@ -98,7 +107,7 @@ def fill(
         raise FileExistsError(f"{path} exists; filldb only creates new databases")
     if entries < accounts:
         raise ValueError("--entries must be at least --accounts (one deposit each)")
-    conn = db.open_writer(path)
+    conn = connect.open_writer(path)
     span_ms = int(tick_days * 86_400_000) or 3_600_000
     start_ms = now_ms - span_ms
     bets = (entries - accounts) // 2  # a stake row and a payout row each
@@ -106,8 +115,8 @@ def fill(
         # An account's next bet would land in the same cell and be rejected (no ledger rows).
         raise ValueError("too few --accounts for that many bets over --tick-days")
 
-    def apply(requests: Sequence[db.WriterRequest], at: int) -> None:
-        db.apply_batch(conn, requests, at)
+    def apply(requests: Sequence[WriterRequest], at: int) -> None:
+        write.apply_batch(conn, requests, at)
 
     try:
         deposits = [

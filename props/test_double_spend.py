@@ -10,7 +10,7 @@ nothing negative, locked == the stakes of open bets, each account's rows sum to 
 holds never exceed available unless money left behind admission's back, money is conserved.
 
 `StoreMatchesModel` runs the same sequences through the SQLite write layer
-(`tap.store.db.apply_batch`, the batcher's SQL, synchronously, no trio) beside the model and
+(`tap.store.write.apply_batch`, the batcher's SQL, synchronously, no trio) beside the model and
 compares every outcome, balance, row and bet after every step, plus the integrity check.
 """
 
@@ -52,7 +52,7 @@ from tap.messages import (
     Withdrawal,
     WriterRequest,
 )
-from tap.store import db
+from tap.store import connect, read, write
 from tap.store.integrity import integrity_check
 
 ADDRESSES = ("0xa1", "0xb2", "0xc3")
@@ -533,31 +533,31 @@ class StoreMatchesModel(DoubleSpend):
         self.dir = Path(tempfile.mkdtemp(prefix="tap-props-"))
         # synchronous=OFF: durability is not what this machine checks, and fsync per step
         # would make it slow. Semantics are identical.
-        self.conn: sqlite3.Connection = db.open_writer(self.dir / "tap.db", synchronous="OFF")
+        self.conn: sqlite3.Connection = connect.open_writer(self.dir / "tap.db", synchronous="OFF")
 
     def write(self, requests: list[WriterRequest]) -> list[Token]:
         expected = super().write(requests)
-        got = tokens_of(db.apply_batch(self.conn, requests, self.now))
+        got = tokens_of(write.apply_batch(self.conn, requests, self.now))
         assert got == expected, (requests, got, expected)
         return expected
 
     @invariant()
     def store_agrees_with_model(self) -> None:
         for address in ADDRESSES:
-            assert db.get_balance(self.conn, address) == self.model.accounts[address]
-            stored = db.ledger_page(self.conn, address, limit=db.MAX_PAGE).items
+            assert read.get_balance(self.conn, address) == self.model.accounts[address]
+            stored = read.ledger_page(self.conn, address, limit=read.MAX_PAGE).items
             assert [
                 (e.kind, e.amount, e.locked_delta, e.balance_after, e.ref) for e in reversed(stored)
             ] == self.model.rows[address]
         for bet_id, b in self.model.bets.items():
-            got = db.get_bet(self.conn, bet_id)
+            got = read.get_bet(self.conn, bet_id)
             assert got is not None
             assert (got.status, got.reason if b.status == "rejected" else None, got.payout) == (
                 b.status,
                 b.reason,
                 b.payout,
             )
-        balances = db.all_balances(self.conn)
+        balances = read.all_balances(self.conn)
         for address in ADDRESSES:
             assert balances.get(address, 0) == self.model.accounts[address].available
         assert integrity_check(self.conn) == []

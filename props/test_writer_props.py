@@ -1,7 +1,7 @@
 """The writer property (issue 9): any batch mixing valid `WriterRequest`s with hostile ones —
 integers far past 2⁶³, negative stakes, lone surrogates, empty or huge strings, wrong types,
 replays, exact duplicates, unknown accounts, settlements that fail half-way, ticks that do not
-bind — goes through the real SQLite write layer (`tap.store.db.apply_batch`) without raising:
+bind — goes through the real SQLite write layer (`tap.store.write.apply_batch`) without raising:
 every valid item commits, every hostile one is refused (or, for a settlement or a tick, leaves
 no trace), each waiter gets its answer, and the ledger still reconciles (`integrity_check`,
 which also checks each cell's liability against its open bets).
@@ -38,7 +38,7 @@ from tap.messages import (
     Tick,
     WriterRequest,
 )
-from tap.store import db
+from tap.store import connect, read, write
 from tap.store.integrity import integrity_check
 
 NOW = 1_732_290_000_000
@@ -236,13 +236,13 @@ def _template() -> Path:
     bets of 0xa1. Each example starts from a copy (cheaper than migrating and seeding anew)."""
     if not _TEMPLATE:
         path = Path(tempfile.mkdtemp(prefix="tap-writer-props-")) / "template.db"
-        conn = db.open_writer(path, synchronous="OFF")
+        conn = connect.open_writer(path, synchronous="OFF")
         setup: list[WriterRequest] = [
             Deposit(address=a, amount=10**9, ref=f"seed-{a}", at=NOW) for a in FUNDED
         ]
         setup += [good_bet(9_000 + i, bet_id=f"open-{i}") for i in range(OPEN_BETS)]
-        db.apply_batch(conn, setup, NOW)
-        db.rebuild_cell_liability(conn)  # as a starting writer does
+        write.apply_batch(conn, setup, NOW)
+        write.rebuild_cell_liability(conn)  # as a starting writer does
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         _TEMPLATE.append(path)
@@ -254,7 +254,7 @@ def _template() -> Path:
 def ledger_db() -> Iterator[sqlite3.Connection]:
     where = Path(tempfile.mkdtemp(prefix="tap-writer-props-"))
     shutil.copyfile(_template(), where / "tap.db")
-    conn = db.open_writer(where / "tap.db", synchronous="OFF")
+    conn = connect.open_writer(where / "tap.db", synchronous="OFF")
     try:
         yield conn
     finally:
@@ -270,7 +270,7 @@ def test_any_batch_commits_its_valid_items_and_refuses_the_rest(
     with ledger_db() as conn:
         # Never raises. The cell cap is on (so its bookkeeping is exercised) but far above
         # what the valid bets need: none of them may be refused for it.
-        events: list[Committed] = db.apply_batch(conn, batch, NOW, cell_caps=CAPS)
+        events: list[Committed] = write.apply_batch(conn, batch, NOW, cell_caps=CAPS)
 
         bets: dict[Any, list[Committed]] = defaultdict(list)
         entries: dict[Any, list[EntryPosted]] = defaultdict(list)
@@ -281,7 +281,7 @@ def test_any_batch_commits_its_valid_items_and_refuses_the_rest(
                 entries[e.ref].append(e)
         for bet_id in expect.confirmed:
             assert bets[bet_id] and all(isinstance(a, BetConfirmed) for a in bets[bet_id])
-            stored = db.get_bet(conn, bet_id)
+            stored = read.get_bet(conn, bet_id)
             assert stored is not None and stored.status == "confirmed"
         for bet_id in expect.rejected:
             assert bets[bet_id], f"no answer for {bet_id!r}"
@@ -296,13 +296,13 @@ def test_any_batch_commits_its_valid_items_and_refuses_the_rest(
         resolved = [e.bet.bet_id for e in events if isinstance(e, BetResolved)]
         assert sorted(resolved) == sorted(expect.resolved)
         for i in range(OPEN_BETS):
-            stored = db.get_bet(conn, f"open-{i}")
+            stored = read.get_bet(conn, f"open-{i}")
             assert stored is not None
             assert (stored.status != "confirmed") == (f"open-{i}" in expect.resolved)
-        kept = {(t.ts, t.price) for t in db.ticks_range(conn, "BTC-USD").ticks}
+        kept = {(t.ts, t.price) for t in read.ticks_range(conn, "BTC-USD").ticks}
         assert kept == expect.ticks_kept
         assert integrity_check(conn) == []
 
         # The writer carries on: the next batch is an ordinary one.
-        after = db.apply_batch(conn, [good_bet(99_999, "0xa3")], NOW, cell_caps=CAPS)
+        after = write.apply_batch(conn, [good_bet(99_999, "0xa3")], NOW, cell_caps=CAPS)
         assert any(isinstance(e, BetConfirmed) for e in after)

@@ -17,7 +17,7 @@ API's "amount") and `locked_delta` (signed change of locked), so that for every 
 
 So a confirmed bet has exactly one stake row and a resolved bet exactly one more row. This module
 decides those rows and the refusals, on plain values; it never stores anything. Its callers are the
-SQL writer (`tap/store/db.py`, which performs the same movement as a conditional UPDATE), the
+SQL writer (`tap/store/write.py`, which performs the same movement as a conditional UPDATE), the
 integrity check (which compares stored rows with `bet_movements`) and the property tests.
 """
 

@@ -32,7 +32,7 @@ from tap.messages import (
     Withdrawal,
     WriterRequest,
 )
-from tap.store import archive, db
+from tap.store import archive, connect, read, write
 from tap.store.integrity import integrity_check
 from tests.builders import placed_bet
 
@@ -78,7 +78,7 @@ def dep(address: str, amount: int, ref: str, at: int) -> Deposit:
 
 
 def apply(conn: sqlite3.Connection, at: int, *requests: WriterRequest) -> None:
-    db.apply_batch(conn, list(requests), at)
+    write.apply_batch(conn, list(requests), at)
 
 
 def build(path: Path) -> None:
@@ -92,7 +92,7 @@ def build(path: Path) -> None:
     0xee: bet-7 staked, bet-8 staked and left open, bet-7 settled: bet-7's rows straddle an
           ineligible row, so nothing of 0xee leaves.
     """
-    conn = db.open_writer(path)
+    conn = connect.open_writer(path)
     try:
         apply(
             conn,
@@ -198,7 +198,7 @@ def assert_nothing_lost_or_duplicated(cfg: Config, original: Rows) -> None:
         assert e == original[1][e["entry_id"]]
     for bet_id, b in hot_bets.items():
         assert b == original[0][bet_id]
-    conn = db.open_connection(cfg.server.db_path, read_only=True)
+    conn = connect.open_connection(cfg.server.db_path, read_only=True)
     try:
         assert integrity_check(conn) == []
     finally:
@@ -272,7 +272,7 @@ def test_an_archived_bets_nonce_stays_burned_forever(cfg: Config) -> None:
     own deterministic bet_id. Now the archiver leaves a tombstone and the writer answers
     replayed_nonce, moving no money."""
     archive.run_archive(cfg, NOW)
-    conn = db.open_writer(cfg.server.db_path)
+    conn = connect.open_writer(cfg.server.db_path)
     try:
         assert (
             conn.execute("SELECT bet_id FROM bets WHERE bet_id IN ('bet-1', 'bet-5')").fetchall()
@@ -284,22 +284,22 @@ def test_an_archived_bets_nonce_stays_burned_forever(cfg: Config) -> None:
             ("0xdd", "nonce-000000000005", "bet-5"),
         ]
         apply(conn, NOW, dep("0xdd", 10_000, "d-dd-later", NOW))
-        before = {a: db.get_balance(conn, a) for a in ("0xaa", "0xdd")}
+        before = {a: read.get_balance(conn, a) for a in ("0xaa", "0xdd")}
         replays = [  # same address and nonce; a new cell, time and signature
             replace(bet(1, "0xaa", 1_000, NOW), signature="ef" * 64),
             replace(bet(5, "0xdd", 500, NOW), signature="ef" * 64),
             replace(bet(5, "0xdd", 500, NOW), bet_id="another-id", signature="ef" * 64),
         ]
-        events = db.apply_batch(conn, replays, NOW)
+        events = write.apply_batch(conn, replays, NOW)
         reasons = [getattr(e, "reason", None) for e in events if isinstance(e, BetRejected)]
         assert reasons == ["replayed_nonce"] * 3
         assert not any(isinstance(e, BetConfirmed) for e in events)
-        assert {a: db.get_balance(conn, a) for a in ("0xaa", "0xdd")} == before
-        assert db.get_bet(conn, "bet-1") is None and db.get_bet(conn, "another-id") is None
+        assert {a: read.get_balance(conn, a) for a in ("0xaa", "0xdd")} == before
+        assert read.get_bet(conn, "bet-1") is None and read.get_bet(conn, "another-id") is None
         assert integrity_check(conn) == []
         # A fresh nonce still works for the same player.
         fresh = replace(bet(9, "0xdd", 500, NOW), bet_id="bet-fresh")
-        assert isinstance(db.apply_batch(conn, [fresh], NOW)[0], BetConfirmed)
+        assert isinstance(write.apply_batch(conn, [fresh], NOW)[0], BetConfirmed)
     finally:
         conn.close()
 
@@ -328,7 +328,7 @@ def test_a_second_run_finds_nothing_more_to_archive(cfg: Config) -> None:
 def test_rows_become_archivable_once_the_blocking_bet_resolves(cfg: Config) -> None:
     """0xee's open bet-8 held back everything after its stake; once it resolved long enough
     ago, the whole history of 0xee leaves."""
-    conn = db.open_writer(cfg.server.db_path)
+    conn = connect.open_writer(cfg.server.db_path)
     apply(conn, OLD + 5, Settle(outcomes=(outcome("bet-8", "lost", OLD + 5),)))
     conn.close()
     original = hot_rows(cfg.server.db_path)
@@ -465,7 +465,7 @@ def test_a_run_killed_at_any_step_then_rerun_loses_and_duplicates_nothing(
 DRIVER = """
 import os, random, signal, sys
 from tap.config import load_config
-from tap.store import archive, db
+from tap.store import archive, connect, read, write
 
 how, where = sys.argv[1], sys.argv[2]
 
@@ -476,7 +476,7 @@ if how == "step":
     on_step = lambda name: die() if name == where else None
 else:  # kill inside SQLite, after a random number of VM progress callbacks
     countdown = [int(where)]
-    opened = db.open_connection
+    opened = connect.open_connection
 
     def open_connection(*args, **kwargs):
         conn = opened(*args, **kwargs)
@@ -490,7 +490,7 @@ else:  # kill inside SQLite, after a random number of VM progress callbacks
         conn.set_progress_handler(progress, int(sys.argv[4]))
         return conn
 
-    db.open_connection = open_connection
+    connect.open_connection = open_connection
     on_step = None
 archive.run_archive(load_config(), int(sys.argv[3]), on_step=on_step)
 """
@@ -516,7 +516,7 @@ def progress_total(tmp_path_factory: pytest.TempPathFactory) -> int:
     path = tmp_path_factory.mktemp("count")
     build(path / "tap.db")
     count = [0]
-    opened = db.open_connection
+    opened = connect.open_connection
 
     def counting(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn = opened(*args, **kwargs)
@@ -529,7 +529,7 @@ def progress_total(tmp_path_factory: pytest.TempPathFactory) -> int:
         return conn
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(db, "open_connection", counting)
+        mp.setattr(connect, "open_connection", counting)
         archive.run_archive(config(path), NOW)
     return count[0]
 
@@ -628,10 +628,10 @@ def test_any_history_archives_to_prefixes_and_keeps_integrity(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
-        conn = db.open_writer(path / "tap.db", synchronous="OFF")
+        conn = connect.open_writer(path / "tap.db", synchronous="OFF")
         try:
             for at, requests in history:
-                db.apply_batch(conn, requests, at)
+                write.apply_batch(conn, requests, at)
         finally:
             conn.close()
         cfg = config(path)

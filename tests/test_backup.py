@@ -13,7 +13,7 @@ import pytest
 
 from tap.config import Config, load_config
 from tap.messages import DecidedBy, Deposit, Outcome, PlaceBet, Settle
-from tap.store import backup, db
+from tap.store import backup, connect, read, write
 from tap.store.integrity import integrity_check
 from tests.builders import placed_bet
 
@@ -50,9 +50,9 @@ def place(n: int, address: str, amount: int) -> PlaceBet:
 def cfg(tmp_path: Path) -> Config:
     """A database with money in every state: deposits, an open bet, a won and a lost one."""
     cfg = load_config(environ=environment(tmp_path))
-    conn = db.open_writer(cfg.server.db_path)
+    conn = connect.open_writer(cfg.server.db_path)
     try:
-        db.apply_batch(
+        write.apply_batch(
             conn,
             [
                 Deposit(address="0xaa", amount=10_000, ref="d1", at=NOW),
@@ -82,25 +82,25 @@ def cfg(tmp_path: Path) -> Config:
             reason="column_end",
             at=NOW + 5_000,
         )
-        db.apply_batch(conn, [Settle(outcomes=(won, lost))], NOW + 5_000)
+        write.apply_batch(conn, [Settle(outcomes=(won, lost))], NOW + 5_000)
     finally:
         conn.close()
     return cfg
 
 
 def balance(cfg: Config) -> tuple[int, int]:
-    conn = db.open_connection(cfg.server.db_path, read_only=True)
+    conn = connect.open_connection(cfg.server.db_path, read_only=True)
     try:
-        account = db.get_balance(conn, "0xaa")
+        account = read.get_balance(conn, "0xaa")
         return account.available, account.locked
     finally:
         conn.close()
 
 
 def deposit_more(cfg: Config, amount: int, ref: str) -> None:
-    conn = db.open_writer(cfg.server.db_path)
+    conn = connect.open_writer(cfg.server.db_path)
     try:
-        db.apply_batch(conn, [Deposit(address="0xaa", amount=amount, ref=ref, at=NOW)], NOW + 9)
+        write.apply_batch(conn, [Deposit(address="0xaa", amount=amount, ref=ref, at=NOW)], NOW + 9)
     finally:
         conn.close()
 

@@ -1,4 +1,4 @@
-"""The batcher actor: one writer, adaptive batches, busy retries, draining on close; the fan-out."""
+"""The batcher actor: one writer, adaptive batches, busy retries, draining on close."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 from prometheus_client import REGISTRY
 
 from actors import batcher
+from actors.fanout import CommittedFanout
 from tap import ledger
 from tap.config import BatcherConfig
 from tap.messages import (
@@ -29,7 +29,7 @@ from tap.messages import (
     WriterRequest,
 )
 from tap.runtime.clock import Clock
-from tap.store import db
+from tap.store import connect, read, write
 from tap.store.integrity import integrity_check
 from tests.builders import placed_bet
 
@@ -73,7 +73,7 @@ class Rig:
         self.cfg = cfg
         self.early = early  # close a batch early when somebody waits on it (as tap serve does)
         self.send, self.receive = trio.open_memory_channel[WriterRequest](cfg.queue_size)
-        self.fanout = batcher.CommittedFanout()
+        self.fanout = CommittedFanout()
         self.batches: list[list[Committed]] = []
 
     def record(self, events: Sequence[Committed]) -> None:
@@ -107,7 +107,7 @@ class Rig:
             return await answer.wait()
 
     def reader(self) -> sqlite3.Connection:
-        return db.open_connection(self.path, read_only=True)
+        return connect.open_connection(self.path, read_only=True)
 
 
 def config(**overrides: int) -> BatcherConfig:
@@ -143,7 +143,7 @@ async def test_a_thousand_concurrent_bets_confirm_exactly_as_many_as_the_balance
     assert all(b.available >= 0 and b.locked >= 0 for b in balances)
     assert len(rig.batches) > 2  # they really were spread over several batches
     reader = rig.reader()
-    assert db.get_balance(reader, "0xaa") == ledger.Account(0, k * 1_000)
+    assert read.get_balance(reader, "0xaa") == ledger.Account(0, k * 1_000)
     assert integrity_check(reader) == []
 
 
@@ -153,7 +153,7 @@ async def test_a_competing_write_lock_is_retried_until_it_is_released_and_nothin
     rig = Rig(tmp_path / "tap.db", config(busy_retries=100_000, retry_backoff_ms=5))
     async with trio.open_nursery() as nursery:
         await rig.start(nursery)
-        holder = db.open_connection(rig.path)
+        holder = connect.open_connection(rig.path)
         holder.execute("BEGIN IMMEDIATE")  # e.g. a backup or the archiver, holding the lock
         before = retries()
         rig.send.send_nowait(deposit("0xaa", 50_000))
@@ -166,7 +166,7 @@ async def test_a_competing_write_lock_is_retried_until_it_is_released_and_nothin
         rig.send.close()
     assert sum(isinstance(e, BetConfirmed) for e in rig.events()) == 50
     reader = rig.reader()
-    assert db.get_balance(reader, "0xaa") == ledger.Account(0, 50_000)
+    assert read.get_balance(reader, "0xaa") == ledger.Account(0, 50_000)
     assert integrity_check(reader) == []
 
 
@@ -178,12 +178,12 @@ async def test_when_the_lock_never_frees_requests_are_refused_and_settlements_ke
         await rig.start(nursery)
         await rig.commit(deposit("0xaa", 5_000))
         await rig.commit(bet(1))
-        holder = db.open_connection(rig.path)
+        holder = connect.open_connection(rig.path)
         holder.execute("BEGIN IMMEDIATE")
         resolutions = rig.fanout.subscribe(100, "test")
         rig.send.send_nowait(lose("bet-1"))
         refused = await rig.commit(bet(2))
-        assert isinstance(refused, BetRejected) and refused.reason == db.STORE_BUSY
+        assert isinstance(refused, BetRejected) and refused.reason == write.STORE_BUSY
         holder.execute("ROLLBACK")
         # The settlement was carried into the next batch and lands without any new request.
         async for event in resolutions:
@@ -193,7 +193,7 @@ async def test_when_the_lock_never_frees_requests_are_refused_and_settlements_ke
         assert isinstance(await rig.commit(bet(2)), BetConfirmed)
         rig.send.close()
     reader = rig.reader()
-    assert db.get_balance(reader, "0xaa") == ledger.Account(3_000, 1_000)
+    assert read.get_balance(reader, "0xaa") == ledger.Account(3_000, 1_000)
     assert integrity_check(reader) == []
 
 
@@ -264,7 +264,7 @@ async def test_bets_answered_early_are_committed_in_order_and_durable_when_answe
     async with trio.open_nursery() as nursery:
         await rig.start(nursery)
         await rig.commit(deposit("0xaa", 10**9))
-        reader = db.open_connection(reader_path, read_only=True)
+        reader = connect.open_connection(reader_path, read_only=True)
 
         async def player(n: int) -> None:
             await trio.sleep(n % 7 * 0.001)  # arrivals spread over a few scheduling rounds
@@ -307,8 +307,8 @@ async def test_a_settlement_sent_twice_resolves_the_bet_once(
         rig.send.close()
     assert sum(isinstance(e, BetResolved) for e in rig.events()) == 1
     reader = rig.reader()
-    assert db.get_balance(reader, "0xaa") == ledger.Account(4_000, 0)
-    assert len(db.ledger_page(reader, "0xaa").items) == 3
+    assert read.get_balance(reader, "0xaa") == ledger.Account(4_000, 0)
+    assert len(read.ledger_page(reader, "0xaa").items) == 3
     assert integrity_check(reader) == []
 
 
@@ -327,95 +327,5 @@ async def test_closing_the_channel_drains_commits_and_returns(
     seen = [event async for event in sub]
     assert sum(isinstance(e, BetConfirmed) for e in seen) == 100
     reader = rig.reader()
-    assert len(db.open_bets(reader)) == 100
+    assert len(read.open_bets(reader)) == 100
     assert integrity_check(reader) == []
-
-
-# ── the fan-out ──────────────────────────────────────────────────────────────────────────────
-
-
-def balance(n: int) -> BalanceChanged:
-    return BalanceChanged(address="0xaa", available=n, locked=0, at=NOW)
-
-
-async def test_a_lagging_subscriber_is_dropped_without_slowing_the_others() -> None:
-    fanout = batcher.CommittedFanout()
-    slow = fanout.subscribe(2, "slow")
-    fast = fanout.subscribe(10, "fast")
-    for n in range(3):
-        fanout.publish([balance(n)])  # never blocks, even though `slow` is full after two
-    assert fanout.dropped == 1
-    assert [await fast.receive() for _ in range(3)] == [balance(0), balance(1), balance(2)]
-    assert [await slow.receive() for _ in range(2)] == [balance(0), balance(1)]
-    with pytest.raises(batcher.Lagged):
-        await slow.receive()
-    fanout.publish([balance(3)])
-    assert await fast.receive() == balance(3)
-
-
-async def test_a_waiter_gets_the_first_answer_for_its_bet_only() -> None:
-    fanout = batcher.CommittedFanout()
-    confirmed = BetConfirmed(bet=db._refused_bet(bet(1), "x"))
-    other = BetRejected(bet=db._refused_bet(bet(2), "insufficient_funds"), reason="x")
-    with fanout.expect_bet("bet-1") as waiter, fanout.expect_entry("dep-0xaa") as entry:
-        fanout.publish([other, confirmed, BetRejected(bet=confirmed.bet, reason="late")])
-        assert await waiter.wait() is confirmed
-        assert entry.answer is None
-        posted = EntryPosted(ref="dep-0xaa", entry=None, error="insufficient_funds")
-        fanout.publish([posted])
-        assert await entry.wait() is posted
-    assert fanout._bet_waiters == {} and fanout._ref_waiters == {}
-
-
-async def test_a_subscription_hands_out_a_committed_batch_without_yielding_per_event() -> None:
-    fanout = batcher.CommittedFanout()
-    sub = fanout.subscribe(1000, "hub")
-    batch = [balance(n) for n in range(100)]
-    fanout.publish(batch)
-    first = await sub.receive()  # the batch's first event may wait (and checkpoints)
-    with trio.testing.assert_no_checkpoints():
-        rest = [await sub.receive() for _ in range(99)]
-    assert [first, *rest] == batch
-
-
-async def test_a_subscription_lags_when_the_events_it_holds_would_pass_its_capacity() -> None:
-    fanout = batcher.CommittedFanout()
-    sub = fanout.subscribe(3, "small")
-    fanout.publish([balance(0), balance(1)])
-    fanout.publish([balance(2), balance(3)])  # 4 events held > 3: dropped, whole batch
-    assert fanout.dropped == 1
-    assert [await sub.receive() for _ in range(2)] == [balance(0), balance(1)]
-    with pytest.raises(batcher.Lagged):
-        await sub.receive()
-
-
-async def test_receive_batch_takes_across_committed_batches_up_to_its_limit() -> None:
-    fanout = batcher.CommittedFanout()
-    sub = fanout.subscribe(5, "bus")
-    fanout.publish([balance(0), balance(1), balance(2)])
-    fanout.publish([balance(3), balance(4)])
-    assert await sub.receive_batch(4) == [balance(n) for n in range(4)]
-    assert await sub.receive_batch(10) == [balance(4)]
-    fanout.publish([balance(n) for n in range(5)])  # all handed out: room for 5 again
-    assert fanout.dropped == 0
-    assert await sub.receive_batch(10) == [balance(n) for n in range(5)]
-
-
-async def test_a_subscription_keeping_up_is_never_dropped_however_many_batches_pass() -> None:
-    fanout = batcher.CommittedFanout()
-    sub = fanout.subscribe(3, "steady")
-    for n in range(50):
-        fanout.publish([balance(n), balance(n)])
-        assert [await sub.receive() for _ in range(2)] == [balance(n), balance(n)]
-    assert fanout.dropped == 0
-
-
-async def test_closing_the_fanout_ends_every_subscription() -> None:
-    fanout = batcher.CommittedFanout()
-    sub = fanout.subscribe(4)
-    gone = fanout.subscribe(4)
-    gone.close()
-    fanout.publish([balance(1)])  # the closed one is forgotten quietly
-    fanout.close()
-    assert [e async for e in sub] == [balance(1)]
-    assert [e async for e in fanout.subscribe(4)] == []

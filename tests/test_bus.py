@@ -21,7 +21,7 @@ import redis
 import trio
 
 from actors import bus, redis_gateway
-from actors.batcher import CommittedFanout
+from actors.fanout import CommittedFanout
 from tap.config import Config, RedisConfig
 from tap.messages import (
     Bet,

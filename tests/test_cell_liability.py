@@ -15,6 +15,7 @@ import trio
 from msgspec.structs import replace
 
 from actors import batcher
+from actors.fanout import CommittedFanout
 from tap import ledger
 from tap.config import BatcherConfig
 from tap.messages import (
@@ -28,7 +29,7 @@ from tap.messages import (
     WriterRequest,
 )
 from tap.runtime.clock import Clock
-from tap.store import db
+from tap.store import connect, read, write
 from tap.store.integrity import integrity_check
 from tests.builders import NOW
 from tests.e2e import pick_cell, serving
@@ -67,8 +68,8 @@ def player(n: int) -> str:
 
 @pytest.fixture
 def conn(tmp_path: Path) -> sqlite3.Connection:
-    c = db.open_writer(tmp_path / "tap.db", synchronous="OFF")
-    db.apply_batch(
+    c = connect.open_writer(tmp_path / "tap.db", synchronous="OFF")
+    write.apply_batch(
         c, [Deposit(address=player(n), amount=10**6, ref=f"d{n}", at=NOW) for n in range(40)], NOW
     )
     yield c  # type: ignore[misc]
@@ -104,27 +105,27 @@ def lose(bet_id: str) -> Settle:
 
 def test_a_cell_takes_bets_up_to_its_cap_and_refuses_the_next(conn: sqlite3.Connection) -> None:
     bets: list[WriterRequest] = [on_cell(n, player(n)) for n in range(21)]
-    got = verdicts(db.apply_batch(conn, bets, NOW, cell_caps=CAPS))
+    got = verdicts(write.apply_batch(conn, bets, NOW, cell_caps=CAPS))
     assert [got[f"bet-{n}"] for n in range(20)] == ["confirmed"] * 20  # 20 × 2_500 = 50_000
     assert got["bet-20"] == "exposure_limit"
-    refused = db.get_bet(conn, "bet-20")
+    refused = read.get_bet(conn, "bet-20")
     assert refused is not None and refused.status == "rejected"  # stored: the nonce is burned
-    assert db.get_balance(conn, player(20)) == ledger.Account(10**6, 0)  # no money moved
-    assert db.cell_liability(conn, CELL) == 50_000
+    assert read.get_balance(conn, player(20)) == ledger.Account(10**6, 0)  # no money moved
+    assert write.cell_liability(conn, CELL) == 50_000
     # Another cell is another budget; another market without a cap has none.
     other = replace(on_cell(30, player(30)), bet_id="bet-30", cell_id="BTC-USD:100:8", row=8)
     eth = replace(
         on_cell(31, player(31)), bet_id="bet-31", cell_id="ETH-USD:100:7", symbol="ETH-USD"
     )
-    assert verdicts(db.apply_batch(conn, [other, eth], NOW, cell_caps=CAPS)) == {
+    assert verdicts(write.apply_batch(conn, [other, eth], NOW, cell_caps=CAPS)) == {
         "bet-30": "confirmed",
         "bet-31": "confirmed",
     }
     # A settled bet frees its share: one more fits, then the cell is full again.
-    db.apply_batch(conn, [lose("bet-0")], NOW, cell_caps=CAPS)
-    assert db.cell_liability(conn, CELL) == 50_000 - PAYOUT
+    write.apply_batch(conn, [lose("bet-0")], NOW, cell_caps=CAPS)
+    assert write.cell_liability(conn, CELL) == 50_000 - PAYOUT
     more = [on_cell(n, player(n)) for n in (21, 22)]
-    assert verdicts(db.apply_batch(conn, more, NOW, cell_caps=CAPS)) == {
+    assert verdicts(write.apply_batch(conn, more, NOW, cell_caps=CAPS)) == {
         "bet-21": "confirmed",
         "bet-22": "exposure_limit",
     }
@@ -140,31 +141,31 @@ def test_a_bet_refused_for_funds_takes_no_room_and_one_past_the_cap_alone_is_ref
 ) -> None:
     broke = on_cell(1, "0x" + "f" * 40)  # no account: insufficient_funds
     huge = on_cell(2, player(2), amount=30_000)  # 75_000 alone
-    assert verdicts(db.apply_batch(conn, [broke, huge], NOW, cell_caps=CAPS)) == {
+    assert verdicts(write.apply_batch(conn, [broke, huge], NOW, cell_caps=CAPS)) == {
         "bet-1": "insufficient_funds",
         "bet-2": "exposure_limit",
     }
-    assert db.cell_liability(conn, CELL) == 0
+    assert write.cell_liability(conn, CELL) == 0
 
 
 def test_the_liability_is_recomputed_from_open_bets_when_a_writer_starts(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "tap.db"
-    conn = db.open_writer(path, synchronous="OFF")
-    db.apply_batch(
+    conn = connect.open_writer(path, synchronous="OFF")
+    write.apply_batch(
         conn,
         [Deposit(address=player(n), amount=10**6, ref=f"d{n}", at=NOW) for n in range(25)],
         NOW,
     )
-    db.apply_batch(conn, [on_cell(n, player(n)) for n in range(12)], NOW)  # no cap then
-    db.apply_batch(conn, [lose("bet-0"), lose("bet-1")], NOW)
+    write.apply_batch(conn, [on_cell(n, player(n)) for n in range(12)], NOW)  # no cap then
+    write.apply_batch(conn, [lose("bet-0"), lose("bet-1")], NOW)
     conn.execute("DELETE FROM cell_liability")  # e.g. written by a version without the cap
     conn.close()
 
     async def start_writer_and_bet() -> dict[str, str]:
         send, receive = trio.open_memory_channel[WriterRequest](64)
-        fanout = batcher.CommittedFanout()
+        fanout = CommittedFanout()
         cfg = BatcherConfig(max_batch=64, max_wait_ms=1, queue_size=64, busy_timeout_ms=1)
         answers: dict[str, str] = {}
         async with trio.open_nursery() as nursery:
@@ -185,9 +186,9 @@ def test_the_liability_is_recomputed_from_open_bets_when_a_writer_starts(
     answers = trio.run(start_writer_and_bet)
     # 10 open (25_000) at start: 10 more fit, the other 3 are refused.
     assert sorted(answers.values()) == ["confirmed"] * 10 + ["exposure_limit"] * 3
-    reopened = db.open_connection(path, read_only=True)
+    reopened = connect.open_connection(path, read_only=True)
     try:
-        assert db.cell_liability(reopened, CELL) == 50_000
+        assert write.cell_liability(reopened, CELL) == 50_000
     finally:
         reopened.close()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tap.messages import DecidedBy, Deposit, Outcome, PlaceBet, Settle
-from tap.store import db
+from tap.store import connect, write
 from tap.store.integrity import integrity_check
 from tests.builders import placed_bet
 
@@ -36,8 +36,8 @@ def settle(bet_id: str, status: str) -> Outcome:
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     """Two accounts with a bet in every status: confirmed, won, lost, void, rejected."""
-    c = db.open_writer(tmp_path / "tap.db")
-    db.apply_batch(
+    c = connect.open_writer(tmp_path / "tap.db")
+    write.apply_batch(
         c,
         [
             Deposit(address="0xaa", amount=10_000, ref="d1", at=NOW),
@@ -51,7 +51,7 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
         ],
         NOW,
     )
-    db.apply_batch(
+    write.apply_batch(
         c,
         [
             Settle(

@@ -39,5 +39,5 @@ def test_only_the_supervisors_import_actors() -> None:
 
 def test_the_check_sees_an_import_of_actors(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("import trio\n\ndef f():\n    from actors.batcher import follow\n")
+    module.write_text("import trio\n\ndef f():\n    from actors.fanout import follow\n")
     assert _imports_actors(module) == [4]

@@ -18,7 +18,7 @@ import trio.testing
 from prometheus_client import REGISTRY
 
 from actors import ledger_sync
-from actors.batcher import CommittedFanout
+from actors.fanout import CommittedFanout
 from tap.hotstate import ADMITTED, Admit, HotStateUnavailable, InMemoryHotState
 from tap.messages import (
     BalanceChanged,

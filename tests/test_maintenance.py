@@ -20,7 +20,7 @@ from actors import maintenance
 from tap.config import Config, load_config
 from tap.messages import Deposit
 from tap.runtime.clock import Clock
-from tap.store import archive, backup, db
+from tap.store import archive, backup, connect, write
 
 NOW = 1_732_290_000_000
 HOUR = 3_600_000
@@ -41,9 +41,9 @@ def make_cfg(tmp_path: Path, **archive_overrides: int) -> Config:
 
 
 def make_db(cfg: Config) -> None:
-    conn = db.open_writer(cfg.server.db_path)
+    conn = connect.open_writer(cfg.server.db_path)
     try:
-        db.apply_batch(conn, [Deposit(address="0xaa", amount=500, ref="d1", at=NOW)], NOW)
+        write.apply_batch(conn, [Deposit(address="0xaa", amount=500, ref="d1", at=NOW)], NOW)
     finally:
         conn.close()
 

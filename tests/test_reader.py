@@ -10,16 +10,16 @@ import pytest
 import trio
 import trio._core._thread_cache as thread_cache
 
-from tap.store import db
+from tap.store import connect
 from tap.store.reader import StoreReader
 
 
 class OpenedConnections:
-    """Wraps `db.open_connection` to remember every read connection the reader opens."""
+    """Wraps `connect.open_connection` to remember every read connection the reader opens."""
 
     def __init__(self) -> None:
         self.opened: list[sqlite3.Connection] = []
-        self._real = db.open_connection
+        self._real = connect.open_connection
 
     def __call__(self, *args: object, **kwargs: object) -> sqlite3.Connection:
         conn = self._real(*args, **kwargs)  # type: ignore[arg-type]
@@ -40,14 +40,14 @@ class OpenedConnections:
 @pytest.fixture
 def database(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
-    db.open_writer(path).close()
+    connect.open_writer(path).close()
     return path
 
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> OpenedConnections:
     spy = OpenedConnections()
-    monkeypatch.setattr(db, "open_connection", spy)
+    monkeypatch.setattr(connect, "open_connection", spy)
     return spy
 
 

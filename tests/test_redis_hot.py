@@ -31,7 +31,7 @@ from tap.messages import (
     WriterRequest,
 )
 from tap.pending import PendingBets
-from tap.store import db
+from tap.store import connect, read, write
 from tap.store.redis_hot import RedisHotState, override_channel
 from tap.store.redis_link import RedisCommand
 from tests.builders import placed_bet
@@ -261,15 +261,15 @@ STAKE = 1_000_000
 def ledger_file(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection]]:
     """The ledger: a writer connection (commits as the batcher does) and a read-only one."""
     path = tmp_path / "tap.db"
-    writer = db.open_writer(path)
-    reader = db.open_connection(path, read_only=True)
+    writer = connect.open_writer(path)
+    reader = connect.open_connection(path, read_only=True)
     yield writer, reader
     reader.close()
     writer.close()
 
 
 def commit(writer: sqlite3.Connection, *requests: WriterRequest) -> list[Committed]:
-    return list(db.apply_batch(writer, list(requests), T0))
+    return list(write.apply_batch(writer, list(requests), T0))
 
 
 def late_credit_event(writer: sqlite3.Connection, kind: str) -> Committed:
@@ -308,7 +308,7 @@ async def test_a_credit_sent_after_a_seed_that_already_read_it_is_not_counted_tw
     late = late_credit_event(writer, kind)
 
     async def ledger_available(address: str) -> tuple[int, int]:
-        return db.available_through(reader, address)
+        return read.available_through(reader, address)
 
     cfg = hot_config(redis_url, redis_prefix)
     pending = PendingBets()
@@ -318,7 +318,7 @@ async def test_a_credit_sent_after_a_seed_that_already_read_it_is_not_counted_tw
         [confirmed, *_] = commit(writer, placed_bet(2, A, STAKE))
         assert isinstance(confirmed, BetConfirmed)
         await ledger_sync.apply(hot, pending, confirmed)
-        assert await hot.spendable(A) == db.get_balance(reader, A).available
+        assert await hot.spendable(A) == read.get_balance(reader, A).available
 
 
 async def test_a_credit_past_the_seeded_position_is_applied_in_whatever_order_it_comes(

@@ -14,7 +14,7 @@ import pytest
 from tap.config import Config, load_config
 from tap.messages import DecidedBy, Deposit, Outcome, PlaceBet, Settle, StoreTicks, Tick
 from tap.resolver import OpenBet, ResolverIndex
-from tap.store import db
+from tap.store import connect, write
 from tap.store.replay import replay_range
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,15 +111,15 @@ def cfg(tmp_path: Path) -> Config:
         "void-by-gap": "void",
         "lose-late-column": "lost",
     }
-    conn = db.open_writer(cfg.server.db_path)
+    conn = connect.open_writer(cfg.server.db_path)
     try:
-        db.apply_batch(
+        write.apply_batch(
             conn,
             [Deposit(address="0xaa", amount=1_000_000, ref="d1", at=T0 - COL_MS), *BETS],
             T0 - COL_MS,
         )
-        db.apply_batch(conn, [StoreTicks(ticks=tuple(tick_log()))], T0 + 6 * COL_MS)
-        db.apply_batch(conn, [Settle(outcomes=tuple(outcomes))], T0 + 6 * COL_MS)
+        write.apply_batch(conn, [StoreTicks(ticks=tuple(tick_log()))], T0 + 6 * COL_MS)
+        write.apply_batch(conn, [Settle(outcomes=tuple(outcomes))], T0 + 6 * COL_MS)
     finally:
         conn.close()
     return cfg
@@ -221,12 +221,12 @@ def test_trades_sharing_a_millisecond_replay_as_the_live_resolver_decided(tmp_pa
         "win-same-ms": ("won", DecidedBy(ts=t1, price=10_000_900)),
         "lose-crowded-close": ("lost", DecidedBy(ts=T0 + 2 * COL_MS, price=9_999_500)),
     }
-    conn = db.open_writer(cfg.server.db_path)
+    conn = connect.open_writer(cfg.server.db_path)
     try:
         deposit = Deposit(address="0xaa", amount=1_000_000, ref="d1", at=T0 - COL_MS)
-        db.apply_batch(conn, [deposit, *bets], T0 - COL_MS)
-        db.apply_batch(conn, [StoreTicks(ticks=tuple(arrival))], T0 + 3 * COL_MS)
-        db.apply_batch(conn, [Settle(outcomes=tuple(outcomes))], T0 + 3 * COL_MS)
+        write.apply_batch(conn, [deposit, *bets], T0 - COL_MS)
+        write.apply_batch(conn, [StoreTicks(ticks=tuple(arrival))], T0 + 3 * COL_MS)
+        write.apply_batch(conn, [Settle(outcomes=tuple(outcomes))], T0 + 3 * COL_MS)
     finally:
         conn.close()
     assert replay_range(cfg, FROM, TO) == ([], 2)

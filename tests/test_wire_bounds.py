@@ -23,7 +23,7 @@ from tap.messages import (
     Wire,
     WithdrawalRequest,
 )
-from tap.store import db
+from tap.store import read
 from tests.e2e import Server, connect_ws, new_nonce, pick_cell
 
 HUGE = -9_223_372_036_854_775_809  # below -2⁶³: not even bindable to SQLite
@@ -111,11 +111,11 @@ def test_an_out_of_bounds_ws_frame_is_refused_naming_the_field(
 
 @pytest.mark.parametrize(
     "cursor",
-    ["x" * 129, db.encode_cursor(2**63), db.encode_cursor(10**400)[:128], "wzk"],
+    ["x" * 129, read.encode_cursor(2**63), read.encode_cursor(10**400)[:128], "wzk"],
 )
 def test_a_cursor_beyond_its_bounds_is_invalid_not_an_overflow(cursor: str) -> None:
-    with pytest.raises(db.InvalidCursor):
-        db.decode_cursor(cursor)
+    with pytest.raises(read.InvalidCursor):
+        read.decode_cursor(cursor)
 
 
 # ── through a real server ─────────────────────────────────────────────────────────────────────

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from actors import batcher
+from actors.fanout import CommittedFanout
 from tap import ledger
 from tap.config import BatcherConfig
 from tap.messages import (
@@ -37,7 +38,7 @@ from tap.messages import (
     WriterRequest,
 )
 from tap.runtime.clock import Clock
-from tap.store import db
+from tap.store import connect, read, write
 from tap.store.integrity import integrity_check
 from tests.builders import NOW, placed_bet
 from tests.e2e import Server, pick_cell, placeable_cells, serving
@@ -52,7 +53,7 @@ def hostile(n: int, **fields: object) -> PlaceBet:
 
 @pytest.fixture
 def conn(tmp_path: Path) -> sqlite3.Connection:
-    c = db.open_writer(tmp_path / "tap.db", synchronous="OFF")
+    c = connect.open_writer(tmp_path / "tap.db", synchronous="OFF")
     yield c  # type: ignore[misc]
     c.close()
 
@@ -62,19 +63,19 @@ def answers(events: Sequence[Committed]) -> dict[str, Committed]:
 
 
 def test_nine_good_bets_commit_beside_the_overflowing_one(conn: sqlite3.Connection) -> None:
-    db.apply_batch(conn, [Deposit(address="0xaa", amount=100_000, ref="d", at=NOW)], NOW)
+    write.apply_batch(conn, [Deposit(address="0xaa", amount=100_000, ref="d", at=NOW)], NOW)
     batch: list[WriterRequest] = [placed_bet(n) for n in range(9)]
     batch.insert(4, hostile(99, min_multiplier_bps=OVERFLOW))
-    by_id = answers(db.apply_batch(conn, batch, NOW))
+    by_id = answers(write.apply_batch(conn, batch, NOW))
     assert len(by_id) == 10
     assert all(isinstance(by_id[f"bet-{n}"], BetConfirmed) for n in range(9))
     refused = by_id["bet-99"]
     assert isinstance(refused, BetRejected) and refused.reason == "invalid_request"
-    assert db.get_bet(conn, "bet-99") is None  # its values cannot even be stored
-    assert db.get_balance(conn, "0xaa") == ledger.Account(100_000 - 9_000, 9_000)
+    assert read.get_bet(conn, "bet-99") is None  # its values cannot even be stored
+    assert read.get_balance(conn, "0xaa") == ledger.Account(100_000 - 9_000, 9_000)
     assert integrity_check(conn) == []
     # The next batch works as ever.
-    (next_answer,) = answers(db.apply_batch(conn, [placed_bet(10)], NOW)).values()
+    (next_answer,) = answers(write.apply_batch(conn, [placed_bet(10)], NOW)).values()
     assert isinstance(next_answer, BetConfirmed)
 
 
@@ -97,9 +98,9 @@ def test_nine_good_bets_commit_beside_the_overflowing_one(conn: sqlite3.Connecti
 def test_each_kind_of_hostile_bet_is_refused_alone(
     conn: sqlite3.Connection, bad: dict[str, object]
 ) -> None:
-    db.apply_batch(conn, [Deposit(address="0xaa", amount=100_000, ref="d", at=NOW)], NOW)
+    write.apply_batch(conn, [Deposit(address="0xaa", amount=100_000, ref="d", at=NOW)], NOW)
     batch: list[WriterRequest] = [placed_bet(1), hostile(2, **bad), placed_bet(3)]
-    by_id = answers(db.apply_batch(conn, batch, NOW))
+    by_id = answers(write.apply_batch(conn, batch, NOW))
     assert isinstance(by_id["bet-1"], BetConfirmed) and isinstance(by_id["bet-3"], BetConfirmed)
     assert isinstance(by_id["bet-2"], BetRejected)
     assert by_id["bet-2"].reason in ("invalid_request", "amount_out_of_range")
@@ -113,19 +114,19 @@ def test_an_item_that_raises_is_refused_and_its_partial_work_undone(
     writes their ledger row, *after* their money moved: a deposit and a winning settlement.
     Each is undone alone (SAVEPOINT: rows and balances), the rest of the batch commits, and the
     balances announced are the committed ones. A tick past 2⁶³ is dropped alone too."""
-    db.apply_batch(
+    write.apply_batch(
         conn,
         [Deposit(address="0xaa", amount=100_000, ref="d", at=NOW), placed_bet(1), placed_bet(2)],
         NOW,
     )
-    real_post = db._BatchWriter.post
+    real_post = write._BatchWriter.post
 
-    def buggy_post(self: db._BatchWriter, address: str, m: ledger.Movement, a: int, ref: str):  # type: ignore[no-untyped-def]
+    def buggy_post(self: write._BatchWriter, address: str, m: ledger.Movement, a: int, ref: str):  # type: ignore[no-untyped-def]
         if ref in ("bet-1", "bad"):
             raise RuntimeError(f"a bug writing {ref}")
         return real_post(self, address, m, a, ref)
 
-    monkeypatch.setattr(db._BatchWriter, "post", buggy_post)
+    monkeypatch.setattr(write._BatchWriter, "post", buggy_post)
 
     def resolve(bet_id: str, status: str) -> Outcome:
         won = status == "won"
@@ -154,7 +155,7 @@ def test_an_item_that_raises_is_refused_and_its_partial_work_undone(
         placed_bet(3),
         Deposit(address="0xbb", amount=700, ref="good", at=NOW),
     ]
-    events = db.apply_batch(conn, batch, NOW)
+    events = write.apply_batch(conn, batch, NOW)
 
     posted = {e.ref: e for e in events if isinstance(e, EntryPosted)}
     assert posted["bad"].entry is None and posted["bad"].error == "internal_error"
@@ -162,11 +163,11 @@ def test_an_item_that_raises_is_refused_and_its_partial_work_undone(
     resolved = [e.bet.bet_id for e in events if isinstance(e, BetResolved)]
     assert resolved == ["bet-2"]
     assert isinstance(answers(events)["bet-3"], BetConfirmed)
-    bet1 = db.get_bet(conn, "bet-1")
+    bet1 = read.get_bet(conn, "bet-1")
     assert bet1 is not None and bet1.status == "confirmed"  # left open, not paid
     # 100_000 − 3 stakes; bet-2's stake gone (lost), bet-1's and bet-3's still locked.
-    assert db.get_balance(conn, "0xaa") == ledger.Account(97_000, 2_000)
-    assert db.get_balance(conn, "0xbb") == ledger.Account(700, 0)
+    assert read.get_balance(conn, "0xaa") == ledger.Account(97_000, 2_000)
+    assert read.get_balance(conn, "0xbb") == ledger.Account(700, 0)
     announced = {
         e.address: (e.available, e.locked) for e in events if isinstance(e, BalanceChanged)
     }
@@ -175,15 +176,15 @@ def test_an_item_that_raises_is_refused_and_its_partial_work_undone(
     assert announced == {"0xbb": (700, 0)}
     last_bet = [e for e in events if isinstance(e, BetConfirmed | BetResolved)][-1]
     assert last_bet.balance == Balance(available=97_000, locked=2_000)
-    assert [t.price for t in db.ticks_range(conn, "BTC-USD").ticks] == [1, 3]
+    assert [t.price for t in read.ticks_range(conn, "BTC-USD").ticks] == [1, 3]
     monkeypatch.undo()
     assert integrity_check(conn) == []
 
 
 def test_a_broken_ledger_still_stops_the_writer(conn: sqlite3.Connection) -> None:
     """The one per-item error that is fatal: the stored state contradicts the money rules."""
-    db.apply_batch(conn, [Deposit(address="0xaa", amount=10_000, ref="d", at=NOW)], NOW)
-    db.apply_batch(conn, [placed_bet(1)], NOW)
+    write.apply_batch(conn, [Deposit(address="0xaa", amount=10_000, ref="d", at=NOW)], NOW)
+    write.apply_batch(conn, [placed_bet(1)], NOW)
     conn.execute("UPDATE accounts SET locked = 0 WHERE address = '0xaa'")
     outcome = Outcome(
         bet_id="bet-1",
@@ -196,8 +197,8 @@ def test_a_broken_ledger_still_stops_the_writer(conn: sqlite3.Connection) -> Non
         at=NOW,
     )
     with pytest.raises(ledger.LedgerError):
-        db.apply_batch(conn, [Settle(outcomes=(outcome,)), placed_bet(2)], NOW)
-    assert db.get_bet(conn, "bet-2") is None  # rolled back whole
+        write.apply_batch(conn, [Settle(outcomes=(outcome,)), placed_bet(2)], NOW)
+    assert read.get_bet(conn, "bet-2") is None  # rolled back whole
 
 
 def test_fatal_errors_are_told_apart_from_one_items_errors() -> None:
@@ -207,7 +208,11 @@ def test_fatal_errors_are_told_apart_from_one_items_errors() -> None:
     ioerr.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
     constraint = sqlite3.IntegrityError("CHECK constraint failed")
     constraint.sqlite_errorcode = sqlite3.SQLITE_CONSTRAINT_CHECK  # type: ignore[attr-defined]
-    assert db.is_fatal(corrupt) and db.is_fatal(ioerr) and db.is_fatal(ledger.LedgerError("x"))
+    assert (
+        write.is_fatal(corrupt)
+        and write.is_fatal(ioerr)
+        and write.is_fatal(ledger.LedgerError("x"))
+    )
     for harmless in (
         constraint,
         OverflowError("Python int too large"),
@@ -215,7 +220,7 @@ def test_fatal_errors_are_told_apart_from_one_items_errors() -> None:
         ValueError("x"),
         UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
     ):
-        assert not db.is_fatal(harmless), harmless
+        assert not write.is_fatal(harmless), harmless
 
 
 # ── the batcher actor, and a real server ──────────────────────────────────────────────────────
@@ -224,7 +229,7 @@ def test_fatal_errors_are_told_apart_from_one_items_errors() -> None:
 async def test_the_batcher_answers_every_item_and_lives_on(tmp_path: Path) -> None:
     cfg = BatcherConfig(max_batch=64, max_wait_ms=50, queue_size=128, busy_timeout_ms=1)
     send, receive = trio.open_memory_channel[WriterRequest](128)
-    fanout = batcher.CommittedFanout()
+    fanout = CommittedFanout()
     async with trio.open_nursery() as nursery:
         await nursery.start(
             batcher.run, cfg, Clock(epoch_ms=NOW), receive, fanout.publish, tmp_path / "t.db"
@@ -305,7 +310,7 @@ async def test_a_writer_stopped_by_a_broken_database_fails_readiness_and_writes(
             player = server.player()
             await player.login()
             await player.deposit(10_000_000)
-            monkeypatch.setattr(db, "apply_batch", corrupt)
+            monkeypatch.setattr(write, "apply_batch", corrupt)
             cell = await pick_cell(server, min_lead_ms=3000)
             r = await player.place(cell_id=cell["cell_id"], amount=1_000_000)
             # Queued, and its batch meets the broken file: never committed, so never a 202

@@ -192,11 +192,11 @@ def cmd_feed_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from tap.store import db
+    from tap.store import connect
 
     cfg = _config(args)
     Path(cfg.server.db_path).parent.mkdir(parents=True, exist_ok=True)
-    version = db.migrate_path(cfg.server.db_path)
+    version = connect.migrate_path(cfg.server.db_path)
     print(f"{cfg.server.db_path}: schema version {version}")
     return 0
 
@@ -241,11 +241,11 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from tap.store import db
+    from tap.store import connect
     from tap.store.integrity import integrity_check
 
     cfg = _config(args)
-    conn = db.open_connection(cfg.server.db_path, read_only=True)
+    conn = connect.open_connection(cfg.server.db_path, read_only=True)
     try:
         violations = integrity_check(conn)
     finally:

@@ -47,7 +47,7 @@ from actors import (
     market,
     redis_gateway,
 )
-from actors.batcher import FOLLOW_CAPACITY, CommittedFanout
+from actors.fanout import FOLLOW_CAPACITY, CommittedFanout
 from tap.config import Config, ConfigError, describe
 from tap.edge.app import create_app
 from tap.edge.desk import BetDesk
@@ -81,7 +81,7 @@ from tap.runtime.supervisor import (
     start_bookkeeping,
     start_pricing,
 )
-from tap.store import db
+from tap.store import connect, read
 from tap.store.backup import ServerLock
 from tap.store.reader import StoreReader
 from tap.store.redis_hot import SCRIPTS, RedisHotState, sentinel_key
@@ -149,13 +149,13 @@ async def serve_core(
                 hot = RedisHotState.from_config(
                     gateway,
                     cfg,
-                    balance_source=lambda a: reader.run(lambda c: db.available_through(c, a)),
+                    balance_source=lambda a: reader.run(lambda c: read.available_through(c, a)),
                 )
 
                 async def ledger_less_waiting() -> dict[str, tuple[int, int]]:
                     """The ledger's balances, less what waits in the requests stream (its holds
                     are in Redis and not yet in the ledger: `bus.waiting_holds`)."""
-                    balances = await reader.run(db.all_available_through)
+                    balances = await reader.run(read.all_available_through)
                     for address, held in (await bus.waiting_holds(gateway, keys)).items():
                         available, through = balances.get(address, (0, 0))
                         balances[address] = (available - held, through)
@@ -164,15 +164,15 @@ async def serve_core(
                 async def rebuild_hot() -> None:
                     await hot.rebuild_from(ledger_less_waiting)
                     since = clock.now_ms() - 2 * cfg.auth.max_skew_ms
-                    nonces = await reader.run(lambda c: db.recent_nonces(c, since))
+                    nonces = await reader.run(lambda c: read.recent_nonces(c, since))
                     await hot.remember_nonces(nonces, clock.now_ms())
 
                 async def committed_bets(bet_ids: Sequence[str]) -> dict[str, Bet]:
                     ids = list(bet_ids)
-                    return await reader.run(lambda c: db.bets_by_ids(c, ids))
+                    return await reader.run(lambda c: read.bets_by_ids(c, ids))
 
                 async def reload_open() -> list[Any]:
-                    return await reader.run(db.open_bets)
+                    return await reader.run(read.open_bets)
 
                 try:
                     await rebuild_hot()
@@ -314,7 +314,7 @@ async def serve_edge(
         admin_token = os.environ.get("TAP_ADMIN_TOKEN") or None
     log.info("effective config", extra={"config": describe(cfg), "role": "edge"})
     db_path = cfg.server.db_path
-    await trio.to_thread.run_sync(db.wait_for_schema, db_path)
+    await trio.to_thread.run_sync(connect.wait_for_schema, db_path)
     reader = StoreReader(db_path)
     # This edge's view of the core's commits, fed by the follower: waiters, hub, pending map.
     fanout = CommittedFanout()
@@ -327,7 +327,7 @@ async def serve_edge(
 
     async def committed_bets(bet_ids: Sequence[str]) -> dict[str, Bet]:
         ids = list(bet_ids)
-        return await reader.run(lambda c: db.bets_by_ids(c, ids))
+        return await reader.run(lambda c: read.bets_by_ids(c, ids))
 
     async def no_rebuild() -> None:
         """An edge never rebuilds the hot state: the core keeps it in line with the ledger."""
@@ -340,7 +340,7 @@ async def serve_edge(
             hot = RedisHotState.from_config(
                 gateway,
                 cfg,
-                balance_source=lambda a: reader.run(lambda c: db.available_through(c, a)),
+                balance_source=lambda a: reader.run(lambda c: read.available_through(c, a)),
             )
             forwarding = Stage("forwarder")
             await outer.start(

@@ -47,8 +47,8 @@ from actors import (
     redis_gateway,
     resolver,
 )
-from actors.batcher import CommittedFanout
 from actors.breaker import BreakerHandle
+from actors.fanout import CommittedFanout, follow
 from actors.ingest import ManualFeed, TickOutput
 from actors.market import MarketHandle
 from tap.config import Config, describe
@@ -73,7 +73,7 @@ from tap.runtime.clock import Clock
 from tap.runtime.session_secret import load_session_secret
 from tap.runtime.stage import Stage
 from tap.sessions import SessionBook
-from tap.store import archive, db
+from tap.store import archive, connect, read
 from tap.store.backup import ServerLock
 from tap.store.reader import StoreReader
 from tap.store.redis_hot import SCRIPTS, RedisHotState, sentinel_key
@@ -106,13 +106,13 @@ class StartupState:
 
 
 def load_startup_state(db_path: str) -> StartupState:
-    conn = db.open_writer(db_path)  # migrates if needed
+    conn = connect.open_writer(db_path)  # migrates if needed
     try:
-        open_bets = db.open_bets(conn)
+        open_bets = read.open_bets(conn)
         if open_bets:
             first = min(b.t_start for b in open_bets)
-            reload_ticks = db.ticks_since(conn, first)
-            before = db.last_tick_before(conn, first)
+            reload_ticks = read.ticks_since(conn, first)
+            before = read.last_tick_before(conn, first)
         else:
             reload_ticks, before = [], {}
     finally:
@@ -228,7 +228,7 @@ async def _confirmed_bets(
             await out.send(bet)
 
     async with out:
-        await batcher.follow(fanout, "resolver", on_event, on_lag, task_status=task_status)
+        await follow(fanout, "resolver", on_event, on_lag, task_status=task_status)
 
 
 def session_book(cfg: Config, started_ms: int) -> SessionBook:
@@ -325,14 +325,14 @@ async def _serve(
     recovered_tx, recovered_rx = trio.open_memory_channel[str](1)
 
     async def read_balances() -> dict[str, tuple[int, int]]:
-        return await reader.run(db.all_available_through)
+        return await reader.run(read.all_available_through)
 
     async def read_one_balance(address: str) -> tuple[int, int]:
-        return await reader.run(lambda c: db.available_through(c, address))
+        return await reader.run(lambda c: read.available_through(c, address))
 
     async def recent_nonces() -> list[tuple[str, str, int]]:
         since = clock.now_ms() - nonce_memory_ms
-        return await reader.run(lambda c: db.recent_nonces(c, since))
+        return await reader.run(lambda c: read.recent_nonces(c, since))
 
     async def rebuild_hot() -> None:
         """Balances from the ledger, and the ledger's recent nonces, into the hot state.
@@ -344,7 +344,7 @@ async def _serve(
         if isinstance(hot, RedisHotState):
             await hot.rebuild_from(read_balances)
         else:
-            balances = db.read_balances_now(db_path)
+            balances = read.read_balances_now(db_path)
             for bet in pending.by_id.values():
                 balances[bet.address] = balances.get(bet.address, 0) - bet.amount
             await hot.rebuild(balances)
@@ -352,10 +352,10 @@ async def _serve(
 
     async def committed_bets(bet_ids: Sequence[str]) -> dict[str, Bet]:
         ids = list(bet_ids)
-        return await reader.run(lambda c: db.bets_by_ids(c, ids))
+        return await reader.run(lambda c: read.bets_by_ids(c, ids))
 
     async def reload_open() -> list[Any]:
-        return await reader.run(db.open_bets)
+        return await reader.run(read.open_bets)
 
     try:
         async with trio.open_nursery() as core:
@@ -600,7 +600,7 @@ class WriterTask:
     """The single writer (`actors.batcher`) as a task of a role's outermost nursery.
 
     A failure while the database opens fails startup. A fatal database error later
-    (`db.is_fatal`; the batcher logged it critical) closes the writer's input: writes then fail
+    (`write.is_fatal`; the batcher logged it critical) closes the writer's input: writes then fail
     fast (503) instead of queueing answers that never come, readiness fails (`done` is set), and
     reads, prices and the grid stay up for the operator until the process is stopped; it then
     exits with this error (`raise_failure`)."""
@@ -715,4 +715,4 @@ async def _pump(
         the_hub.close_all(1013, "account messages were lost; resync over HTTP")
 
     async with out:
-        await batcher.follow(fanout, "hub", partial(_forward, out), on_lag, task_status=task_status)
+        await follow(fanout, "hub", partial(_forward, out), on_lag, task_status=task_status)

@@ -79,7 +79,7 @@ import msgspec
 from tap import ledger
 from tap.config import Config
 from tap.runtime import metrics
-from tap.store import db
+from tap.store import connect, read
 from tap.store.backup import DatabaseUse, FileLock, LockHeld, fsync_dir
 from tap.store.integrity import BET_KINDS, integrity_check
 from tap.store.schema import LATEST, schema_version
@@ -339,7 +339,7 @@ def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("BEGIN IMMEDIATE")
             break
         except sqlite3.OperationalError as e:
-            if not db.is_busy(e) or attempt == WRITE_ATTEMPTS - 1:
+            if not connect.is_busy(e) or attempt == WRITE_ATTEMPTS - 1:
                 raise
             time.sleep(BACKOFF_S * (attempt + 1))
     try:
@@ -451,7 +451,7 @@ def _tick_cutoffs(conn: sqlite3.Connection, cutoff: int) -> dict[str, int]:
     """Per symbol, purge ticks before this: the retention cutoff, held back for a symbol with
     open bets to the tick before its earliest open window (the resolver reloads from there)."""
     cutoffs = {}
-    for symbol in db.last_ticks(conn):
+    for symbol in read.last_ticks(conn):
         limit = cutoff
         earliest = conn.execute(
             "SELECT min(t_start) FROM bets WHERE status = 'confirmed' AND symbol = ?", (symbol,)
@@ -487,7 +487,7 @@ def _purge_ticks(conn: sqlite3.Connection, cutoff: int, step: Step) -> int:
 def _open(db_path: str) -> sqlite3.Connection:
     if not Path(db_path).is_file():
         raise ArchiveError(f"no database at {db_path}")
-    conn = db.open_connection(db_path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+    conn = connect.open_connection(db_path, busy_timeout_ms=BUSY_TIMEOUT_MS)
     try:
         version = schema_version(conn)
         if version != LATEST:
@@ -504,7 +504,7 @@ def last_successful_run_ms(cfg: Config) -> int | None:
     path = Path(cfg.server.db_path)
     if not path.is_file():
         return None
-    conn = db.open_connection(path, read_only=True)
+    conn = connect.open_connection(path, read_only=True)
     try:
         row = conn.execute(
             "SELECT max(finished_at) FROM archive_runs WHERE status = 'deleted'"

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tap.config import Config
-from tap.store import db
+from tap.store import connect
 from tap.store.integrity import integrity_check
 from tap.store.schema import LATEST, schema_version
 
@@ -268,7 +268,7 @@ def backup_now(cfg: Config, to: str | None = None, *, now_ms: int | None = None)
             while (dest := folder / backup_name(now, n)).exists():
                 n += 1
         partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-        source = db.open_connection(source_path, read_only=True)
+        source = connect.open_connection(source_path, read_only=True)
         try:
             _copy_database(source, partial)
             os.replace(partial, dest)

@@ -23,7 +23,7 @@ from typing import TypeVar
 import trio
 
 from tap.messages import Bet, LedgerEntry, Tick
-from tap.store import db
+from tap.store import connect, read
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ class StoreReader:
                 raise sqlite3.ProgrammingError("StoreReader is closed")
             if self._free:
                 return self._free.pop()
-        conn = db.open_connection(self._path, read_only=True)
+        conn = connect.open_connection(self._path, read_only=True)
         with self._lock:
             if self._closed:
                 conn.close()
@@ -86,33 +86,33 @@ class StoreReader:
         return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     async def bet(self, bet_id: str) -> Bet | None:
-        return await self.run(lambda c: db.get_bet(c, bet_id))
+        return await self.run(lambda c: read.get_bet(c, bet_id))
 
     async def bet_by_nonce(self, address: str, nonce: str) -> Bet | None:
-        return await self.run(lambda c: db.get_bet_by_nonce(c, address, nonce))
+        return await self.run(lambda c: read.get_bet_by_nonce(c, address, nonce))
 
     async def bets(
         self, address: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Bet], str | None]:
         page = await self.run(
-            lambda c: db.list_bets(c, address, status=status, limit=limit, cursor=cursor)
+            lambda c: read.list_bets(c, address, status=status, limit=limit, cursor=cursor)
         )
         return page.items, page.next_cursor
 
     async def balance(self, address: str) -> tuple[int, int]:
-        acct = await self.run(lambda c: db.get_balance(c, address))
+        acct = await self.run(lambda c: read.get_balance(c, address))
         return acct.available, acct.locked
 
     async def ledger(
         self, address: str, limit: int, cursor: str | None
     ) -> tuple[list[LedgerEntry], str | None]:
-        page = await self.run(lambda c: db.ledger_page(c, address, limit=limit, cursor=cursor))
+        page = await self.run(lambda c: read.ledger_page(c, address, limit=limit, cursor=cursor))
         return page.items, page.next_cursor
 
     async def ticks(
         self, symbol: str, start: int, end: int, limit: int
     ) -> tuple[list[Tick], int | None]:
-        page = await self.run(lambda c: db.ticks_range(c, symbol, start, end, limit=limit))
+        page = await self.run(lambda c: read.ticks_range(c, symbol, start, end, limit=limit))
         return page.ticks, page.next_from
 
     async def ping(self) -> bool:

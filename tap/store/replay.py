@@ -32,7 +32,7 @@ from typing import Any
 from tap.config import Config
 from tap.messages import Outcome
 from tap.resolver import OpenBet, replay
-from tap.store import db
+from tap.store import connect
 
 _COLUMNS = (
     "bet_id, address, symbol, col, row, t_start, t_end, price_lo, price_hi, amount, "
@@ -43,7 +43,7 @@ _COLUMNS = (
 def _open_existing(path: str) -> sqlite3.Connection:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no database at {path}")
-    return db.open_connection(path, read_only=True)
+    return connect.open_connection(path, read_only=True)
 
 
 def _decided(ts: int | None, price: int | None) -> str:

@@ -4,7 +4,8 @@ A migration is a tuple of SQL statements; `schema_version` holds the number of t
 applied. `migrate` runs every pending migration and the version bump in one `BEGIN IMMEDIATE`
 transaction, so two processes starting together cannot both apply one, and a crash half-way
 leaves the previous version intact. Migrations are append-only: never edit a released one, add
-the next. Opening connections and every read and write live in `tap/store/db.py`.
+the next. Opening connections lives in `tap/store/connect.py`, the writes in `write.py`, the
+reads in `read.py`.
 
 Decisions worth knowing before you write SQL against these tables:
 
@@ -176,7 +177,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: per-cell liability, the sum of potential payouts of the open bets on each cell, kept in
     # step by the writer in each batch's transaction (so several writers on one file agree) and
-    # recomputed from the open bets whenever a writer starts (`db.rebuild_cell_liability`).
+    # recomputed from the open bets whenever a writer starts (`write.rebuild_cell_liability`).
     (
         """CREATE TABLE cell_liability (
             cell_id TEXT PRIMARY KEY,
@@ -207,8 +208,8 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Apply every pending migration atomically; return the version now in force.
 
     Idempotent: on an up-to-date file it takes the write lock, sees nothing to do and commits.
-    `conn` must be in autocommit mode (`isolation_level=None`, as `db.open_connection` makes it)
-    and outside a transaction.
+    `conn` must be in autocommit mode (`isolation_level=None`, as `connect.open_connection` makes
+    it) and outside a transaction.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:

@@ -1,34 +1,31 @@
-"""The ledger database: opening connections, the writer's batch transaction, and the reads.
+"""The write layer: the writer's batch transaction, and what it refuses to write.
 
-Write layer: `apply_batch` turns a batch of `WriterRequest`s into one `BEGIN IMMEDIATE`
-transaction with an outcome per item, and returns the `Committed` events to announce — only
-once `COMMIT` has returned. One bad item never fails the batch: a unique violation leaves the
-transaction open (SQLite undoes only the failing statement), so conflicts are classified after
-the fact instead of guarded by a SAVEPOINT per item, and a shortfall is a conditional UPDATE that
-matches no row; anything else an item raises sends the batch through a second, careful pass
-with a SAVEPOINT per item, where that item alone is refused. The money rules themselves (which
-row each event writes) come from `tap.ledger`.
-Everything here is synchronous: the batcher runs it in its worker thread; tests call it directly.
+`apply_batch` turns a batch of `WriterRequest`s into one `BEGIN IMMEDIATE` transaction with an
+outcome per item, and returns the `Committed` events to announce — only once `COMMIT` has
+returned. One bad item never fails the batch: a unique violation leaves the transaction open
+(SQLite undoes only the failing statement), so conflicts are classified after the fact instead of
+guarded by a SAVEPOINT per item, and a shortfall is a conditional UPDATE that matches no row;
+anything else an item raises sends the batch through a second, careful pass with a SAVEPOINT per
+item, where that item alone is refused. The money rules themselves (which row each event writes)
+come from `tap.ledger`; the bounds a request must keep to be written (`bet_problem`,
+`entry_problem`, …) are checked here again because the writer is the last line; `is_fatal` names
+the errors after which nothing more may be written. Cell liability (the cap on a cell's sum of
+potential payouts) is kept in step by every batch and rebuilt at start (`rebuild_cell_liability`).
 
-Read layer: plain functions over any connection (the edge and the resolver open their own,
-read-only ones; WAL lets them read while the writer writes).
+Everything here is synchronous: the batcher (`actors.batcher`) runs it in its worker thread;
+tests call it directly.
 
-What the caller decides: where the file lives, which thread runs what (a connection must be used
-by one thread at a time), retrying `SQLITE_BUSY` (`is_busy` tells it apart), and the clock
-(`now_ms` is an argument).
+What the caller decides: the connection (`tap.store.connect.open_writer`) and which thread uses
+it, retrying a batch that met `SQLITE_BUSY` (or refusing it: `refusals`), the clock (`now_ms` is
+an argument) and the caps (`cell_caps`). Reading the stored rows back is `tap.store.read`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -44,7 +41,6 @@ from tap.messages import (
     BetRejected,
     BetResolved,
     Committed,
-    DecidedBy,
     Deposit,
     EntryKind,
     EntryPosted,
@@ -57,124 +53,10 @@ from tap.messages import (
     Withdrawal,
     WriterRequest,
 )
-from tap.store.schema import LATEST, migrate, schema_version
-
-T = TypeVar("T")
+from tap.store.connect import is_busy
+from tap.store.read import BET_COLUMNS, ENTRY_COLUMNS, bet_from_row, entry_from_row
 
 log = logging.getLogger(__name__)
-
-MAX_PAGE = 500  # the largest page any listing returns, whatever `limit` asks for
-
-# ── connections ──────────────────────────────────────────────────────────────────────────────
-
-
-def open_connection(
-    path: str | Path,
-    *,
-    busy_timeout_ms: int = 50,
-    read_only: bool = False,
-    synchronous: str = "FULL",
-) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, foreign keys on.
-
-    `synchronous=FULL` is what makes a confirmation mean "fsync'd": in WAL mode NORMAL may lose
-    the last commits on power loss. Lower it only for throw-away databases. `busy_timeout_ms` is
-    how long SQLite itself waits for a lock before raising SQLITE_BUSY to the caller, who retries
-    with backoff; keep it short so a stuck lock shows up as retries in the metrics.
-
-    `check_same_thread=False`: trio hands the writer's calls to whichever cached worker thread is
-    free, one at a time (a `CapacityLimiter(1)`); the caller guarantees the one-at-a-time part.
-    """
-    if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ValueError(f"synchronous must be OFF/NORMAL/FULL/EXTRA, got {synchronous!r}")
-    conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, cached_statements=256
-    )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    if read_only:
-        conn.execute("PRAGMA query_only = ON")
-    else:
-        # Switching a fresh file to WAL needs a moment of exclusive access: another process
-        # opening the same new file at the same instant makes it busy, so retry briefly.
-        mode = while_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-        if str(mode).lower() != "wal":
-            conn.close()
-            raise sqlite3.OperationalError(f"{path}: could not switch to WAL (got {mode})")
-    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-def open_writer(
-    path: str | Path, *, busy_timeout_ms: int = 50, synchronous: str = "FULL"
-) -> sqlite3.Connection:
-    """The writer's connection: creates the file and its directory if needed, then migrates."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = open_connection(path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
-    # 64 MiB of page cache (default 2 MiB): the unique indexes on random ids (bet_id, nonce)
-    # touch pages all over a large file; keeping them in memory keeps each batch CPU-bound.
-    conn.execute("PRAGMA cache_size = -65536")
-    try:
-        while_busy(lambda: migrate(conn))  # two processes may start on one file at once
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def wait_for_schema(path: str | Path, within_s: float = 60.0) -> None:
-    """Wait until the file at `path` exists at this code's schema (an edge: the core creates
-    and migrates it; the edge only reads). Raises `TimeoutError` after `within_s`."""
-    deadline = time.monotonic() + within_s
-    while True:
-        if Path(path).exists():
-            conn = open_connection(path, read_only=True)
-            try:
-                if schema_version(conn) >= LATEST:
-                    return
-            except sqlite3.OperationalError as e:
-                if not is_busy(e):
-                    raise
-            finally:
-                conn.close()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path}: no database at schema {LATEST} (is the core running?)")
-        time.sleep(0.1)
-
-
-def while_busy(fn: Callable[[], T], within_s: float = 10.0) -> T:
-    """Run a one-off statement that may meet another process's lock (startup only)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            return fn()
-        except sqlite3.OperationalError as e:
-            if not is_busy(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def migrate_path(path: str | Path) -> int:
-    """Bring the file at `path` to the latest schema (`tap migrate`); returns the version."""
-    conn = open_writer(path)
-    try:
-        return schema_version(conn)
-    finally:
-        conn.close()
-
-
-def is_busy(exc: BaseException) -> bool:
-    """True for SQLITE_BUSY / SQLITE_LOCKED (and their extended codes): someone else holds the
-    lock, the same work will succeed later. Every other error is a real one."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:
-        return "locked" in str(exc) or "busy" in str(exc)
-    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-# ── write layer ──────────────────────────────────────────────────────────────────────────────
 
 # Reasons the writer gives besides admission's, as API.md codes so the edge can answer them as is.
 STORE_BUSY = "overloaded"  # the write lock stayed busy; nothing was stored: retry, same nonce
@@ -182,10 +64,6 @@ INTERNAL_ERROR = "internal_error"  # the item raised in the writer (a bug upstre
 DUPLICATE_BET_ID = INTERNAL_ERROR  # an edge reused a bet_id for another nonce (an edge bug)
 INVALID_REQUEST = "invalid_request"  # a bet outside the bounds the edge enforces (`bet_problem`)
 
-_BET_COLUMNS = (
-    "bet_id, address, cell_id, amount, multiplier_bps, nonce, status, accepted_at, "
-    "confirmed_at, resolved_at, payout, decided_ts, decided_price, reason"
-)
 _INSERT_BET = (
     "INSERT INTO bets (bet_id, address, cell_id, symbol, col, row, t_start, t_end, price_lo, "
     "price_hi, amount, multiplier_bps, nonce, status, accepted_at, confirmed_at, reason, "
@@ -410,38 +288,6 @@ def _ref_of(req: WriterRequest) -> str:
             return type(req).__name__
 
 
-def _bet_from_row(row: Any) -> Bet:
-    decided = None if row[11] is None else DecidedBy(ts=row[11], price=row[12])
-    return Bet(
-        bet_id=row[0],
-        address=row[1],
-        cell_id=row[2],
-        amount=row[3],
-        multiplier_bps=row[4],
-        nonce=row[5],
-        status=row[6],
-        accepted_at=row[7],
-        confirmed_at=row[8],
-        resolved_at=row[9],
-        payout=row[10],
-        decided_by=decided,
-        reason=row[13],
-    )
-
-
-def _entry_from_row(row: Any) -> LedgerEntry:
-    return LedgerEntry(
-        entry_id=row[0],
-        address=row[1],
-        kind=row[2],
-        amount=row[3],
-        locked_delta=row[4],
-        balance_after=row[5],
-        ref=row[6],
-        at=row[7],
-    )
-
-
 def _bet_row(
     req: PlaceBet, status: str, confirmed_at: int | None, reason: str | None
 ) -> tuple[object, ...]:
@@ -559,6 +405,9 @@ class _BatchWriter:
         return INSUFFICIENT_FUNDS
 
     def post(self, address: str, m: ledger.Movement, available: int, ref: str) -> LedgerEntry:
+        """Write the ledger row of movement `m`, just performed (`available` is the balance
+        after it), and return it as the API shows it. Called only after `move` succeeded: the
+        ledger never records money that did not move."""
         self.cur.execute(
             _INSERT_ENTRY, (address, m.kind, m.amount, m.locked_delta, available, ref, self.now_ms)
         )
@@ -577,15 +426,20 @@ class _BatchWriter:
 
     def entry_by_ref(self, ref: str, kind: EntryKind) -> LedgerEntry | None:
         row = self.cur.execute(
-            "SELECT entry_id, address, kind, amount, locked_delta, balance_after, ref, at "
-            "FROM ledger WHERE ref = ? AND kind = ?",
+            f"SELECT {ENTRY_COLUMNS} FROM ledger WHERE ref = ? AND kind = ?",
             (ref, kind),
         ).fetchone()
-        return None if row is None else _entry_from_row(row)
+        return None if row is None else entry_from_row(row)
 
     # bets
 
     def place_bet(self, req: PlaceBet) -> None:
+        """Confirm or refuse one bet, each rule decided where it is cheapest and exact: the
+        bounds first (a malformed bet may not even bind, so it is refused before any statement);
+        then the insert, whose unique indexes decide a replayed nonce, a reused bet_id or a second
+        bet on one cell (`bet_conflict`); then the cell's liability cap; then the stake movement,
+        which decides the funds. A refusal after the insert turns the stored row into a rejection
+        (`reject_stored`), so the nonce stays burned and a by-nonce lookup answers it."""
         if type(req.amount) is int and not 0 < req.amount <= MAX_BALANCE:
             bet = _refused_bet(req, AMOUNT_OUT_OF_RANGE)
             self.announce(BetRejected(bet=bet, reason=AMOUNT_OUT_OF_RANGE))
@@ -656,11 +510,11 @@ class _BatchWriter:
     def bet_conflict(self, req: PlaceBet, conflict: sqlite3.IntegrityError) -> None:
         """Which unique rule the insert broke, and what to answer (the first insert is undone)."""
         row = self.cur.execute(
-            f"SELECT {_BET_COLUMNS} FROM bets WHERE address = ? AND nonce = ?",
+            f"SELECT {BET_COLUMNS} FROM bets WHERE address = ? AND nonce = ?",
             (req.address, req.nonce),
         ).fetchone()
         if row is not None:
-            stored = _bet_from_row(row)
+            stored = bet_from_row(row)
             if stored.bet_id == req.bet_id:
                 # The same request delivered twice (a retried hand-over): answer what happened.
                 if stored.status == "rejected":
@@ -717,11 +571,11 @@ class _BatchWriter:
         one bet would be worse, and paying a rounded or capped amount would be wrong money.
         """
         row = self.cur.execute(
-            f"SELECT {_BET_COLUMNS} FROM bets WHERE bet_id = ?", (outcome.bet_id,)
+            f"SELECT {BET_COLUMNS} FROM bets WHERE bet_id = ?", (outcome.bet_id,)
         ).fetchone()
         if row is None:
             return
-        bet = _bet_from_row(row)
+        bet = bet_from_row(row)
         if bet.status != "confirmed":
             return
         m = ledger.resolution_movement(outcome.status, bet.amount, bet.multiplier_bps)
@@ -775,6 +629,8 @@ class _BatchWriter:
     # deposits, withdrawals, credits
 
     def deposit(self, req: Deposit) -> None:
+        """Credit a deposit once per `ref`: a repeat (a caller retrying after a lost answer)
+        answers the entry the first one posted; only a credit above `MAX_BALANCE` is refused."""
         if self.refuse_malformed_entry(req):
             return
         done = self.entry_by_ref(req.ref, "deposit")
@@ -794,6 +650,10 @@ class _BatchWriter:
         self.events.append(EntryPosted(ref=req.ref, entry=entry))
 
     def withdraw(self, req: Withdrawal) -> None:
+        """Debit a withdrawal once per `ref`. Its `withdrawals` row is written first, so the
+        table's unique keys decide a repeat (answered with the first outcome, confirmed or
+        refused) or a replayed nonce; a shortfall then marks that row rejected, so a retry with
+        the same `ref` hears the same refusal instead of being tried again."""
         if self.refuse_malformed_entry(req):
             return
         try:
@@ -832,6 +692,9 @@ class _BatchWriter:
         self.events.append(EntryPosted(ref=req.ref, entry=entry))
 
     def admin_credit(self, req: AdminCredit) -> None:
+        """An operator's signed adjustment, once per `ref` like a deposit; the `adjustments`
+        row keeps the operator's reason beside the ledger entry. A debit short of funds, or a
+        credit above `MAX_BALANCE`, is refused."""
         if self.refuse_malformed_entry(req):
             return
         done = self.entry_by_ref(req.ref, "adjustment")
@@ -865,6 +728,9 @@ class _BatchWriter:
         return True
 
     def store_ticks(self, req: StoreTicks) -> None:
+        """Insert-or-ignore the ticks (a repeat is harmless). The fast path writes them with one
+        `executemany`; careful mode gives each tick its own SAVEPOINT, so a tick that does not
+        bind costs only itself. Ticks out of bounds are logged and never written."""
         if not self.careful:
             rows = [(t.symbol, t.ts, t.price) for t in req.ticks if tick_problem(t) is None]
             if len(rows) < len(req.ticks):
@@ -881,6 +747,9 @@ class _BatchWriter:
             )
 
     def apply(self, req: WriterRequest) -> None:
+        """Hand one request to its handler. In careful mode each outcome of a settlement is
+        isolated on its own: one `Settle` carries many bets' outcomes, and one that raises must
+        not leave the others open."""
         match req:
             case PlaceBet():
                 self.place_bet(req)
@@ -1080,288 +949,3 @@ def refusals(requests: Sequence[WriterRequest], reason: str) -> list[Committed]:
             case Settle() | StoreTicks():
                 pass
     return events
-
-
-# ── read layer ───────────────────────────────────────────────────────────────────────────────
-
-
-class InvalidCursor(ValueError):
-    """A paging cursor this server did not make (answer 400 invalid_request)."""
-
-
-class Page(msgspec.Struct, Generic[T], kw_only=True):
-    """One page of a listing, newest first, as API.md shows it."""
-
-    items: list[T]
-    next_cursor: str | None  # opaque; None on the last page
-
-
-class TickPage(msgspec.Struct, kw_only=True):
-    ticks: list[Tick]
-    next_from: int | None  # pass as `from_ts` for the next page; None when the range is done
-
-
-def encode_cursor(position: int) -> str:
-    return base64.urlsafe_b64encode(f"c{position}".encode()).rstrip(b"=").decode()
-
-
-MAX_CURSOR_CHARS = 128  # API.md bounds: cursors are opaque strings of at most 128 characters
-
-
-def decode_cursor(cursor: str) -> int:
-    """The position a cursor of ours names; `InvalidCursor` for anything else, including one
-    whose number SQLite could not bind (beyond 2⁶³ − 1)."""
-    if len(cursor) > MAX_CURSOR_CHARS:
-        raise InvalidCursor(f"cursor: at most {MAX_CURSOR_CHARS} characters")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
-        raise InvalidCursor(f"cursor {cursor!r} is not one of ours") from e
-    if not raw.startswith("c") or not raw[1:].isascii() or not raw[1:].isdigit():
-        raise InvalidCursor(f"cursor {cursor!r} is not one of ours")
-    position = int(raw[1:])
-    if position > 2**63 - 1:
-        raise InvalidCursor(f"cursor {cursor!r} is not one of ours")
-    return position
-
-
-def _page_size(limit: int) -> int:
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    return min(limit, MAX_PAGE)
-
-
-def get_bet(conn: sqlite3.Connection, bet_id: str) -> Bet | None:
-    row = conn.execute(f"SELECT {_BET_COLUMNS} FROM bets WHERE bet_id = ?", (bet_id,)).fetchone()
-    return None if row is None else _bet_from_row(row)
-
-
-def bets_by_ids(conn: sqlite3.Connection, bet_ids: Sequence[str]) -> dict[str, Bet]:
-    """The bets among `bet_ids` that the ledger holds, by id (at most 500 ids per call)."""
-    if len(bet_ids) > MAX_PAGE:
-        raise ValueError(f"at most {MAX_PAGE} ids per call")
-    if not bet_ids:
-        return {}
-    marks = ", ".join("?" * len(bet_ids))
-    rows = conn.execute(f"SELECT {_BET_COLUMNS} FROM bets WHERE bet_id IN ({marks})", bet_ids)
-    return {b.bet_id: b for b in map(_bet_from_row, rows)}
-
-
-def get_bet_by_nonce(conn: sqlite3.Connection, address: str, nonce: str) -> Bet | None:
-    row = conn.execute(
-        f"SELECT {_BET_COLUMNS} FROM bets WHERE address = ? AND nonce = ?", (address, nonce)
-    ).fetchone()
-    return None if row is None else _bet_from_row(row)
-
-
-def list_bets(
-    conn: sqlite3.Connection,
-    address: str,
-    *,
-    status: str | None = None,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> Page[Bet]:
-    """An address's bets, newest first, optionally only one status (`InvalidCursor` on a
-    cursor we did not make)."""
-    size = _page_size(limit)
-    before = decode_cursor(cursor) if cursor is not None else None
-    where = "address = ?"
-    params: list[object] = [address]
-    if status is not None:
-        where += " AND status = ?"
-        params.append(status)
-    if before is not None:
-        where += " AND seq < ?"
-        params.append(before)
-    rows = conn.execute(
-        f"SELECT {_BET_COLUMNS}, seq FROM bets WHERE {where} ORDER BY seq DESC LIMIT ?",
-        (*params, size + 1),
-    ).fetchall()
-    items = [_bet_from_row(r) for r in rows[:size]]
-    next_cursor = encode_cursor(int(rows[size - 1][14])) if len(rows) > size else None
-    return Page(items=items, next_cursor=next_cursor)
-
-
-def get_balance(conn: sqlite3.Connection, address: str) -> ledger.Account:
-    """The account's balances; an address that never received money has zero of both."""
-    row = conn.execute(
-        "SELECT available, locked FROM accounts WHERE address = ?", (address,)
-    ).fetchone()
-    return ledger.Account() if row is None else ledger.Account(int(row[0]), int(row[1]))
-
-
-def ledger_page(
-    conn: sqlite3.Connection, address: str, *, limit: int = 50, cursor: str | None = None
-) -> Page[LedgerEntry]:
-    """An address's ledger rows, newest first."""
-    size = _page_size(limit)
-    before = decode_cursor(cursor) if cursor is not None else None
-    sql = (
-        "SELECT entry_id, address, kind, amount, locked_delta, balance_after, ref, at "
-        "FROM ledger WHERE address = ?"
-    )
-    params: list[object] = [address]
-    if before is not None:
-        sql += " AND entry_id < ?"
-        params.append(before)
-    rows = conn.execute(sql + " ORDER BY entry_id DESC LIMIT ?", (*params, size + 1)).fetchall()
-    items = [_entry_from_row(r) for r in rows[:size]]
-    next_cursor = encode_cursor(items[-1].entry_id) if len(rows) > size else None
-    return Page(items=items, next_cursor=next_cursor)
-
-
-def ticks_range(
-    conn: sqlite3.Connection,
-    symbol: str,
-    from_ts: int | None = None,
-    to_ts: int | None = None,
-    *,
-    limit: int = 1000,
-) -> TickPage:
-    """Ticks with `from_ts <= ts < to_ts`, oldest first, at most about `limit` of them.
-
-    A page never splits a millisecond: `next_from` is a timestamp none of whose ticks are on
-    this page, so passing it back as `from_ts` neither skips nor repeats a tick. (A page grows
-    past `limit` only when more than `limit` ticks share one millisecond.)
-    """
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    lo = from_ts if from_ts is not None else -(2**63)
-    hi = to_ts if to_ts is not None else 2**63 - 1
-    rows = conn.execute(
-        "SELECT ts, price FROM ticks WHERE symbol = ? AND ts >= ? AND ts < ? "
-        "ORDER BY ts, price LIMIT ?",
-        (symbol, lo, hi, limit + 1),
-    ).fetchall()
-    if len(rows) <= limit:
-        return TickPage(ticks=[Tick(symbol=symbol, ts=t, price=p) for t, p in rows], next_from=None)
-    next_from: int | None = int(rows[limit][0])
-    kept = [r for r in rows[:limit] if r[0] != next_from]
-    if not kept:  # the whole page is one millisecond: return all of it
-        kept = conn.execute(
-            "SELECT ts, price FROM ticks WHERE symbol = ? AND ts = ? ORDER BY price",
-            (symbol, next_from),
-        ).fetchall()
-        following = conn.execute(
-            "SELECT min(ts) FROM ticks WHERE symbol = ? AND ts > ? AND ts < ?",
-            (symbol, next_from, hi),
-        ).fetchone()[0]
-        next_from = None if following is None else int(following)
-    return TickPage(
-        ticks=[Tick(symbol=symbol, ts=t, price=p) for t, p in kept], next_from=next_from
-    )
-
-
-def _symbols(conn: sqlite3.Connection) -> list[str]:
-    """Every symbol with stored ticks, by walking the primary key: one seek per symbol rather
-    than a scan of a week of ticks."""
-    return [
-        r[0]
-        for r in conn.execute(
-            "WITH RECURSIVE s(symbol) AS (SELECT min(symbol) FROM ticks UNION ALL "
-            "SELECT (SELECT min(symbol) FROM ticks WHERE symbol > s.symbol) FROM s "
-            "WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL"
-        )
-    ]
-
-
-def last_ticks(conn: sqlite3.Connection) -> dict[str, Tick]:
-    """The newest stored tick of every symbol (the breaker's and hub's restart point)."""
-    newest: dict[str, Tick] = {}
-    for symbol in _symbols(conn):
-        ts, price = conn.execute(
-            "SELECT ts, price FROM ticks WHERE symbol = ? ORDER BY ts DESC, price DESC LIMIT 1",
-            (symbol,),
-        ).fetchone()
-        newest[symbol] = Tick(symbol=symbol, ts=int(ts), price=int(price))
-    return newest
-
-
-def last_tick_before(conn: sqlite3.Connection, ts: int) -> dict[str, int]:
-    """Per symbol, the time of the newest stored tick before `ts` (symbols without one are
-    absent): with `ticks_since(ts)`, what the resolver needs to see a gap into a window."""
-    before: dict[str, int] = {}
-    for symbol in _symbols(conn):
-        row = conn.execute(
-            "SELECT max(ts) FROM ticks WHERE symbol = ? AND ts < ?", (symbol, ts)
-        ).fetchone()
-        if row[0] is not None:
-            before[symbol] = int(row[0])
-    return before
-
-
-def ticks_since(conn: sqlite3.Connection, from_ts: int) -> list[Tick]:
-    """Every stored tick with `ts >= from_ts`, in time order within each symbol (the resolver's
-    reload after a restart, from the earliest open bet's `t_start`; at most the retention)."""
-    return [
-        Tick(symbol=symbol, ts=int(ts), price=int(price))
-        for symbol in _symbols(conn)
-        for ts, price in conn.execute(
-            "SELECT ts, price FROM ticks WHERE symbol = ? AND ts >= ? ORDER BY ts, price",
-            (symbol, from_ts),
-        )
-    ]
-
-
-_PLACE_BET_FIELDS = PlaceBet.__struct_fields__  # every column of a bet as placed
-
-
-def open_bets(conn: sqlite3.Connection, *, symbol: str | None = None) -> list[PlaceBet]:
-    """Every confirmed, unresolved bet as it was placed (cell geometry, locked quote), oldest
-    column first: what the resolver indexes at startup."""
-    sql = f"SELECT {', '.join(_PLACE_BET_FIELDS)} FROM bets WHERE status = 'confirmed'"
-    params: tuple[object, ...] = ()
-    if symbol is not None:
-        sql += " AND symbol = ?"
-        params = (symbol,)
-    rows = conn.execute(sql + " ORDER BY symbol, col, row, seq", params).fetchall()
-    return [PlaceBet(**dict(zip(_PLACE_BET_FIELDS, r, strict=True))) for r in rows]
-
-
-def all_balances(conn: sqlite3.Connection) -> dict[str, int]:
-    """address → available, for `HotState.rebuild` at startup."""
-    return {a: int(v) for a, v in conn.execute("SELECT address, available FROM accounts")}
-
-
-# An account's ledger position: its highest entry_id (the index on (address, entry_id) finds it
-# in one seek per account, instead of the whole ledger a join and GROUP BY would scan).
-_POSITION = "COALESCE((SELECT max(entry_id) FROM ledger WHERE address = a.address), 0)"
-
-
-def available_through(conn: sqlite3.Connection, address: str) -> tuple[int, int]:
-    """(available, the highest entry_id of the address) from one statement, so one snapshot:
-    the available holds exactly the address's entries up to that id. (0, 0) without an account.
-    What a hot state seeds a balance from (`tap/store/redis_hot.py`, "Ledger positions")."""
-    row = conn.execute(
-        f"SELECT a.available, {_POSITION} FROM accounts a WHERE a.address = ?", (address,)
-    ).fetchone()
-    return (0, 0) if row is None else (int(row[0]), int(row[1]))
-
-
-def all_available_through(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-    """`available_through` for every account, from one statement (one snapshot): what a hot
-    state rebuilds every balance from."""
-    rows = conn.execute(f"SELECT a.address, a.available, {_POSITION} FROM accounts a")
-    return {str(a): (int(v), int(t)) for a, v, t in rows}
-
-
-def recent_nonces(conn: sqlite3.Connection, since_ms: int) -> list[tuple[str, str, int]]:
-    """(address, nonce, at) of bets and withdrawals accepted since `since_ms`: what the hot
-    state must remember so a replay inside the timestamp window is refused at admission."""
-    rows = conn.execute(
-        "SELECT address, nonce, accepted_at FROM bets WHERE accepted_at >= ?1"
-        " UNION ALL SELECT address, nonce, at FROM withdrawals WHERE at >= ?1",
-        (since_ms,),
-    )
-    return [(str(a), str(n), int(t)) for a, n, t in rows]
-
-
-def read_balances_now(path: str | Path) -> dict[str, int]:
-    """`all_balances` on a fresh read-only connection, synchronously: for the rare caller that
-    must read and act without yielding in between (in-memory hot-state rebuild)."""
-    conn = open_connection(path, read_only=True)
-    try:
-        return all_balances(conn)
-    finally:
-        conn.close()
