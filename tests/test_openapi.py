@@ -1,11 +1,11 @@
 """The API documentation in `docs/` stays in step with the server.
 
 `docs/openapi.json` must be valid OpenAPI 3.1, name exactly the HTTP routes `tap/edge/app.py`
-registers, give every error code the status `tap/errors.py` fixes for it, and describe the request
-and response bodies with the fields of their Structs in `tap/messages.py`. `docs/websocket.md`
-must document `/ws` and every frame type, and each of its example frames must decode as the Struct
-it claims to be. The route table is read from the app's source with `ast`, so no service (and no
-import of the app's dependencies) is needed.
+registers (the blueprints of `tap/edge/routes/`), give every error code the status
+`tap/errors.py` fixes for it, and describe the request and response bodies with the fields of
+their Structs in `tap/messages.py`. `docs/websocket.md` must document `/ws` and every frame type,
+and each of its example frames must decode as the Struct it claims to be. The route table is read
+from the sources with `ast`, so no service (and no import of the app's dependencies) is needed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.json"
 WS_DOC_PATH = ROOT / "docs" / "websocket.md"
 APP_PATH = ROOT / "tap" / "edge" / "app.py"
+ROUTES_DIR = ROOT / "tap" / "edge" / "routes"  # one blueprint per module, each named `bp`
 API_MD_PATH = ROOT / "docs" / "API.md"  # the contract, in the repository
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -102,7 +103,8 @@ def quart_to_openapi(path: str) -> str:
 def routes_in(source: str) -> tuple[set[tuple[str, str]], set[str]]:
     """The (path, method) pairs of `@app.get/post/…/route(...)` decorators, and the websocket paths.
 
-    Only decorators on an object named `app` count, which is how `create_app` registers routes.
+    Only decorators on an object named `app` or `bp` count: the app, and the blueprint each module
+    of `tap/edge/routes/` declares its routes on (with full paths: no `url_prefix`).
     """
     http: set[tuple[str, str]] = set()
     websockets: set[str] = set()
@@ -114,7 +116,7 @@ def routes_in(source: str) -> tuple[set[tuple[str, str]], set[str]]:
                 isinstance(deco, ast.Call)
                 and isinstance(deco.func, ast.Attribute)
                 and isinstance(deco.func.value, ast.Name)
-                and deco.func.value.id == "app"
+                and deco.func.value.id in ("app", "bp")
                 and deco.args
                 and isinstance(deco.args[0], ast.Constant)
                 and isinstance(deco.args[0].value, str)
@@ -135,11 +137,16 @@ def routes_in(source: str) -> tuple[set[tuple[str, str]], set[str]]:
 
 
 def app_routes() -> tuple[set[tuple[str, str]], set[str]]:
-    source = APP_PATH.read_text(encoding="utf-8")
-    try:
-        return routes_in(source)
-    except SyntaxError as e:
-        pytest.fail(f"{APP_PATH.relative_to(ROOT)} does not parse on this Python: {e}")
+    http: set[tuple[str, str]] = set()
+    websockets: set[str] = set()
+    for path in [APP_PATH, *sorted(ROUTES_DIR.glob("*.py"))]:
+        try:
+            found_http, found_ws = routes_in(path.read_text(encoding="utf-8"))
+        except SyntaxError as e:
+            pytest.fail(f"{path.relative_to(ROOT)} does not parse on this Python: {e}")
+        http |= found_http
+        websockets |= found_ws
+    return http, websockets
 
 
 def spec_routes(spec: dict[str, Any]) -> set[tuple[str, str]]:

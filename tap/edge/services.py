@@ -3,7 +3,11 @@
 It translates between HTTP/WS requests and the actors: the bet desk, the session book, the
 writer's queue and its committed-event waiters, the read-only store, the market and breaker
 handles, the hub and the hot state. Handlers stay routing-only; this is where "wait for the commit
-of my deposit" or "is the feed fresh?" are answered.
+of my deposit" or "was the override published?" are answered, for the auth, bets, money and admin
+routes and the WebSocket client. How healthy the process is (`/readyz`, `/healthz`, the gauges)
+is `tap.edge.health`'s, which reads the same handles; the fields only it reads
+(`writer_depth`, `redis_configured`, `core_alive`, `stopping`) stay here because the supervisor
+hands every handle over in this one object.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from tap.messages import (
     WsGrid,
 )
 from tap.pending import PendingBets
-from tap.runtime import metrics
 from tap.runtime.clock import Clock
 from tap.sessions import Session, SessionBook
 
@@ -210,6 +213,14 @@ class EdgeServices:
         return posted.entry
 
     async def withdraw(self, session: Session, req: WithdrawalRequest) -> LedgerEntry:
+        """Check the signed withdrawal, hold its amount in the hot state, post it, wait for the
+        commit.
+
+        The hold comes before the ledger so two withdrawals racing on two edges cannot both
+        spend one balance. A queue that refused the request gives the hold and the nonce back
+        (nothing was posted); a ledger that refused it gives the hold back but keeps the nonce
+        burned (the signed request was seen). Redis unreachable on release is the safe
+        direction: the hold stays until the balance cache is rebuilt from the ledger."""
         now = self.clock.now_ms()
         if not 0 < req.amount <= MAX_AMOUNT:
             raise ApiError("amount_out_of_range", f"amount must be within 1..{MAX_AMOUNT}")
@@ -333,115 +344,6 @@ class EdgeServices:
     async def balance_frame(self, address: str) -> str:
         available, locked = await self.balance(address)
         return _encode(WsBalance(available=available, locked=locked))
-
-    # ── health ─────────────────────────────────────────────────────────────────────────────
-
-    def _feed_check(self) -> tuple[bool, dict[str, dict[str, Any]]]:
-        now = self.clock.now_ms()
-        fresh = True
-        out: dict[str, dict[str, Any]] = {}
-        for m in self.cfg.markets:
-            tick = self.market.last_tick(m.symbol)
-            stale_for = None if tick is None else max(0, now - tick.ts)
-            ok = stale_for is not None and stale_for < self.cfg.breaker.stale_after_ms
-            fresh = fresh and ok
-            out[m.symbol] = {
-                "last_update": None if tick is None else tick.ts,
-                "stale_for_ms": stale_for,
-            }
-        return fresh, out
-
-    async def _redis_ok(self) -> bool | None:
-        if not self.redis_configured:
-            return None
-        with trio.move_on_after(1):
-            return await self.hot.ping()
-        return False
-
-    async def _db_ok(self) -> bool:
-        if not self.writer_alive():
-            return False
-        with trio.move_on_after(1):
-            return await self.reader.ping()
-        return False
-
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Can this process serve? Its database (and writer), Redis when configured, and not
-        draining. The breaker and the feed are not here: they are the same for every process,
-        so failing readiness on them would take the whole fleet out of rotation at once and
-        stop reads that still work. They are in `health` (status `warn`)."""
-        db_ok = await self._db_ok()
-        redis_ok = await self._redis_ok()
-        checks = {
-            "database": "pass" if db_ok else "fail",
-            "redis": "fail" if redis_ok is False else "pass",  # None: not configured
-            "accepting": "fail" if self.stopping.is_set() else "pass",
-        }
-        ready = db_ok and redis_ok is not False and not self.stopping.is_set()
-        return ready, checks
-
-    async def health(self) -> tuple[str, dict[str, Any]]:
-        """Every check in the health+json vocabulary (`pass | warn | fail`). Overall: `fail`
-        (503) when the database (or its writer) is gone; `warn` when this process serves
-        degraded: Redis down or draining (it is also not ready), breaker open, feed stale,
-        writer queue over half full; else `pass`."""
-        _, ready_checks = await self.readiness()
-        feed_ok, feeds = self._feed_check()
-        depth, capacity = self.writer_depth()
-        symbol = self.cfg.markets[0].symbol
-        breaker_state = self.breaker_state(symbol)
-        queue_warn = capacity > 0 and depth * 2 > capacity
-        redis: dict[str, Any] = {"status": ready_checks["redis"]}
-        if not self.redis_configured:
-            redis["configured"] = False  # in-memory hot state: one process, nothing to reach
-        elif redis["status"] == "fail":
-            redis["reason"] = "Redis did not answer; bets refuse with 503"
-        checks: dict[str, Any] = {
-            "database": {"status": ready_checks["database"]},
-            "redis": redis,
-            "accepting": {"status": ready_checks["accepting"]},
-            "price_feed": feeds.get(symbol, {"last_update": None, "stale_for_ms": None})
-            | {"status": "pass" if feed_ok else "warn"},
-            "circuit_breaker": {
-                "status": "pass" if breaker_state == "closed" else "warn",
-                "state": breaker_state,
-                "reason": self.breaker_reason(symbol),
-            },
-            "batcher": {
-                "status": "warn" if queue_warn else "pass",
-                "queue_depth": depth,
-                "capacity": capacity,
-            },
-        }
-        if self.core_alive is not None:
-            alive = self.core_alive()
-            checks["core"] = {"status": "pass" if alive else "warn"}
-            if not alive:
-                checks["core"]["reason"] = "no heartbeat from the core: bets refuse with 503"
-        if len(self.cfg.markets) > 1:
-            checks["price_feeds"] = feeds
-        if ready_checks["database"] == "fail":
-            status = "fail"  # the ledger is out of reach: nothing this process does is right
-        elif any(c.get("status", "pass") != "pass" for c in checks.values() if _is_check(c)):
-            status = "warn"  # serving, degraded: reads work; bets may be refused (503)
-        else:
-            status = "pass"
-        return status, checks
-
-    def refresh_gauges(self) -> None:
-        depth, capacity = self.writer_depth()
-        metrics.BATCH_QUEUE_DEPTH.set(depth)
-        metrics.BATCH_QUEUE_CAPACITY.set(capacity)
-        metrics.observe_database(self.cfg.server.db_path)
-        now = self.clock.now_ms()
-        for m in self.cfg.markets:
-            tick = self.market.last_tick(m.symbol)
-            if tick is not None:
-                metrics.FEED_STALENESS.labels(m.symbol).set(max(0, now - tick.ts) / 1000)
-
-
-def _is_check(value: Any) -> bool:
-    return isinstance(value, dict) and "status" in value
 
 
 _frame_encoder = msgspec.json.Encoder()
