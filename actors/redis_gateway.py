@@ -71,8 +71,8 @@ log = logging.getLogger(__name__)
 
 # Requests waiting for the gateway. A caller never waits for room (a full queue answers 503 at
 # once, DESIGN rule 4). 1024 is two full pipelines: at the few thousand admissions per second one
-# process sustains (loadgen/bench_redis.py) that is a fraction of the request deadline, and a
-# longer queue would only hold requests that then miss it.
+# process sustains (loadgen/benches/bench_redis.py) that is a fraction of the request deadline,
+# and a longer queue would only hold requests that then miss it.
 QUEUE_SIZE = 1024
 HEARTBEAT_MS = 1000  # sentinel check and recovery probe while idle or down
 HEALTH_CHECK_INTERVAL_S = 2  # redis-py PINGs a connection idle longer than this before use

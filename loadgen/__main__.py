@@ -5,7 +5,7 @@
     python -m loadgen bench --quick --out report.json    # capacity of tap vs its baselines
     python -m loadgen bench naive | fanout | batcher | resolver | redis | betpath | client
     python -m loadgen bench scale --quick                # one process vs core + 1, 2 edges
-    python -m loadgen killloop --kills 50 --seed S       # SIGKILL campaign (loadgen/killloop.py)
+    python -m loadgen killloop --kills 50 --seed S       # SIGKILL campaign (benches/killloop.py)
 
 Exit status: 0 when every threshold held, 1 when one broke (or a bench target failed), 2 when
 the run could not be set up (bad scenario, server not reachable, login refused). `killloop`
@@ -26,16 +26,16 @@ from typing import Any
 
 import trio
 
-from loadgen.report import ProgressLine, format_report, write_json
-from loadgen.scenario import ScenarioError, load_scenario
-from loadgen.targets import (
+from loadgen.generator.report import ProgressLine, format_report, write_json
+from loadgen.generator.scenario import ScenarioError, load_scenario
+from loadgen.generator.vu import SetupError
+from loadgen.peers.targets import (
     RunningServer,
     ServerFailed,
     start_naive_server,
     start_tap_server,
     tap_unavailable,
 )
-from loadgen.vu import SetupError
 
 BENCHES = ("all", "naive", "fanout", "batcher", "resolver", "redis", "betpath", "client", "scale")
 
@@ -75,7 +75,7 @@ async def maybe_serve(
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from loadgen.runner import run_scenario
+    from loadgen.generator.runner import run_scenario
 
     scenario = load_scenario(args.scenario)
     if args.vus is not None:
@@ -93,7 +93,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
-    from loadgen import bench
+    from loadgen.benches import bench
 
     data_dir = data_dir_for(args.data_dir)
     report = await bench.run(
@@ -113,7 +113,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
 
 
 async def cmd_killloop(args: argparse.Namespace) -> int:
-    from loadgen import killloop
+    from loadgen.benches import killloop
 
     opts = killloop.Options(
         kills=args.kills,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from loadgen.bench_scale import FleetServer, format_scale, redis_commands
+from loadgen.benches.bench_scale import FleetServer, format_scale, redis_commands
 from tests.redis_fixtures import redis_url
 
 __all__ = ["redis_url"]

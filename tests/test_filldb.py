@@ -1,4 +1,5 @@
-"""`python -m loadgen.filldb` makes the restore drill's database: consistent, and as large as asked.
+"""`python -m loadgen.benches.filldb` makes the restore drill's database: consistent, and as large
+as asked.
 
 The drill in OPERATIONS.md times `tap backup` and `tap restore` on a 1-million-row ledger built
 by this tool; a restore verifies the ledger first, so a filled database that failed the
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.filldb import fill
+from loadgen.benches.filldb import fill
 from tap.store.integrity import integrity_check
 
 NOW = 1_796_000_000_000

@@ -1,4 +1,5 @@
-"""The SIGKILL campaign (`loadgen/killloop.py`, `python -m loadgen killloop`) and its checker.
+"""The SIGKILL campaign (`loadgen/benches/killloop.py`, `python -m loadgen killloop`) and its
+checker.
 
 A real `tap serve` on a real SQLite file is SIGKILLed at seeded random moments under mixed load
 (deposits, HTTP bets with and without `Prefer: wait`, WS `place_bet`, withdrawals, replays,
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import trio
 
-from loadgen.killloop import Campaign, Options, Record, Send, campaign, check_ledger, judge
+from loadgen.benches.killloop import Campaign, Options, Record, Send, campaign, check_ledger, judge
 
 A = "0x" + "a" * 40
 KILLS = 5

@@ -19,13 +19,13 @@ import trio_websocket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadgen.capacity import CapacitySearch
-from loadgen.engine import Dispatcher, SlotPool
-from loadgen.h1 import HttpConnection
-from loadgen.histogram import Histogram
-from loadgen.market import CellView, MarketSpec, MarketView
-from loadgen.recorder import ConfirmationTracker, Recorder
-from loadgen.scenario import (
+from loadgen.generator.capacity import CapacitySearch
+from loadgen.generator.engine import Dispatcher, SlotPool
+from loadgen.generator.h1 import HttpConnection
+from loadgen.generator.histogram import Histogram
+from loadgen.generator.market import CellView, MarketSpec, MarketView
+from loadgen.generator.recorder import ConfirmationTracker, Recorder
+from loadgen.generator.scenario import (
     SCENARIO_DIR,
     ScenarioError,
     Stage,
@@ -34,9 +34,9 @@ from loadgen.scenario import (
     load_scenario,
     parse_duration,
 )
-from loadgen.schedule import Schedule
-from loadgen.targets import start_bench_server, start_naive_server, tap_environment
-from loadgen.thresholds import evaluate, passed
+from loadgen.generator.schedule import Schedule
+from loadgen.generator.thresholds import evaluate, passed
+from loadgen.peers.targets import start_bench_server, start_naive_server, tap_environment
 
 # ── histogram ────────────────────────────────────────────────────────────────────────────────
 
@@ -613,7 +613,7 @@ async def test_the_http_client_reconnects_when_the_server_closed_the_idle_connec
 async def test_the_http_baselines_answer_a_bet_shaped_request_with_202(
     kind: str, tmp_path: Path
 ) -> None:
-    from loadgen.bench import bet_shaped_body
+    from loadgen.benches.bench import bet_shaped_body
 
     async with start_bench_server(kind, tmp_path) as server:
         conn = HttpConnection(server.host, server.port)
@@ -627,7 +627,7 @@ async def test_the_http_baselines_answer_a_bet_shaped_request_with_202(
 async def test_the_same_shape_ceiling_pushes_one_frame_per_202_to_the_bearers_websocket(
     tmp_path: Path,
 ) -> None:
-    from loadgen.bench import bet_shaped_body
+    from loadgen.benches.bench import bet_shaped_body
 
     async with start_bench_server("shape", tmp_path) as server:
         url = f"ws://{server.host}:{server.port}/ws"
@@ -672,7 +672,7 @@ async def test_a_short_run_against_the_naive_peer_confirms_every_accepted_bet(
 ) -> None:
     """The whole client against a server with tap's API shapes: SIWE login, deposit, WebSocket
     subscribe, taps over HTTP and the WebSocket, and every 202 followed to its answer."""
-    from loadgen.runner import run_scenario
+    from loadgen.generator.runner import run_scenario
 
     scenario = decode_scenario(
         """
@@ -703,7 +703,7 @@ async def test_a_short_run_against_the_naive_peer_confirms_every_accepted_bet(
 
 
 def test_bench_betpath_admits_every_presigned_bet_and_reports_cpu_per_stage() -> None:
-    from loadgen import bench_betpath
+    from loadgen.benches import bench_betpath
 
     report = bench_betpath.run(quick=True)
     # `place` raises on any refusal, so reaching here means every unique signed bet was admitted.
@@ -720,7 +720,7 @@ def test_bench_betpath_admits_every_presigned_bet_and_reports_cpu_per_stage() ->
 async def test_a_server_meter_counts_the_cpu_of_its_child_processes() -> None:
     import sys
 
-    from loadgen.cpu import CpuMeter, cpu_seconds, process_tree
+    from loadgen.generator.cpu import CpuMeter, cpu_seconds, process_tree
 
     spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
     code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"

@@ -5,7 +5,8 @@ timeout, no dropped connection) and that every bet tap accepted with a 202 was t
 the player's WebSocket — over a short run (≈ 13 s of load) by a handful of users tapping over
 both HTTP and the WebSocket. No timing thresholds.
 
-tap is started through `loadgen.targets.start_tap_server` (`python -m tap.runtime.cli migrate`,
+tap is started through `loadgen.peers.targets.start_tap_server` (`python -m tap.runtime.cli
+migrate`,
 then `serve`). Nothing here is skipped: a CLI or supervisor that does not import is a failure.
 """
 
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.scenario import load_scenario
-from loadgen.targets import start_tap_server
+from loadgen.generator.scenario import load_scenario
+from loadgen.peers.targets import start_tap_server
 
 TEST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "test.toml"
 
@@ -35,7 +36,7 @@ def test_the_cli_and_the_supervisor_import() -> None:
 async def test_smoke_run_against_tap_has_no_server_errors_and_every_accepted_bet_is_confirmed(
     tmp_path: Path,
 ) -> None:
-    from loadgen.runner import run_scenario
+    from loadgen.generator.runner import run_scenario
 
     scenario = load_scenario("smoke")
     assert scenario.duration_s <= 20

@@ -3,7 +3,8 @@
 The edge keeps bets answered 202 in a pending map so GET can show them before their commit; the
 ledger-sync actor drops each entry when it reaches that bet's commit event. That actor follows the
 commits one by one and waits on the hot state for some of them (a Redis round trip per credit),
-so under load it runs behind the answers: the SIGKILL campaign (`loadgen/killloop.py`, Redis hot
+so under load it runs behind the answers: the SIGKILL campaign (`loadgen/benches/killloop.py`,
+Redis hot
 state) saw `GET /api/bets/{id}` answer `pending` for bets already answered `201 confirmed`. The
 ledger is the authority: a read prefers it, and falls back to the pending entry only when the
 ledger has not got the bet yet.

@@ -1,6 +1,7 @@
 """A production-sized ledger database for restore drills and storage measurements.
 
-`python -m loadgen.filldb --db PATH --entries 1000000 --tick-days 7` writes, through the real
+`python -m loadgen.benches.filldb --db PATH --entries 1000000 --tick-days 7` writes, through the
+real
 writer (`tap.store.write.apply_batch`, the batcher's own function), deposits for `--accounts`
 players, then bets and their settlements until the ledger holds `--entries` rows, and the
 ticks of `--tick-days` days at `--tick-ms`. The result passes `tap check`, so `tap backup`,
@@ -154,7 +155,7 @@ def fill(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.filldb", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadgen.benches.filldb", description=__doc__)
     parser.add_argument("--db", required=True, type=Path, help="the new database file")
     parser.add_argument("--entries", type=int, default=1_000_000, help="ledger rows")
     parser.add_argument("--accounts", type=int, default=2_000)

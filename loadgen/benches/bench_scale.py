@@ -9,7 +9,8 @@ logs in the same number of virtual users (same seed), and then:
   commandstats` deltas, INFO itself left out) on a throwaway `redis-server` of the bench's own,
   so that nobody else's traffic is counted;
 - searches the highest sustained HTTP bet rate with the bench's capacity search
-  (`loadgen.bench.Prober`: p99 ≤ 100 ms, no 5xx, confirmations keep up, the top rate repeated).
+  (`loadgen.benches.bench.Prober`: p99 ≤ 100 ms, no 5xx, confirmations keep up, the top rate
+  repeated).
 The scaling ratios are each fleet's capacity over the one process's. Bets resolve when their
 columns close, mostly after the window: CPU per bet is the bet path's (admission, hand-off,
 commit, answers), not the resolver's.
@@ -33,7 +34,7 @@ from typing import Any
 import redis
 import trio
 
-from loadgen.bench import (
+from loadgen.benches.bench import (
     FULL,
     QUICK,
     TAP_BENCH_OVERRIDES,
@@ -42,11 +43,12 @@ from loadgen.bench import (
     Prober,
     bench_spec,
 )
-from loadgen.cpu import cpu_seconds, process_tree
-from loadgen.recorder import Recorder
-from loadgen.runner import Monitor
-from loadgen.signer import Signer
-from loadgen.targets import (
+from loadgen.generator.cpu import cpu_seconds, process_tree
+from loadgen.generator.recorder import Recorder
+from loadgen.generator.runner import Monitor
+from loadgen.generator.signer import Signer
+from loadgen.generator.vu import Crowd, Target
+from loadgen.peers.targets import (
     TAP_CLI,
     RunningServer,
     _python,
@@ -55,7 +57,6 @@ from loadgen.targets import (
     serve_process,
     tap_environment,
 )
-from loadgen.vu import Crowd, Target
 
 TOPOLOGIES = ((0, "one process (--role all)"), (1, "core + 1 edge"), (2, "core + 2 edges"))
 QUICK_VUS = 300  # enough users to keep ~1000 bets/s in flight; their logins take seconds

@@ -75,9 +75,9 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from nacl.signing import SigningKey
 
-from loadgen.h1 import HttpConnection, HttpError, Response
-from loadgen.signer import derive_secret
-from loadgen.targets import TAP_CLI, free_port, tap_environment, wait_ready
+from loadgen.generator.h1 import HttpConnection, HttpError, Response
+from loadgen.generator.signer import derive_secret
+from loadgen.peers.targets import TAP_CLI, free_port, tap_environment, wait_ready
 from tap import siwe
 from tap.admission import bet_payload, withdrawal_payload
 

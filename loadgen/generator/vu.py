@@ -1,6 +1,7 @@
 """Virtual users that behave like real tap clients, and the crowd that runs them.
 
-Each virtual user has an eth-account wallet and an Ed25519 session key (`loadgen.signer`), logs
+Each virtual user has an eth-account wallet and an Ed25519 session key
+(`loadgen.generator.signer`), logs
 in with Sign-In with Ethereum, takes a mock deposit, keeps one WebSocket open (`account`, and
 for a few of them `prices` + `grid`) and one HTTP keep-alive connection, and taps placeable
 cells over HTTP (`POST /api/bets`) or the WebSocket (`place_bet`). Every bet it gets a 202 /
@@ -9,8 +10,9 @@ crowd's `ConfirmationTracker` reports any that never are. If the server closes a
 WebSocket (1013 when its account queue overflows) the user reconnects and asks for its open bets
 over HTTP, as API.md tells clients to; those answers are counted apart.
 
-It decides the client behaviour. It leaves the timing of taps to `loadgen.engine` (a user is a
-*slot*: it has one tap in flight at a time) and the judging to `loadgen.thresholds`.
+It decides the client behaviour. It leaves the timing of taps to `loadgen.generator.engine` (a user
+is a
+*slot*: it has one tap in flight at a time) and the judging to `loadgen.generator.thresholds`.
 
 Signing is off the hot loop: `Crowd.presign` keeps each user a small queue of bets signed a
 second or so ahead, by the worker process, for cells chosen from the newest grid; `fire` only
@@ -34,8 +36,8 @@ import trio
 import trio_websocket
 from nacl.signing import SigningKey
 
-from loadgen.h1 import HttpConnection, HttpError, Response
-from loadgen.market import (
+from loadgen.generator.h1 import HttpConnection, HttpError, Response
+from loadgen.generator.market import (
     ChallengeView,
     Frame,
     GridView,
@@ -46,9 +48,16 @@ from loadgen.market import (
     error_code,
     frame_decoder,
 )
-from loadgen.recorder import BET_HTTP, BET_WS, CODE_STATUS, TRANSPORT, ConfirmationTracker, Recorder
-from loadgen.scenario import ClientSpec, parse_duration
-from loadgen.signer import Challenge, Identity, Signer, derive_secret
+from loadgen.generator.recorder import (
+    BET_HTTP,
+    BET_WS,
+    CODE_STATUS,
+    TRANSPORT,
+    ConfirmationTracker,
+    Recorder,
+)
+from loadgen.generator.scenario import ClientSpec, parse_duration
+from loadgen.generator.signer import Challenge, Identity, Signer, derive_secret
 from tap.admission import bet_payload
 from tap.messages import (
     BetRequest,

@@ -3,7 +3,7 @@
 It decides the send times implied by a list of stages (a piecewise-linear rate curve r(t)): the
 k-th arrival is due when the expected count N(t) = ∫₀ᵗ r reaches k (uniform spacing, like k6's
 arrival-rate executors), or at the k-th point of a Poisson process with that rate (exponential
-gaps in N-space mapped back through N⁻¹). It leaves to `loadgen.engine` the sleeping and
+gaps in N-space mapped back through N⁻¹). It leaves to `loadgen.generator.engine` the sleeping and
 dispatching, and to the caller what a request is.
 
 Why open loop: a closed-loop generator (send, wait, send) slows down when the server does, so a
@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from loadgen.scenario import Stage
+from loadgen.generator.scenario import Stage
 
 
 class Segment(msgspec.Struct, frozen=True):

@@ -20,16 +20,16 @@ from typing import Any
 
 import trio
 
-from loadgen.cpu import CpuMeter
-from loadgen.engine import Dispatcher, SlotPool, freeze_heap
-from loadgen.recorder import Recorder
-from loadgen.report import ProgressLine, verdicts_json
-from loadgen.scenario import Scenario, parse_duration
-from loadgen.schedule import Schedule
-from loadgen.signer import Signer
-from loadgen.targets import RunningServer
-from loadgen.thresholds import evaluate, passed
-from loadgen.vu import Crowd, Target
+from loadgen.generator.cpu import CpuMeter
+from loadgen.generator.engine import Dispatcher, SlotPool, freeze_heap
+from loadgen.generator.recorder import Recorder
+from loadgen.generator.report import ProgressLine, verdicts_json
+from loadgen.generator.scenario import Scenario, parse_duration
+from loadgen.generator.schedule import Schedule
+from loadgen.generator.signer import Signer
+from loadgen.generator.thresholds import evaluate, passed
+from loadgen.generator.vu import Crowd, Target
+from loadgen.peers.targets import RunningServer
 
 CPU_WARN_PCT = 90.0
 LAG_WARN_MS = 20.0

@@ -4,7 +4,7 @@ It decides how the load generator reads what tap sends (permissive views of API.
 unknown fields are ignored so an additive change on the server never breaks a benchmark) and
 which cells are worth signing a bet for: placeable in the newest grid *and* far enough ahead that
 they are still placeable when the bet arrives, a second or two after it was signed. It leaves
-the choice of which user bets on which cell to `loadgen.vu`.
+the choice of which user bets on which cell to `loadgen.generator.vu`.
 
 Request bodies are encoded with tap's own Structs (`tap.messages`), so a renamed field fails
 here first; answers are decoded with the light views below, which cost less per frame.

@@ -7,7 +7,7 @@ waiting at that moment. `round_trips_per_bet` (REDIS_ROUND_TRIPS / admitted) sho
 well below 1 when pipelining works. A one-task run of the Redis side (`sequential_*`) is the
 unshared reference: one round trip per admission. Keys live under a fresh prefix, deleted after.
 
-    python -m loadgen.bench_redis --url redis://127.0.0.1:6379/0
+    python -m loadgen.benches.bench_redis --url redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ down, so `best` and CPU time are the figures to compare; wall p95 says what a bu
 costs. A second set times the dense-stream case (40 ms ticks: 125 per window, priced on the coarse
 schedule of 64 steps).
 
-    python -m loadgen.bench_pricing [--rounds 200] [--json]
+    python -m loadgen.benches.bench_pricing [--rounds 200] [--json]
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ whatever the bench needs (`config_overrides`, a nested dict in the shape of `con
 and waits until `GET /healthz` says `pass` (bets are taken). Everything in `loadgen` that needs
 tap goes through it; nothing imports tap's server code.
 
-The baselines (`loadgen.servers`: bare ASGI, minimal Quart-trio, WebSocket echo) and the naive
-peer (`loadgen.naive`) are started the same way, so every target in a bench pays the same
+The baselines (`loadgen.peers.servers`: bare ASGI, minimal Quart-trio, WebSocket echo) and the naive
+peer (`loadgen.peers.naive`) are started the same way, so every target in a bench pays the same
 process, loopback and readiness costs.
 
 Each server is an async context manager: on exit it gets SIGTERM (tap drains and commits), then
@@ -30,8 +30,8 @@ from typing import Any
 
 import trio
 
-from loadgen.cpu import CpuMeter
-from loadgen.h1 import HttpConnection, HttpError
+from loadgen.generator.cpu import CpuMeter
+from loadgen.generator.h1 import HttpConnection, HttpError
 
 TAP_CLI = "tap.runtime.cli"
 
@@ -244,9 +244,9 @@ def _python(module: str, *args: str) -> list[str]:
 async def start_bench_server(
     kind: str, data_dir: Path, port: int | None = None
 ) -> AsyncIterator[RunningServer]:
-    """One of `loadgen.servers`' baselines: "bare", "quart" or "echo"."""
+    """One of `loadgen.peers.servers`' baselines: "bare", "quart" or "echo"."""
     port = port or free_port()
-    argv = _python("loadgen.servers", kind, "--port", str(port))
+    argv = _python("loadgen.peers.servers", kind, "--port", str(port))
     async with serve_process(kind, argv, port, data_dir / f"{kind}.log") as server:
         yield server
 
@@ -255,10 +255,10 @@ async def start_bench_server(
 async def start_naive_server(
     data_dir: Path, port: int | None = None
 ) -> AsyncIterator[RunningServer]:
-    """The naive peer (`loadgen.naive`) with a fresh SQLite file in `data_dir`."""
+    """The naive peer (`loadgen.peers.naive`) with a fresh SQLite file in `data_dir`."""
     port = port or free_port()
     db = _fresh_database(data_dir, "naive.db")
-    argv = _python("loadgen.naive", "--port", str(port), "--db", str(db))
+    argv = _python("loadgen.peers.naive", "--port", str(port), "--db", str(db))
     async with serve_process("naive", argv, port, data_dir / "naive.log") as server:
         yield server
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from loadgen.scenario import Thresholds
+from loadgen.generator.scenario import Thresholds
 
 _LATENCY = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
 _RATES = ("error_rate", "server_error_rate")

@@ -21,8 +21,9 @@ figure is then a floor, not a capacity.
 
 Sub-benches: `naive` (tap vs the naive one-commit-per-request peer, same scenario), `fanout` (N
 WebSocket clients on `prices`; tick → client latency), `client` (CPU per request of the hand-made
-HTTP/1.1 client vs httpx), and `batcher` / `resolver`, which call `loadgen.bench_batcher.run` and
-`loadgen.bench_resolver.run` when those modules are present.
+HTTP/1.1 client vs httpx), and `batcher` / `resolver`, which call
+`loadgen.benches.bench_batcher.run` and
+`loadgen.benches.bench_resolver.run` when those modules are present.
 """
 
 from __future__ import annotations
@@ -40,17 +41,18 @@ import trio
 import trio.lowlevel
 import trio_websocket
 
-from loadgen.capacity import CapacitySearch
-from loadgen.engine import Dispatcher, SlotPool, freeze_heap
-from loadgen.h1 import HttpConnection, HttpError
-from loadgen.histogram import Histogram
-from loadgen.market import bet_decoder, frame_decoder
-from loadgen.recorder import BET_HTTP, BET_WS, TRANSPORT, ConfirmationTracker, Recorder
-from loadgen.runner import CPU_WARN_PCT, LAG_WARN_MS, Monitor
-from loadgen.scenario import ClientSpec, Stage
-from loadgen.schedule import Schedule
-from loadgen.signer import Signer
-from loadgen.targets import (
+from loadgen.generator.capacity import CapacitySearch
+from loadgen.generator.engine import Dispatcher, SlotPool, freeze_heap
+from loadgen.generator.h1 import HttpConnection, HttpError
+from loadgen.generator.histogram import Histogram
+from loadgen.generator.market import bet_decoder, frame_decoder
+from loadgen.generator.recorder import BET_HTTP, BET_WS, TRANSPORT, ConfirmationTracker, Recorder
+from loadgen.generator.runner import CPU_WARN_PCT, LAG_WARN_MS, Monitor
+from loadgen.generator.scenario import ClientSpec, Stage
+from loadgen.generator.schedule import Schedule
+from loadgen.generator.signer import Signer
+from loadgen.generator.vu import Crowd, Target
+from loadgen.peers.targets import (
     RunningServer,
     ServerFailed,
     start_bench_server,
@@ -58,7 +60,6 @@ from loadgen.targets import (
     start_tap_server,
     tap_unavailable,
 )
-from loadgen.vu import Crowd, Target
 
 P99_LIMIT_MS = 100.0
 WAIT_LIMIT_PCT = 10.0  # % of a probe spent runnable but without a core: the machine was busy
@@ -233,7 +234,7 @@ class ShapeSlot:
 
 class ShapeBaseline:
     """The same-shape ceiling: `POST /api/bets` answered 202, plus the pushed `bet_confirmed`
-    on the slot's own WebSocket, followed like tap's (`loadgen.servers.shape_app`)."""
+    on the slot's own WebSocket, followed like tap's (`loadgen.peers.servers.shape_app`)."""
 
     route = BET_HTTP
 
@@ -1032,7 +1033,7 @@ async def bench_fanout(
 
 
 async def bench_client(data_dir: Path, requests: int = 3000) -> dict[str, Any]:
-    """CPU per request of `loadgen.h1` vs httpx, sequential, against the bare server."""
+    """CPU per request of `loadgen.generator.h1` vs httpx, sequential, against the bare server."""
     import httpx
 
     body = bet_shaped_body()
@@ -1065,18 +1066,18 @@ async def bench_client(data_dir: Path, requests: int = 3000) -> dict[str, Any]:
 
 
 async def bench_delegated(module: str, quick: bool, data_dir: Path) -> dict[str, Any]:
-    """Run `loadgen.<module>.run(...)`, written alongside this bench, when it exists.
+    """Run `loadgen.benches.<module>.run(...)`, written alongside this bench, when it exists.
 
     It is passed `quick` and `directory` (this bench's data directory, on the project's disk)
     when its signature takes them. A synchronous `run` may start its own trio loop, so it runs
     in a worker thread; a coroutine function is awaited here.
     """
     try:
-        mod = importlib.import_module(f"loadgen.{module}")
+        mod = importlib.import_module(f"loadgen.benches.{module}")
     except ModuleNotFoundError as e:
-        if e.name != f"loadgen.{module}":
+        if e.name != f"loadgen.benches.{module}":
             raise
-        return {"bench": module, "skipped": f"loadgen/{module}.py is not present"}
+        return {"bench": module, "skipped": f"loadgen/benches/{module}.py is not present"}
     run_fn: Callable[..., Any] = mod.run
     params = inspect.signature(run_fn).parameters
     kwargs: dict[str, Any] = {}
@@ -1094,8 +1095,9 @@ async def bench_delegated(module: str, quick: bool, data_dir: Path) -> dict[str,
 
 
 async def bench_scale(quick: bool, data_dir: Path) -> dict[str, Any]:
-    """One process, then core + 1 and core + 2 edges (loadgen/bench_scale.py prints its table)."""
-    from loadgen import bench_scale
+    """One process, then core + 1 and core + 2 edges (loadgen/benches/bench_scale.py prints its
+    table)."""
+    from loadgen.benches import bench_scale
 
     return {"bench": "scale", **await bench_scale.run(quick=quick, directory=str(data_dir))}
 

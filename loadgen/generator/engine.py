@@ -21,8 +21,8 @@ from typing import Generic, TypeVar
 
 import trio
 
-from loadgen.histogram import Histogram
-from loadgen.recorder import Recorder
+from loadgen.generator.histogram import Histogram
+from loadgen.generator.recorder import Recorder
 
 S = TypeVar("S")
 

@@ -1,8 +1,9 @@
 """How results are shown: the live progress line, the final table and `report.json`.
 
 It decides presentation only; the numbers come from `Recorder`, `ConfirmationTracker`,
-`Dispatcher` and the CPU meters, gathered into one plain-data report by `loadgen.runner` and
-`loadgen.bench`.
+`Dispatcher` and the CPU meters, gathered into one plain-data report by `loadgen.generator.runner`
+and
+`loadgen.benches.bench`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from loadgen.thresholds import Verdict
+from loadgen.generator.thresholds import Verdict
 
 
 def _ms(v: float) -> str:

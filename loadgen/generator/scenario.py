@@ -3,7 +3,8 @@
 It decides the scenario format: stages in the k6 vocabulary (`ramp`, `steady`, `spike`, `soak`,
 each a duration and a target arrival rate), how the virtual users behave (how many, which
 transport they tap over, what they subscribe to), and the thresholds that make a run fail. It
-leaves to `loadgen.schedule` how stages become send times, and to `loadgen.thresholds` how
+leaves to `loadgen.generator.schedule` how stages become send times, and to
+`loadgen.generator.thresholds` how
 results are judged.
 
 Stage semantics (rates in requests per second):
@@ -25,7 +26,7 @@ from typing import Literal
 
 import msgspec
 
-SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"  # package data (pyproject)
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # package data (pyproject)
 
 StageKind = Literal["ramp", "steady", "spike", "soak"]
 Transport = Literal["http", "ws", "mixed"]

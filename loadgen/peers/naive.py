@@ -13,7 +13,7 @@ in-memory admission state in front of the database. It is not a second implement
 there is no resolver, breaker, rate limit or exposure limit, the grid is priced with tap's own
 formula but never settled, and it is not meant to be played.
 
-Run: `python -m loadgen.naive --port 9004 --db /tmp/naive.db`.
+Run: `python -m loadgen.peers.naive --port 9004 --db /tmp/naive.db`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from loadgen.servers import hypercorn_config
+from loadgen.peers.servers import hypercorn_config
 from tap.admission import SessionKey, bet_payload
 from tap.config import MarketConfig
 from tap.messages import BetRequest, ChallengeRequest, DepositRequest, LoginRequest
@@ -584,7 +584,7 @@ async def serve_naive(db_path: str, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.naive", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadgen.peers.naive", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", required=True, help="SQLite file (created if missing)")

@@ -11,8 +11,9 @@
   one that sent `auth` with the request's bearer token), as tap does for every committed bet. No
   signature, no ledger, no commit: what "202 then confirm" costs in the stack alone.
 
-All of them answer `GET /readyz` with 200 so `loadgen.targets` can wait for them. They run in their
-own process (`python -m loadgen.servers bare --port 9001`) so server and generator never share
+All of them answer `GET /readyz` with 200 so `loadgen.peers.targets` can wait for them. They run in
+their
+own process (`python -m loadgen.peers.servers bare --port 9001`) so server and generator never share
 one interpreter's GIL. Hypercorn runs on its defaults, as tap's edge does, so the comparison is
 between apps and not between server settings.
 """
@@ -197,7 +198,7 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.servers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadgen.peers.servers", description=__doc__)
     parser.add_argument("app", choices=sorted(APPS))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

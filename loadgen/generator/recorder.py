@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Final
 
-from loadgen.histogram import Histogram
+from loadgen.generator.histogram import Histogram
 
 BET_HTTP: Final = "POST /api/bets"
 BET_WS: Final = "WS place_bet"

@@ -2,7 +2,7 @@
 
 It decides how a latency in microseconds is bucketed and how percentiles are read back; it leaves
 to its caller what is measured and from when (the load generator measures from the *intended*
-send time, see `loadgen.engine`).
+send time, see `loadgen.generator.engine`).
 
 Layout: values below `2**precision_bits` are counted exactly; above that, every power-of-two range
 is split into `2**(precision_bits - 1)` equal buckets, so a reported value is never more than

@@ -1,0 +1,1 @@
+"""Benchmarks and campaigns built on the generator (python -m loadgen bench | killloop | ...)."""

@@ -1,0 +1,1 @@
+"""The load generator: scenarios, the open-loop engine, virtual users, measurement and reports."""
