@@ -40,6 +40,8 @@ from tests.scaleout import (
 
 __all__ = ["redis_prefix", "redis_url"]
 
+# A bet the ledger holds: confirmed, or resolved since (a long run on a loaded machine).
+COMMITTED = {"confirmed", "won", "lost", "void"}
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 PLAYERS = 3
@@ -92,12 +94,14 @@ async def test_an_edge_sigkilled_mid_load_loses_no_answered_bet(
         assert any(x.edge == 1 for x in answered) and any(x.edge == 0 for x in answered)
         assert any(x.code == "transport" for x in answers[killed_at:])  # B was really gone
         ledger = c.bets_by_id([x.bet_id for x in answered if x.bet_id])
-        assert {x.bet_id: "confirmed" for x in answered} == ledger
+        # Committed: confirmed, or already resolved if the test ran long (a loaded machine).
+        assert set(ledger) == {x.bet_id for x in answered}
+        assert set(ledger.values()) <= COMMITTED, ledger
         for x in answered:
             if x.edge == 1:
                 owner = next(p[0] for p in players if p[0].address == x.address)
                 r = await owner.http.get(f"/api/bets/{x.bet_id}", headers=owner.headers)
-                assert r.status_code == 200 and r.json()["status"] == "confirmed", r.text
+                assert r.status_code == 200 and r.json()["status"] in COMMITTED, r.text
         await assert_hot_never_high(c, [p[0].address for p in players])
     await c.check_ledger()
 
@@ -144,7 +148,7 @@ async def test_the_core_sigkilled_and_restarted_loses_nothing_and_doubles_nothin
         with trio.fail_after(BACK_WITHIN_S):
             while len(c.bets_by_id(waited)) < len(waited):  # noqa: ASYNC110
                 await trio.sleep(0.1)
-        assert set(c.bets_by_id(answered).values()) == {"confirmed"}
+        assert set(c.bets_by_id(answered).values()) <= COMMITTED
         assert len(c.bets_by_id(answered)) == len(set(answered))
         refused = [x for x in answers if x.code == "breaker_open"]
         nonces = {(x.address, x.nonce) for x in refused}
