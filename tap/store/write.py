@@ -52,6 +52,7 @@ from tap.messages import (
     Tick,
     Withdrawal,
     WriterRequest,
+    project,
 )
 from tap.store.connect import is_busy
 from tap.store.read import BET_COLUMNS, ENTRY_COLUMNS, bet_from_row, entry_from_row
@@ -477,17 +478,7 @@ class _BatchWriter:
             self.reject_stored(req, balance)
             return
         self.post(req.address, stake, balance[0], req.bet_id)
-        bet = Bet(
-            bet_id=req.bet_id,
-            address=req.address,
-            cell_id=req.cell_id,
-            amount=req.amount,
-            multiplier_bps=req.multiplier_bps,
-            nonce=req.nonce,
-            status="confirmed",
-            accepted_at=req.accepted_at,
-            confirmed_at=self.now_ms,
-        )
+        bet = project(Bet, req, status="confirmed", confirmed_at=self.now_ms)
         self.announce(BetConfirmed(bet=bet))
 
     def reject_stored(self, req: PlaceBet, reason: str) -> None:
