@@ -74,6 +74,10 @@ def _error_frame(req_id: str | None, code: str, message: str) -> str:
 
 
 async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
+    """Serve one client until it leaves, misbehaves past its limits, or the server stops: the
+    reader loop below answers frames in order through the hub's queue for this client, and the
+    writer task is the only one that awaits the socket (module text). The close code says why
+    it ended; the hub forgets the client on every way out."""
     await websocket.accept()
     sub = svc.hub.connect()
     session: Session | None = None

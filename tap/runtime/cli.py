@@ -32,6 +32,10 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`tap serve`: check the session secret before anything starts (a bad one is a
+    configuration error, exit 2), then run one role (`--role all|core|edge`) or, with
+    `--edges N`, the fleet supervisor; print where it serves and what makes it unfit for real
+    money."""
     import trio
 
     from tap.runtime.procs import watch_parent
@@ -280,6 +284,9 @@ def tap_version() -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """`tap audit rtp`: simulate bets on the priced grid against the discrete-tick win rule
+    (fixed seed, so anyone can rerun it) and print the realized return with its confidence
+    interval next to the promised `1 − edge` (docs/pricing.md); `--json` for machines."""
     import time
 
     from tap.audit import format_report, run_rtp_audit
@@ -302,6 +309,8 @@ QUICK_AUDIT_BETS = 60_000
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every `tap` subcommand and its options, in one place (`tap --help` is generated from
+    it); each subcommand's handler is its `cmd_*` function."""
     parser = argparse.ArgumentParser(
         prog="tap",
         description="tap: the server behind a tap-trading game (see README.md).",
