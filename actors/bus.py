@@ -360,8 +360,11 @@ async def run_relay(
             try:
                 await gateway.call_many(commands)
                 break
-            except HotStateUnavailable:
-                metrics.REDIS_ERRORS.inc()
+            except (HotStateUnavailable, redis.ResponseError) as e:
+                # A refusal by Redis itself (a key of the wrong type, a script error) is logged
+                # and retried like an outage: the relay degrades (edges' waiters time out with
+                # 503), it does not end the core.
+                _log_refusal("relay", e)
                 await backoff.wait()
         backoff.reset()
         seq += 1
@@ -410,8 +413,16 @@ async def run_market_relay(
             try:
                 replies = await gateway.call_many(commands)
                 backlog = int(replies[-1])
-            except HotStateUnavailable:
-                metrics.REDIS_ERRORS.inc()
+            except (HotStateUnavailable, redis.ResponseError) as e:
+                _log_refusal("market relay", e)  # lossy: the next heartbeat tries again
+
+
+def _log_refusal(who: str, error: Exception) -> None:
+    """An outage is counted; a refusal by Redis itself (e.g. WRONGTYPE) is also logged, since
+    no recovery will clear it without an operator."""
+    metrics.REDIS_ERRORS.inc()
+    if isinstance(error, redis.ResponseError):
+        log.error("bus %s: Redis refused a command (%s); retrying", who, error)
 
 
 def offer(channel: trio.MemorySendChannel[Any], message: Any) -> None:
@@ -542,8 +553,8 @@ async def run_forwarder(
             try:
                 replies = await gateway.call_many(commands)
                 writer.depth = int(replies[-1])
-            except HotStateUnavailable:
-                metrics.REDIS_ERRORS.inc()
+            except (HotStateUnavailable, redis.ResponseError) as e:
+                _log_refusal("forwarder", e)
                 fanout.publish([_refused(r) for r in batch])
 
 

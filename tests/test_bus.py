@@ -209,3 +209,33 @@ async def test_a_forwarder_that_cannot_reach_redis_answers_its_requests_locally(
     assert isinstance(answer, BetRejected)
     assert answer.reason == "dependency_unavailable"
     assert isinstance(answer.bet, Bet) and answer.bet.status == "rejected"
+
+
+async def test_a_forwarder_refused_by_redis_itself_answers_locally_and_keeps_forwarding(
+    redis_config: Config,
+) -> None:
+    """A key of the wrong type where the requests stream should be (an operator's mistake):
+    each request is answered 503 at once, and the forwarder lives on to forward once the key
+    is fixed."""
+    cfg = redis_config.redis
+    keys = bus.BusKeys.of(cfg.prefix)
+    r = client(cfg)
+    r.set(keys.requests, "not a stream")
+    fanout = CommittedFanout()
+    send, receive = trio.open_memory_channel[PlaceBet](16)
+    writer = bus.RemoteWriter(send, bus.CoreLink(Clock(), 1000), 100)  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        async with gateway_for(cfg) as gateway, trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(bus.run_forwarder, gateway, keys, receive, writer, fanout)
+            )
+            with fanout.expect_bet(place(1).bet_id) as waiter:
+                writer.send_nowait(place(1))
+                answer = await waiter.wait()
+            assert isinstance(answer, BetRejected)
+            assert answer.reason == "dependency_unavailable"
+            r.delete(keys.requests)
+            writer.send_nowait(place(2))
+            while r.xlen(keys.requests) != 1:  # noqa: ASYNC110  # polling Redis
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
