@@ -345,3 +345,40 @@ async def test_a_challenge_flood_stores_nothing_and_a_login_flood_is_bounded(
     fresh = b.issue_challenge(wallet.address, later)
     await b.login(*signed_login(wallet, fresh), later + 1, claim_once=hot.claim_once)
     assert hot.claims() == 1
+
+
+# ── the verified-token cache (issue 12: a dict lookup per request instead of base64 + HMAC) ──
+
+
+def test_a_verified_token_is_remembered_and_still_expires() -> None:
+    b = book()
+    s = b.open_session(A, KEY, NOW)
+    first = b.lookup(s.token, NOW + 1)
+    assert first == s
+    assert b.lookup(s.token, NOW + 2) is first  # the cached object, not a second decode
+    assert b.lookup(s.token, s.expires_at - 1) is first
+    assert b.lookup(s.token, s.expires_at) is None  # expiry holds for a remembered token
+    assert b.lookup(s.token, s.expires_at + 1) is None
+
+
+def test_a_forged_or_foreign_token_never_enters_the_cache() -> None:
+    b = book()
+    foreign = book(OTHER_SECRET).open_session(A, KEY, NOW)
+    for _ in range(3):
+        assert b.lookup(foreign.token, NOW) is None
+    raw = bytearray(base64.urlsafe_b64decode(foreign.token + "=" * (-len(foreign.token) % 4)))
+    raw[-1] ^= 1
+    flipped = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    assert b.lookup(flipped, NOW) is None
+    assert b._verified == {}
+
+
+def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tap.sessions.VERIFIED_CACHE", 5)
+    b = book()
+    tokens = [b.open_session(A, KEY, NOW + i).token for i in range(12)]
+    for t in tokens:
+        assert b.lookup(t, NOW + 100) is not None
+        assert len(b._verified) <= 5
+    # Forgotten ones still verify (the slow way), the same session each time.
+    assert all(b.lookup(t, NOW + 100) is not None for t in tokens)
