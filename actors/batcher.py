@@ -75,7 +75,7 @@ def _count(events: Sequence[Committed]) -> None:
             case _:
                 pass
     for (metric, labels), n in tally.items():
-        metric.labels(*labels).inc(n)
+        metrics.child(metric, *labels).inc(n)
 
 
 def _timed_apply(

@@ -241,29 +241,31 @@ def create_app(svc: EdgeServices) -> QuartTrio:
             )
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = response.status_code
-        metrics.HTTP_REQUESTS.labels(rule, request.method, str(status)).inc()
+        metrics.child(metrics.HTTP_REQUESTS, rule, request.method, str(status)).inc()
         started = getattr(request, "started", None)
         elapsed = time.perf_counter() - started if started is not None else None
         if elapsed is not None:
-            metrics.HTTP_LATENCY.labels(rule).observe(elapsed)
+            metrics.child(metrics.HTTP_LATENCY, rule).observe(elapsed)
         # The access log: one line per request, request id from the context (logs.REQUEST_ID).
-        access_log.log(
-            logging.ERROR if status >= 500 else logging.INFO,
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "route": rule,
-                "status": status,
-                "duration_ms": None if elapsed is None else round(elapsed * 1000, 3),
-            },
-        )
+        level = logging.ERROR if status >= 500 else logging.INFO
+        if access_log.isEnabledFor(level):  # the fields cost more than the check
+            access_log.log(
+                level,
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "route": rule,
+                    "status": status,
+                    "duration_ms": None if elapsed is None else round(elapsed * 1000, 3),
+                },
+            )
         return response
 
     @app.errorhandler(ApiError)
     async def on_api_error(err: ApiError) -> Response:
         if request.path == "/api/bets" and request.method == "POST":
-            metrics.BETS.labels("refused", err.code).inc()
+            metrics.child(metrics.BETS, "refused", err.code).inc()
         return error_response(err)
 
     @app.errorhandler(HTTPException)

@@ -212,7 +212,7 @@ class BetDesk:
             raise ApiError(
                 "overloaded", "bet queue is full; retry shortly", retry_after_s=1
             ) from None
-        metrics.BETS.labels("accepted", "").inc()
+        metrics.child(metrics.BETS, "accepted", "").inc()
         log.info("bet accepted", extra={"bet_id": bet_id, "address": address})
         return bet, admit
 

@@ -177,7 +177,7 @@ async def serve_websocket(svc: EdgeServices, websocket: Any) -> None:
                     try:
                         placed = await svc.desk.place(session, req)
                     except ApiError as err:
-                        metrics.BETS.labels("refused", err.code).inc()
+                        metrics.child(metrics.BETS, "refused", err.code).inc()
                         await reply(
                             _encoder.encode(
                                 WsError(
