@@ -81,7 +81,6 @@ _UNAVAILABLE_REPLIES = (BusyLoadingError, ReadOnlyError, OutOfMemoryError)
 _UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK")
 
 
-
 @dataclass(eq=False, slots=True)
 class _Request:
     commands: tuple[RedisCommand, ...]

@@ -98,9 +98,7 @@ async def test_the_intake_reads_unacknowledged_entries_first_and_skips_a_bad_one
             while r.xlen(keys.requests) != 4:  # noqa: ASYNC110  # the bad entry is acked, deleted
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
-    assert [g.bet_id for g in got if isinstance(g, PlaceBet)] == [
-        place(n).bet_id for n in range(4)
-    ]
+    assert [g.bet_id for g in got if isinstance(g, PlaceBet)] == [place(n).bet_id for n in range(4)]
     assert seen == [place(n).bet_id for n in range(4)]
     assert len(inflight) == 4
 
@@ -199,9 +197,7 @@ async def test_a_forwarder_that_cannot_reach_redis_answers_its_requests_locally(
     request = place(7)
     with trio.fail_after(10):
         async with gateway_for(dead) as gateway, trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(bus.run_forwarder, gateway, keys, receive, writer, fanout)
-            )
+            await nursery.start(partial(bus.run_forwarder, gateway, keys, receive, writer, fanout))
             with fanout.expect_bet(request.bet_id) as waiter:
                 writer.send_nowait(request)
                 answer = await waiter.wait()
@@ -226,9 +222,7 @@ async def test_a_forwarder_refused_by_redis_itself_answers_locally_and_keeps_for
     writer = bus.RemoteWriter(send, bus.CoreLink(Clock(), 1000), 100)  # type: ignore[arg-type]
     with trio.fail_after(10):
         async with gateway_for(cfg) as gateway, trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(bus.run_forwarder, gateway, keys, receive, writer, fanout)
-            )
+            await nursery.start(partial(bus.run_forwarder, gateway, keys, receive, writer, fanout))
             with fanout.expect_bet(place(1).bet_id) as waiter:
                 writer.send_nowait(place(1))
                 answer = await waiter.wait()

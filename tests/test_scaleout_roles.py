@@ -166,7 +166,9 @@ async def test_a_bet_through_an_edge_is_committed_by_the_core_and_resolved(
             ready = await core.get("/readyz")
             assert ready.status_code == 200, ready.text
             assert ready.json()["checks"] == {
-                "database": "pass", "redis": "pass", "accepting": "pass"
+                "database": "pass",
+                "redis": "pass",
+                "accepting": "pass",
             }
             assert (await core.get("/healthz")).json()["status"] == "pass"
             assert "tap_bets_total" in (await core.get("/metrics")).text

@@ -17,7 +17,6 @@ import platform
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info

@@ -56,11 +56,18 @@ class OpsApp:
 
     async def _answer(self, method: str, path: str) -> tuple[int, bytes, bytes]:
         if path not in ("/livez", "/readyz", "/healthz", "/metrics"):
-            return 404, b'{"error":{"code":"not_found","message":"the core serves only /livez, '\
-                b'/readyz, /healthz and /metrics"}}', b"application/json"
+            return (
+                404,
+                b'{"error":{"code":"not_found","message":"the core serves only /livez, '
+                b'/readyz, /healthz and /metrics"}}',
+                b"application/json",
+            )
         if method != "GET":
-            return 405, b'{"error":{"code":"method_not_allowed","message":"GET only"}}', \
-                b"application/json"
+            return (
+                405,
+                b'{"error":{"code":"method_not_allowed","message":"GET only"}}',
+                b"application/json",
+            )
         if path == "/livez":
             return 200, b'{"status":"pass"}', _HEALTH_JSON
         if path == "/readyz":

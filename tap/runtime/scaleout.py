@@ -254,9 +254,7 @@ async def serve_core(
                             }
                             if not writer.alive():
                                 return "fail", detail
-                            warn = not ready or any(
-                                c["status"] != "pass" for c in detail.values()
-                            )
+                            warn = not ready or any(c["status"] != "pass" for c in detail.values())
                             return ("warn" if warn else "pass"), detail
 
                         hc = hypercorn_config(cfg, reuse_port=reuse_port)
