@@ -10,11 +10,13 @@ in `tap.ledger`). Only after `COMMIT` returns does it hand the batch's events to
 nothing is announced that a crash could take back. When its input channel closes it drains what
 is left, commits, and returns: that is graceful shutdown.
 
-Thread: one connection, used by whichever trio worker thread `trio.to_thread.run_sync` picks,
-one call at a time (a private `CapacityLimiter(1)`). Trio's thread cache keeps that worker warm,
-so a batch costs one cheap hop; a call in flight is never abandoned (`abandon_on_cancel=False`),
-so cancellation cannot leave a transaction half-done in a thread nobody waits for; and there is
-no hand-made thread, queue or shutdown protocol to get wrong.
+Thread: one connection, used only by the writer's own thread (`_DbThread`), one call at a time,
+in order. A call hands the thread a function and parks the awaiting task until the thread
+reschedules it with the outcome: one queue put and one wake-up each way, about half the CPU of a
+`trio.to_thread.run_sync` round trip here (≈ 100 µs against ≈ 175 µs; it runs once per commit).
+A call in flight is never abandoned (the wait cannot be cancelled), so cancellation cannot leave a
+transaction half-done in a thread nobody waits for; the thread ends after the connection is
+closed.
 
 What the caller decides: the database file, the batching window (`BatcherConfig`), the clock,
 which requests somebody waits on (`awaited`), and what happens to the committed events
@@ -25,7 +27,9 @@ consumer without ever blocking the writer).
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import outcome
 import trio
 
 from tap.config import BatcherConfig
@@ -104,13 +109,43 @@ def _internal(req: WriterRequest) -> bool:
     return isinstance(req, Settle | StoreTicks)
 
 
+class _DbThread:
+    """The writer's own thread: runs the calls it is given one at a time, in order, each for
+    the trio task that awaits it (module text: why not `trio.to_thread`)."""
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="tap-writer", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, task = call
+            result = outcome.capture(fn)
+            self._token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the thread; its result or exception here. Not cancellable once
+        handed over (a checkpoint before that is)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._calls.put((partial(fn, *args), trio.lowlevel.current_task()))
+        return await trio.lowlevel.wait_task_rescheduled(
+            lambda _: trio.lowlevel.Abort.FAILED  # the call runs to its end: wait for it
+        )
+
+    def stop(self) -> None:
+        """End the thread after the calls already given (it holds no resource of its own)."""
+        self._calls.put(None)
+
+
 class _Writer:
     def __init__(
         self,
         cfg: BatcherConfig,
         clock: Clock,
         conn: sqlite3.Connection,
-        limiter: trio.CapacityLimiter,
+        thread: _DbThread,
         committed: CommittedSink,
         cell_caps: Mapping[str, int] | None = None,
     ) -> None:
@@ -118,7 +153,7 @@ class _Writer:
         self.cfg = cfg
         self.clock = clock
         self.conn = conn
-        self.limiter = limiter
+        self.thread = thread
         self.committed = committed
 
     def backoff_s(self, attempt: int) -> float:
@@ -142,13 +177,8 @@ class _Writer:
         attempt = 0
         while True:
             try:
-                events = await trio.to_thread.run_sync(
-                    _timed_apply,
-                    self.conn,
-                    batch,
-                    self.clock.now_ms(),
-                    self.cell_caps,
-                    limiter=self.limiter,
+                events = await self.thread.run(
+                    _timed_apply, self.conn, batch, self.clock.now_ms(), self.cell_caps
                 )
             except sqlite3.OperationalError as e:
                 if not connect.is_busy(e):
@@ -284,22 +314,22 @@ async def run(
     and everything in it was committed; raises on any database error other than a busy lock —
     the ledger is never written around an error it does not understand.
     """
-    limiter = trio.CapacityLimiter(1)
-    conn = await trio.to_thread.run_sync(
-        partial(
-            connect.open_writer,
-            db_path,
-            busy_timeout_ms=cfg.busy_timeout_ms,
-            synchronous=synchronous,
-        ),
-        limiter=limiter,
-    )
-    writer = _Writer(cfg, clock, conn, limiter, committed, cell_caps)
+    thread = _DbThread()
     try:
-        await trio.to_thread.run_sync(
-            partial(connect.while_busy, partial(write.rebuild_cell_liability, conn)),
-            limiter=limiter,
+        conn = await thread.run(
+            partial(
+                connect.open_writer,
+                db_path,
+                busy_timeout_ms=cfg.busy_timeout_ms,
+                synchronous=synchronous,
+            )
         )
+    except BaseException:
+        thread.stop()
+        raise
+    writer = _Writer(cfg, clock, conn, thread, committed, cell_caps)
+    try:
+        await thread.run(partial(connect.while_busy, partial(write.rebuild_cell_liability, conn)))
         task_status.started()
         carried: list[WriterRequest] = []
         closed = False
@@ -317,4 +347,7 @@ async def run(
             log.error("shutting down with %d settlement/tick requests unwritten", len(carried))
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(conn.close, limiter=limiter)
+            try:
+                await thread.run(conn.close)
+            finally:
+                thread.stop()

@@ -40,8 +40,9 @@ def open_connection(
     how long SQLite itself waits for a lock before raising SQLITE_BUSY to the caller, who retries
     with backoff; keep it short so a stuck lock shows up as retries in the metrics.
 
-    `check_same_thread=False`: trio hands the writer's calls to whichever cached worker thread is
-    free, one at a time (a `CapacityLimiter(1)`); the caller guarantees the one-at-a-time part.
+    `check_same_thread=False`: a connection may be used from another thread than the one that
+    opened it (trio's worker threads, one call at a time); the caller guarantees the
+    one-at-a-time part. The batcher's writer opens and uses its connection on its own thread.
     """
     if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous must be OFF/NORMAL/FULL/EXTRA, got {synchronous!r}")
