@@ -11,8 +11,11 @@ Quote age: a grid may be up to `refresh_ms` older than the newest tick, and ever
 players at once, so a player could see the price move toward a cell and bet on the older, now
 too generous, quote (the audit measures that adverse selection at well above 1 − edge for the
 cells the price moved toward: docs/pricing.md). So admission never quotes from an older tick:
-`MarketHandle.quote_cell` requotes the whole grid from the newest tick first when the cached one
-is older (at most once per tick; a bet then locks exactly the price every player has seen).
+when the cached grid is older, `MarketHandle.quote_cell` has the book price the asked cell from
+the newest tick (`GridBook.quote_tick`: that cell alone, memoized for the tick, exactly as a full
+requote would price it; the whole grid at once when a full requote is due anyway or after
+`CELL_REQUOTES_PER_TICK` cells of one tick). A bet then locks exactly the price every player has
+seen; the published grid still follows `refresh_ms` and the 1 Hz push.
 
 A tick older than the market's last one is skipped (the grid must not move back to an older
 price). The breaker is taken as open until the breaker actor says closed. `BreakerChanged` names no
@@ -148,8 +151,8 @@ class MarketHandle:
     """The edge's read-only window on the market actor's state (no awaits, no copies).
 
     `quote_cell` is the admission call: it routes by the symbol in the cell id and answers from the
-    cached grid — requoted first from the newest tick if the cache is older — re-checking the
-    column rule at `now_ms`.
+    cached grid — or, if the cache is older than the newest tick, from that tick (the cell alone
+    or the whole grid requoted: `GridBook.quote_tick`) — re-checking the column rule at `now_ms`.
     """
 
     __slots__ = ("_markets",)
@@ -171,10 +174,19 @@ class MarketHandle:
         if market is None:
             return QuoteRefusal("cell_not_placeable", f"cell {cell_id[:80]!r} is in no market")
         tick = market.last_tick
-        if tick is not None and (tick.ts, tick.price) != market.book.priced_tick:
-            # A tick newer than the cached quote is already on the players' screens: requote.
-            market.refresh(now_ms, force=True)
-        return market.book.quote(cell_id, now_ms)
+        if tick is None or (tick.ts, tick.price) == market.book.priced_tick:
+            return market.book.quote(cell_id, now_ms)
+        # A tick newer than the cached grid is already on the players' screens: the book quotes
+        # from it (the asked cell alone, or the whole grid when a full requote is due anyway).
+        return market.book.quote_tick(
+            cell_id,
+            now_ms,
+            tick.price,
+            tick.ts,
+            market.volatility.sigma,
+            market.breaker,
+            interval_ms=market.interval_ms,
+        )
 
     def last_tick(self, symbol: str) -> Tick | None:
         market = self._markets.get(symbol)

@@ -19,7 +19,7 @@ is 16 rows × 20 convolutions of ~2000 points, which pure Python cannot do withi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -268,6 +268,8 @@ def tick_touch_probabilities(
     interval_ms: int,
     windows: Sequence[tuple[int, int]],
     cache: AbsorptionCache | None = None,
+    *,
+    only: Collection[int] | None = None,
 ) -> list[list[float]]:
     """P[i][j]: the chance that a tick in window j lands in band i (the win rule of API.md).
 
@@ -287,6 +289,12 @@ def tick_touch_probabilities(
     is then one Gaussian integral of R_n against the position of the window's first tick,
     N(log spot, σ²·k0·interval). All rows run as one batched FFT; `cache` keeps each row's R
     for the next call with the same σ and interval (the result does not depend on it).
+
+    `only`: integrate just these windows (indices into `windows`); the other windows' entries
+    are then not computed and mean nothing. Every window still shapes the recursion (its tick
+    counts, the grid's reach and the cache key), so a priced entry is exactly the one the call
+    without `only` gives and a row's cached recursion is found: this is how admission prices one
+    cell of a grid from a new tick (`tap.quotes.GridBook.quote_tick`).
     """
     if not spot > 0:
         raise ValueError(f"spot must be positive, got {spot!r}")
@@ -340,6 +348,10 @@ def tick_touch_probabilities(
         # A band reaching down to price 0 is cut where no path can go: below the spot by more
         # than every window's reach.
         floor = -(reach + _GRID_REACH_SD * max(start_sd.values()) + 10.0)
+        if only is not None:  # the group's shape is fixed above: now drop the unasked windows
+            members = [j for j in members if j in only]
+            if not members:
+                continue
         lows: list[float] = []
         widths: list[float] = []
         keys: list[tuple[float, tuple[int, ...]] | None] = []

@@ -5,15 +5,21 @@ column rolls or the breaker changes, and whenever the caller forces it), what ea
 multiplier and placeability are — priced for the win rule actually used, a tick in the band
 (`tap.pricing.tick_touch_probabilities`) — and what a bet on a cell id is quoted: the locked
 multiplier and the cell's bounds, or the API.md refusal. Admission uses the cached quote (DESIGN
-rule 10); the market actor forces a requote before admitting on a grid older than the newest
-tick, so no bet is ever quoted on a price a player has already seen move (docs/pricing.md,
-"quote age"). It leaves to its caller the price, its timestamp, σ, the tick interval and the
-breaker state, when to call `refresh` and what to publish; `now_ms` is an argument everywhere.
+rule 10) while it is priced from the newest tick; when a newer tick has come, admission asks
+`quote_tick`, which prices just the asked cell from that tick (exactly the cell a forced full
+requote would give it, memoized for the tick) and falls back to a full forced requote when one
+is due anyway (column roll, breaker change, σ to renew, new interval) or after
+`CELL_REQUOTES_PER_TICK` distinct cells. So no bet is ever quoted on a price a player has already
+seen move (docs/pricing.md, "quote age"). It leaves to its caller the price, its timestamp, σ, the
+tick interval and the breaker state, when to call `refresh` and what to publish; `now_ms` is an
+argument everywhere.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
+
+import msgspec
 
 from tap.config import Config, MarketConfig, PricingConfig
 from tap.grid import (
@@ -31,6 +37,13 @@ from tap.pricing import AbsorptionCache, multiplier_bps, tick_touch_probabilitie
 PRICING_MODEL = "discrete_ticks"  # GridView.pricing_model: docs/pricing.md describes it
 # The tick interval a book assumes when its caller names none (the default simulator's cadence).
 DEFAULT_INTERVAL_MS = 250
+# Distinct cells `quote_tick` prices one by one from a tick before it requotes the whole grid
+# instead. A cell alone costs ~1/40 of a forced full requote with σ kept (~70 µs against ~2.5 ms
+# at best on the 2-vCPU dev machine; loadgen/benches/bench_pricing.py measures both), so the
+# cells of one tick stay under about half a full requote, and a busy tick costs at most ~1.5.
+CELL_REQUOTES_PER_TICK = 20
+# The per-cell static parts (id, CellId, bounds) kept across grids; full, it starts over.
+_STATIC_CELLS_MAX = 4096
 
 
 def fixed_monitoring_interval(cfg: Config) -> int | None:
@@ -50,12 +63,12 @@ def fixed_monitoring_interval(cfg: Config) -> int | None:
 QuoteRefusal = NotPlaceable
 
 
-@dataclass(frozen=True, slots=True)
-class Quote:
+class Quote(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a bet on a cell locks: its geometry and the multiplier priced at `as_of`.
 
     Flat, so the edge copies the fields straight into `PlaceBet`. One `Quote` object per cell is
-    shared by every bet on that snapshot: it is frozen.
+    shared by every bet on that snapshot: it is frozen. A struct rather than a dataclass: a grid
+    makes 192 of them per requote, and a frozen dataclass costs ~10× as much to construct.
     """
 
     cell_id: str  # canonical text, "{symbol}:{col}:{row}"
@@ -78,6 +91,38 @@ class Quote:
         return CellBounds(self.t_start, self.t_end, self.price_lo, self.price_hi)
 
 
+class _Static(NamedTuple):
+    """What a cell is regardless of price and σ: its canonical id, `CellId` and bounds."""
+
+    cell_id: str
+    cell: CellId
+    bounds: CellBounds
+
+
+class _TickQuotes:
+    """The per-cell requotes of one tick, not yet folded into a full grid (`GridBook.quote_tick`).
+
+    Everything a forced full requote from the tick would fix once — as_of, the published rows,
+    every column's window — and the quotes priced so far (at most `CELL_REQUOTES_PER_TICK`)."""
+
+    __slots__ = ("as_of", "bands", "quotes", "rows", "tick", "windows")
+
+    def __init__(
+        self,
+        tick: tuple[int, int],
+        as_of: int,
+        rows: range,
+        bands: list[tuple[int, int]],
+        windows: list[tuple[int, int]],
+    ) -> None:
+        self.tick = tick
+        self.as_of = as_of
+        self.rows = rows
+        self.bands = bands
+        self.windows = windows
+        self.quotes: dict[str, Quote] = {}
+
+
 class GridBook:
     """One market's current grid snapshot and the quotes behind it.
 
@@ -85,7 +130,8 @@ class GridBook:
     object itself, so a caller can tell "new grid" with `is`. The view is shared, not copied:
     treat it as read-only. `quote` is a dict lookup plus integer comparisons — it runs for every
     bet — and re-checks the column rule against the `now_ms` it is given, because a snapshot up to
-    `refresh_ms` old may straddle a column roll.
+    `refresh_ms` old may straddle a column roll. `quote_tick` is admission's call when its tick may
+    be newer than the snapshot.
     """
 
     __slots__ = (
@@ -101,6 +147,9 @@ class GridBook:
         "_rows",
         "_sigma",
         "_sigma_at",
+        "_static",
+        "_static_ids",
+        "_tick_quotes",
         "_view",
     )
 
@@ -124,6 +173,9 @@ class GridBook:
         self._column = 0
         self._computed_at = 0
         self._breaker: BreakerStateName = "open"
+        self._static: dict[tuple[int, int], _Static] = {}
+        self._static_ids: dict[str, _Static] = {}
+        self._tick_quotes: _TickQuotes | None = None
 
     @property
     def market(self) -> MarketConfig:
@@ -201,13 +253,18 @@ class GridBook:
         chances = tick_touch_probabilities(price, bands, sigma, interval, windows, self._absorption)
         cells: list[GridCell] = []
         quotes: dict[str, Quote] = {}
+        static = self._static
+        symbol, min_m = market.symbol, market.min_multiplier_bps
+        # Every cell here has the market's symbol, a published row and a column ahead, so of
+        # `unplaceable_reason` only the lockout, the minimum and the breaker can refuse it.
+        first_open = column + market.lockout_columns + 1
+        closed = breaker == "closed"
         for j, col in enumerate(columns):
+            col_open = closed and col >= first_open
             for i, row in enumerate(rows):
-                cell = CellId(market.symbol, col, row)
-                cell_id = str(cell)
-                bounds = cell_bounds(col, row, market.column_ms, market.row_height)
+                known = static.get((col, row)) or self._static_cell(col, row)
+                cell_id, bounds = known.cell_id, known.bounds
                 m = multiplier_bps(chances[i][j], edge, cap)
-                refusal = unplaceable_reason(cell, market, now_ms, rows, m, breaker)
                 cells.append(
                     GridCell(
                         cell_id=cell_id,
@@ -216,12 +273,12 @@ class GridBook:
                         price_lo=bounds.price_lo,
                         price_hi=bounds.price_hi,
                         multiplier_bps=m,
-                        placeable=refusal is None,
+                        placeable=col_open and m >= min_m,
                     )
                 )
                 quotes[cell_id] = Quote(
                     cell_id=cell_id,
-                    symbol=market.symbol,
+                    symbol=symbol,
                     col=col,
                     row=row,
                     t_start=bounds.t_start,
@@ -244,6 +301,7 @@ class GridBook:
             cells=cells,
         )
         self._quotes = quotes
+        self._tick_quotes = None
         self._priced_tick = (ts, price)
         self._rows = rows
         self._column = column
@@ -258,14 +316,14 @@ class GridBook:
         market, started/locked/too-far column, unpublished row, multiplier under the market
         minimum); `breaker_open` while the breaker is open or before the first price.
         """
-        market = self._market
         found = self._quotes.get(cell_id)
         if found is None:
-            try:
-                cell = CellId.parse(cell_id)
-            except ValueError as e:
-                return QuoteRefusal("cell_not_placeable", f"malformed cell id: {e}")
             if self._view is None:
+                market = self._market
+                try:
+                    cell = CellId.parse(cell_id)
+                except ValueError as e:
+                    return QuoteRefusal("cell_not_placeable", f"malformed cell id: {e}")
                 if cell.symbol != market.symbol:
                     return QuoteRefusal(
                         "cell_not_placeable", f"cell {cell} is not in market {market.symbol!r}"
@@ -273,9 +331,142 @@ class GridBook:
                 if self._breaker != "closed":
                     return QuoteRefusal("breaker_open", f"no price yet for {market.symbol}")
                 return QuoteRefusal("cell_not_placeable", f"no grid yet for {market.symbol}")
-            # Not on the snapshot: with no multiplier the grid always finds a reason.
-            refusal = unplaceable_reason(cell, market, now_ms, self._rows, None, self._breaker)
-            return refusal or QuoteRefusal("cell_not_placeable", f"cell {cell} is not quoted")
+            return self._not_quoted(cell_id, now_ms, self._rows)
+        return self._admit(found, now_ms, self._rows)
+
+    def quote_tick(
+        self,
+        cell_id: str,
+        now_ms: int,
+        price: int,
+        ts: int,
+        sigma: float,
+        breaker: BreakerStateName,
+        *,
+        interval_ms: int | None = None,
+    ) -> Quote | QuoteRefusal:
+        """What `refresh(now_ms, price, ts, sigma, breaker, force=True)` then `quote(cell_id,
+        now_ms)` answers — without requoting the whole grid when the tick alone is new.
+
+        Admission's call: the tick (`ts`, `price`) is the newest one, already on every player's
+        screen. When the cached grid is priced from it, this is `quote`. When only the tick is
+        new — same column, same breaker, σ not due for renewal (the `refresh_ms` rule of
+        `refresh`), same interval — just the asked cell is priced from the tick, with the
+        grid's σ and its rows' cached recursions (`tick_touch_probabilities(..., only=...)`),
+        and memoized until the tick changes; the book's grid is left as it is. Anything else,
+        or a `CELL_REQUOTES_PER_TICK + 1`-th distinct cell of one tick, requotes the whole
+        grid as `refresh(force=True)`. The answer is the same either way, to the basis point
+        and the refusal (tests/test_quote_tick.py compares them on every cell).
+        """
+        tick = (ts, price)
+        if tick == self._priced_tick:
+            return self.quote(cell_id, now_ms)
+        view = self._view
+        now = max(now_ms, self._computed_at)
+        interval = interval_ms or self._interval_ms
+        if (
+            view is None
+            or self._sigma_at is None
+            or now - self._sigma_at >= self._pricing.refresh_ms
+            or interval != view.monitoring_interval_ms
+            or current_column(now, self._market.column_ms) != self._column
+            or breaker != self._breaker
+        ):
+            self.refresh(now_ms, price, ts, sigma, breaker, interval_ms=interval, force=True)
+            return self.quote(cell_id, now_ms)
+        pending = self._tick_quotes
+        if pending is None or pending.tick != tick:
+            pending = self._tick_quotes = self._start_tick(tick, now)
+        found = pending.quotes.get(cell_id)
+        if found is not None:
+            return self._admit(found, now_ms, pending.rows)
+        known = self._static_ids.get(cell_id)
+        if known is None:
+            try:
+                cell = CellId.parse(cell_id)
+            except ValueError:
+                return self._not_quoted(cell_id, now_ms, pending.rows)
+        else:
+            cell = known.cell
+        j = cell.col - self._column - 1
+        if not (
+            cell.symbol == self._market.symbol
+            and 0 <= j < len(pending.windows)
+            and cell.row in pending.rows
+        ):
+            return self._not_quoted(cell_id, now_ms, pending.rows)
+        if known is None:
+            known = self._static.get((cell.col, cell.row)) or self._static_cell(cell.col, cell.row)
+        if len(pending.quotes) >= CELL_REQUOTES_PER_TICK:
+            self.refresh(now_ms, price, ts, sigma, breaker, interval_ms=interval, force=True)
+            return self.quote(cell_id, now_ms)
+        market = self._market
+        [row_chances] = tick_touch_probabilities(
+            price,
+            [pending.bands[cell.row - pending.rows.start]],
+            self._sigma,
+            interval,
+            pending.windows,
+            self._absorption,
+            only=(j,),
+        )
+        bounds = known.bounds
+        found = pending.quotes[cell_id] = Quote(
+            cell_id=cell_id,
+            symbol=market.symbol,
+            col=cell.col,
+            row=cell.row,
+            t_start=bounds.t_start,
+            t_end=bounds.t_end,
+            price_lo=bounds.price_lo,
+            price_hi=bounds.price_hi,
+            multiplier_bps=multiplier_bps(
+                row_chances[j], market.house_edge_bps, market.max_multiplier_bps
+            ),
+            as_of=pending.as_of,
+        )
+        return self._admit(found, now_ms, pending.rows)
+
+    def _start_tick(self, tick: tuple[int, int], now_ms: int) -> _TickQuotes:
+        """What `refresh` at `now_ms` would fix for the tick before pricing any cell."""
+        market = self._market
+        ts, price = tick
+        as_of = min(ts, now_ms)
+        rows = published_rows(price, market.row_height, market.rows)
+        columns = range(self._column + 1, self._column + 1 + market.columns_ahead)
+        bands = [(row * market.row_height, (row + 1) * market.row_height) for row in rows]
+        windows = [
+            (col * market.column_ms - as_of, (col + 1) * market.column_ms - as_of)
+            for col in columns
+        ]
+        return _TickQuotes(tick, as_of, rows, bands, windows)
+
+    def _static_cell(self, col: int, row: int) -> _Static:
+        """The cached static parts of cell (`col`, `row`), made (and validated) once."""
+        market = self._market
+        if len(self._static) >= _STATIC_CELLS_MAX:
+            self._static.clear()
+            self._static_ids.clear()
+        cell = CellId(market.symbol, col, row)
+        known = _Static(str(cell), cell, cell_bounds(col, row, market.column_ms, market.row_height))
+        self._static[(col, row)] = known
+        self._static_ids[known.cell_id] = known
+        return known
+
+    def _not_quoted(self, cell_id: str, now_ms: int, rows: range) -> QuoteRefusal:
+        """Why a cell that is not on the grid (published `rows`) takes no bet."""
+        try:
+            cell = CellId.parse(cell_id)
+        except ValueError as e:
+            return QuoteRefusal("cell_not_placeable", f"malformed cell id: {e}")
+        # Not on the snapshot: with no multiplier the grid always finds a reason.
+        refusal = unplaceable_reason(cell, self._market, now_ms, rows, None, self._breaker)
+        return refusal or QuoteRefusal("cell_not_placeable", f"cell {cell} is not quoted")
+
+    def _admit(self, found: Quote, now_ms: int, rows: range) -> Quote | QuoteRefusal:
+        """`found` (a quoted cell of the grid with published `rows`) if it takes a bet at
+        `now_ms`, else why not."""
+        market = self._market
         # The hot path: a quoted cell has the right symbol and a published row by construction,
         # so only the column (at now), the minimum and the breaker can refuse it. This is
         # `unplaceable_reason` unrolled; the slow path below asks it for the words.
@@ -287,6 +478,8 @@ class GridBook:
         ):
             return found
         refusal = unplaceable_reason(
-            found.cell, market, now_ms, self._rows, found.multiplier_bps, self._breaker
+            found.cell, market, now_ms, rows, found.multiplier_bps, self._breaker
         )
-        return refusal or QuoteRefusal("cell_not_placeable", f"cell {cell_id} is not placeable")
+        return refusal or QuoteRefusal(
+            "cell_not_placeable", f"cell {found.cell_id} is not placeable"
+        )

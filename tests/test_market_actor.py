@@ -16,7 +16,7 @@ from actors import market
 from actors.market import MarketHandle
 from tap.config import Config, PricingConfig
 from tap.messages import BreakerChanged, Tick, WsGrid, WsOut, WsPrice
-from tap.quotes import Quote, QuoteRefusal
+from tap.quotes import GridBook, Quote, QuoteRefusal
 from tap.runtime.clock import Clock
 
 C = 346_458_010
@@ -216,16 +216,21 @@ async def test_admission_requotes_from_a_tick_newer_than_the_cached_grid(
         await h.tick(moved)
         assert h.handle.grid("BTC-USD") is cached  # the eager refresh still waits for 500 ms
         far = f"BTC-USD:{C + 3}:{moved // 1_000 + 2}"
-        quote = h.handle.quote_cell(far, h.clock.now_ms())
+        now = h.clock.now_ms()
+        quote = h.handle.quote_cell(far, now)
         assert isinstance(quote, Quote)
         newest = h.handle.last_tick("BTC-USD")
         assert newest is not None and quote.as_of == newest.ts
-        fresh = h.handle.grid("BTC-USD")
-        assert fresh is not cached and fresh is not None and fresh.price == moved
+        # Exactly the full requote's quote from the newest tick (with the grid's σ) ...
+        full = GridBook(cfg.markets[0], cfg.pricing, 250)
+        full.refresh(now, moved, newest.ts, cached.volatility, "closed", force=True)
+        assert quote == full.quote(far, now)
+        # ... priced for that cell alone: the grid stays as the actor last computed it.
+        assert h.handle.grid("BTC-USD") is cached
         shown = next(c for c in cached.cells if c.cell_id == far)
         assert quote.multiplier_bps < shown.multiplier_bps  # the stale quote overpaid
         again = h.handle.quote_cell(far, h.clock.now_ms())
-        assert h.handle.grid("BTC-USD") is fresh and again == quote  # once per tick, not per bet
+        assert again is quote  # once per tick, not per bet
         nursery.cancel_scope.cancel()
 
 
