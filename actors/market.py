@@ -65,6 +65,7 @@ class _Market:
     """One market's mutable state; only the actor's tasks write it."""
 
     __slots__ = (
+        "asked",
         "book",
         "breaker",
         "fixed_interval",
@@ -73,6 +74,7 @@ class _Market:
         "published",
         "published_at",
         "published_column",
+        "tick_arrived",
         "volatility",
     )
 
@@ -88,6 +90,10 @@ class _Market:
         self.published: GridView | None = None
         self.published_at = 0
         self.published_column = 0
+        # A quote was asked since the last grid (admission is pricing from ticks): the
+        # requoter then prices the whole grid from every new tick, off the event loop.
+        self.asked = False
+        self.tick_arrived = trio.Event()
 
     @property
     def interval_ms(self) -> int:
@@ -173,6 +179,7 @@ class MarketHandle:
         market = self._markets.get(cell_id.partition(":")[0])
         if market is None:
             return QuoteRefusal("cell_not_placeable", f"cell {cell_id[:80]!r} is in no market")
+        market.asked = True
         tick = market.last_tick
         if tick is None or (tick.ts, tick.price) == market.book.priced_tick:
             return market.book.quote(cell_id, now_ms)
@@ -210,16 +217,19 @@ async def run(
     publish: Publish,
     *,
     states: StateSink | None = None,
+    offload: bool = False,
     task_status: trio.TaskStatus[MarketHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `ticks` ends. `publish` is the hub's synchronous, non-blocking fan-out;
     `states`, if given, hears every accepted tick with the σ and interval it is priced with
-    (the core hands them to the edges' mirrors)."""
+    (the core hands them to the edges' mirrors). `offload`: price grids in a worker thread
+    (`_requote_on_ticks`; the servers pass True)."""
     markets = {m.symbol: _Market(m, cfg) for m in cfg.markets}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_follow_breaker, markets, clock, breaker_states, publish)
         for market in markets.values():
             nursery.start_soon(_keep_grid_fresh, market, clock, publish)
+            nursery.start_soon(_requote_on_ticks, market, clock, publish, offload)
         task_status.started(MarketHandle(markets))
         async with ticks:
             async for tick in ticks:
@@ -238,7 +248,7 @@ async def run(
                     f"prices:{tick.symbol}",
                     WsPrice(symbol=tick.symbol, ts=tick.ts, price=tick.price),
                 )
-                quoted.publish_grid(clock.now_ms(), publish)
+                quoted.tick_arrived.set()
         nursery.cancel_scope.cancel()
 
 
@@ -248,6 +258,7 @@ async def run_mirror(
     incoming: trio.MemoryReceiveChannel[MarketState | BreakerChanged],
     publish: Publish,
     *,
+    offload: bool = False,
     task_status: trio.TaskStatus[MarketHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """An edge's market: the core's ticks with the σ and tick interval the core priced them with,
@@ -263,6 +274,7 @@ async def run_mirror(
     async with trio.open_nursery() as nursery:
         for market in markets.values():
             nursery.start_soon(_keep_grid_fresh, market, clock, publish)
+            nursery.start_soon(_requote_on_ticks, market, clock, publish, offload)
         task_status.started(MarketHandle(markets))
         async with incoming:
             async for message in incoming:
@@ -281,7 +293,7 @@ async def run_mirror(
                             f"prices:{tick.symbol}",
                             WsPrice(symbol=tick.symbol, ts=tick.ts, price=tick.price),
                         )
-                        quoted.publish_grid(clock.now_ms(), publish)
+                        quoted.tick_arrived.set()
                     case BreakerChanged(state=state):
                         for market in markets.values():
                             if market.breaker != state:
@@ -303,6 +315,50 @@ async def _follow_breaker(
                 if market.breaker != change.state:
                     market.breaker = change.state
                     market.publish_grid(clock.now_ms(), publish)
+
+
+async def _requote_on_ticks(market: _Market, clock: Clock, publish: Publish, offload: bool) -> None:
+    """Price the grid from new ticks in a worker thread, and publish it (`publish_grid`).
+
+    On each new tick: when a full grid is due anyway (`refresh_ms`, a column roll, a breaker
+    change) or when admission has asked for a quote since the last grid — then every bet after
+    this tick would otherwise pay for pricing it (`GridBook.quote_tick`) on the event loop. The
+    inputs are fixed here (`GridBook.plan`), the pricing runs in a thread (numpy lets go of the
+    interpreter for most of it), and the grid is installed back here unless admission installed
+    a newer one meanwhile. Ticks that arrive during a computation are folded into the next one,
+    and the next one waits as long as the last took: at most half of a core, however dense the
+    feed.
+    """
+    while True:
+        await market.tick_arrived.wait()
+        market.tick_arrived = trio.Event()
+        tick = market.last_tick
+        book = market.book
+        if tick is None or (tick.ts, tick.price) == book.priced_tick:
+            continue
+        now = clock.now_ms()
+        plan = book.plan(
+            now,
+            tick.price,
+            tick.ts,
+            market.volatility.sigma,
+            market.breaker,
+            interval_ms=market.interval_ms,
+            force=market.asked,
+        )
+        if plan is None:
+            # Nobody is quoting and no grid is due; a grid admission priced may still be new.
+            market.publish_grid(now, publish)
+            continue
+        market.asked = False
+        started = trio.current_time()
+        if offload:
+            grid = await trio.to_thread.run_sync(book.compute, plan)
+        else:
+            grid = book.compute(plan)
+        book.install(grid)
+        market.publish_grid(clock.now_ms(), publish)
+        await trio.sleep(trio.current_time() - started)
 
 
 async def _keep_grid_fresh(market: _Market, clock: Clock, publish: Publish) -> None:

@@ -123,6 +123,28 @@ class _TickQuotes:
         self.quotes: dict[str, Quote] = {}
 
 
+class GridPlan(NamedTuple):
+    """Everything one grid is computed from (`GridBook.plan`)."""
+
+    now_ms: int
+    price: int
+    ts: int
+    sigma: float
+    sigma_at: int  # when that σ was taken (it is renewed at most every `refresh_ms`)
+    breaker: BreakerStateName
+    interval_ms: int
+
+
+class PricedGrid(NamedTuple):
+    """A computed grid, not yet the book's (`GridBook.compute`, then `install`)."""
+
+    plan: GridPlan
+    view: GridView
+    quotes: dict[str, Quote]
+    rows: range
+    column: int
+
+
 class GridBook:
     """One market's current grid snapshot and the quotes behind it.
 
@@ -225,23 +247,53 @@ class GridBook:
         `interval_ms` (default: the book's). How far `ts` trails `now_ms` is bounded elsewhere:
         the grid refreshes on ticks, and a stale feed opens the breaker.
         """
+        plan = self.plan(now_ms, price, ts, sigma, breaker, interval_ms=interval_ms, force=force)
+        if plan is not None:
+            self.install(self.compute(plan))
+        assert self._view is not None
+        return self._view
+
+    def plan(
+        self,
+        now_ms: int,
+        price: int,
+        ts: int,
+        sigma: float,
+        breaker: BreakerStateName,
+        *,
+        interval_ms: int | None = None,
+        force: bool = False,
+    ) -> GridPlan | None:
+        """What `refresh` would compute (None: the cached grid stands), with every input fixed
+        here — σ included — so `compute` can run in another thread while this book keeps
+        answering quotes from the grid it has (the market actor's requotes: `actors.market`)."""
         # A book's time never runs backwards: callers' clocks may disagree by a rounding
         # millisecond, and a grid must not roll back to the column it just left.
         now_ms = max(now_ms, self._computed_at)
         if self._view is not None and not force and not self.is_due(now_ms, breaker):
-            return self._view
-        market = self._market
-        edge, cap = market.house_edge_bps, market.max_multiplier_bps
+            return None
         interval = interval_ms or self._interval_ms
+        sigma_at = self._sigma_at
         if (
             self._view is None
-            or self._sigma_at is None
-            or now_ms - self._sigma_at >= self._pricing.refresh_ms
+            or sigma_at is None
+            or now_ms - sigma_at >= self._pricing.refresh_ms
             or interval != self._view.monitoring_interval_ms
         ):
-            self._sigma, self._sigma_at = sigma, now_ms
-        sigma = self._sigma
-        as_of = min(ts, now_ms)
+            sigma_at = now_ms
+        else:
+            sigma = self._sigma
+        return GridPlan(now_ms, price, ts, sigma, sigma_at, breaker, interval)
+
+    def compute(self, plan: GridPlan) -> PricedGrid:
+        """The grid `plan` describes. Reads only the plan, the market and the book's caches
+        (whose entries depend on nothing that changes), so it may run in a worker thread."""
+        market = self._market
+        edge, cap = market.house_edge_bps, market.max_multiplier_bps
+        now_ms, price, sigma, interval, breaker = (
+            plan.now_ms, plan.price, plan.sigma, plan.interval_ms, plan.breaker
+        )  # fmt: skip
+        as_of = min(plan.ts, now_ms)
         column = current_column(now_ms, market.column_ms)
         rows = published_rows(price, market.row_height, market.rows)
         columns = range(column + 1, column + 1 + market.columns_ahead)
@@ -288,7 +340,7 @@ class GridBook:
                     multiplier_bps=m,
                     as_of=as_of,
                 )
-        self._view = GridView(
+        view = GridView(
             symbol=market.symbol,
             as_of=as_of,
             price=price,
@@ -300,14 +352,28 @@ class GridBook:
             breaker=breaker,
             cells=cells,
         )
-        self._quotes = quotes
+        return PricedGrid(plan, view, quotes, rows, column)
+
+    def install(self, grid: PricedGrid) -> bool:
+        """Make `grid` the book's grid, unless one planned later (a newer `now_ms`, or a newer
+        tick at the same time) was installed meanwhile; True if it was installed."""
+        plan = grid.plan
+        if plan.now_ms < self._computed_at or (
+            self._priced_tick is not None
+            and plan.now_ms == self._computed_at
+            and plan.ts < self._priced_tick[0]
+        ):
+            return False
+        self._view = grid.view
+        self._quotes = grid.quotes
         self._tick_quotes = None
-        self._priced_tick = (ts, price)
-        self._rows = rows
-        self._column = column
-        self._computed_at = now_ms
-        self._breaker = breaker
-        return self._view
+        self._priced_tick = (plan.ts, plan.price)
+        self._rows = grid.rows
+        self._column = grid.column
+        self._computed_at = plan.now_ms
+        self._breaker = plan.breaker
+        self._sigma, self._sigma_at = plan.sigma, plan.sigma_at
+        return True
 
     def quote(self, cell_id: str, now_ms: int) -> Quote | QuoteRefusal:
         """The locked quote for a bet on `cell_id` at `now_ms`, or why there is none.

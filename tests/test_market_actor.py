@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from functools import partial
 
 import msgspec
 import trio
@@ -15,7 +16,7 @@ import trio
 from actors import market
 from actors.market import MarketHandle
 from tap.config import Config, PricingConfig
-from tap.messages import BreakerChanged, Tick, WsGrid, WsOut, WsPrice
+from tap.messages import BreakerChanged, GridView, Tick, WsGrid, WsOut, WsPrice
 from tap.quotes import GridBook, Quote, QuoteRefusal
 from tap.runtime.clock import Clock
 
@@ -259,4 +260,62 @@ async def test_the_grid_publishes_the_tick_interval_it_prices_with(
         await trio.sleep(1)  # the heartbeat grid carries the estimate
         view = h.handle.grid("BTC-USD")
         assert view is not None and view.monitoring_interval_ms == 100
+        nursery.cancel_scope.cancel()
+
+
+async def test_once_admission_quotes_the_grid_is_priced_from_each_new_tick_in_a_thread() -> None:
+    """`offload` (what the servers run): after a quote was asked, the next tick's whole grid is
+    priced in a worker thread and installed, so the bets after it quote from the grid instead of
+    pricing on the event loop — and the grid is exactly the one a synchronous requote gives.
+    Real time and a real thread (an autojump clock would jump while the thread works)."""
+    cfg = Config(pricing=PricingConfig(refresh_ms=60_000))  # σ never due: only `asked` requotes
+    clock = Clock()
+    tick_send, tick_recv = trio.open_memory_channel[Tick](8)
+    breaker_send, breaker_recv = trio.open_memory_channel[BreakerChanged](2)
+    grids: list[WsGrid] = []
+
+    def publish(channel: str, message: WsOut) -> None:
+        if isinstance(message, WsGrid):
+            grids.append(message)
+
+    async def priced_from(tick: Tick) -> GridView:
+        with trio.fail_after(10):
+            while True:
+                view = handle.grid("BTC-USD")
+                if view is not None and view.as_of == tick.ts and view.price == tick.price:
+                    return view
+                await trio.sleep(0.005)
+
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(
+            partial(market.run, cfg, clock, tick_recv, breaker_recv, publish, offload=True)
+        )
+        await breaker_send.send(BreakerChanged(state="closed", reason="ok", at=clock.now_ms()))
+        first = Tick(symbol="BTC-USD", ts=clock.now_ms(), price=PRICE)
+        await tick_send.send(first)
+        view = await priced_from(first)  # the first grid is due: priced without being asked
+        # Nobody quotes: a new tick inside refresh_ms leaves the grid as it is.
+        await trio.sleep(0.01)
+        idle = Tick(symbol="BTC-USD", ts=clock.now_ms(), price=PRICE + 1_500)
+        await tick_send.send(idle)
+        await trio.sleep(0.2)
+        assert handle.grid("BTC-USD") is view
+        # A quote is asked (priced from `idle` on the spot), then the next tick: the whole grid
+        # follows it, off the loop.
+        cell = next(c.cell_id for c in view.cells if c.placeable)
+        assert isinstance(handle.quote_cell(cell, clock.now_ms()), Quote | QuoteRefusal)
+        await trio.sleep(0.01)
+        moved = Tick(symbol="BTC-USD", ts=clock.now_ms(), price=PRICE + 3_000)
+        await tick_send.send(moved)
+        fresh = await priced_from(moved)
+        same = GridBook(cfg.markets[0], cfg.pricing, 250)
+        same.refresh(fresh.as_of, moved.price, moved.ts, view.volatility, "closed", force=True)
+        expected = same.view
+        assert expected is not None
+        assert [(c.cell_id, c.multiplier_bps) for c in fresh.cells] == [
+            (c.cell_id, c.multiplier_bps) for c in expected.cells
+        ]
+        quote = handle.quote_cell(cell, clock.now_ms())
+        if isinstance(quote, Quote):
+            assert quote.as_of == moved.ts  # from the installed grid, not the older tick
         nursery.cancel_scope.cancel()

@@ -222,3 +222,40 @@ def test_a_forced_requote_prices_the_new_tick_with_the_last_sigma_exactly() -> N
         assert cell.multiplier_bps == multiplier_bps(fresh[k % 16][k // 16], 500, 1_000_000)
     later = book.refresh(NOW + 300, PRICE + 2_345, NOW + 295, 0.9, "closed", force=True)
     assert later.volatility == 0.9  # refresh_ms (250 here) passed: σ is taken anew
+
+
+def test_a_grid_planned_earlier_never_replaces_a_newer_one() -> None:
+    """The market actor prices a grid in a thread while admission may install a newer one
+    (`quote_tick`'s full requote): the older result is dropped, and the book keeps quoting
+    from the newer tick."""
+    t0 = C * 5_000 + 1_000
+    book = GridBook(MarketConfig(), PricingConfig(refresh_ms=500))
+    book.refresh(t0, PRICE, t0, 0.6, "closed")
+    older = book.plan(t0 + 100, PRICE + 2_000, t0 + 100, 0.6, "closed", force=True)
+    newer = book.plan(t0 + 200, PRICE + 4_000, t0 + 200, 0.6, "closed", force=True)
+    assert older is not None and newer is not None
+    slow = book.compute(older)  # "in the thread"
+    assert book.install(book.compute(newer))
+    assert not book.install(slow)
+    assert book.priced_tick == (t0 + 200, PRICE + 4_000)
+    view = book.view
+    assert view is not None and view.price == PRICE + 4_000
+    # Same time, an older tick: dropped too.
+    same_time_older = book.plan(t0 + 200, PRICE, t0 + 150, 0.6, "closed", force=True)
+    assert same_time_older is not None
+    assert not book.install(book.compute(same_time_older))
+    assert book.priced_tick == (t0 + 200, PRICE + 4_000)
+
+
+def test_plan_and_compute_give_what_refresh_gives() -> None:
+    t0 = C * 5_000 + 1_000
+    a = GridBook(MarketConfig(), PricingConfig(refresh_ms=500))
+    b = GridBook(MarketConfig(), PricingConfig(refresh_ms=500))
+    for book in (a, b):
+        book.refresh(t0, PRICE, t0, 0.6, "closed")
+    a.refresh(t0 + 250, PRICE + 700, t0 + 250, 0.7, "closed", force=True)
+    plan = b.plan(t0 + 250, PRICE + 700, t0 + 250, 0.7, "closed", force=True)
+    assert plan is not None and plan.sigma == 0.6  # σ is not due yet: the grid's is kept
+    assert b.install(b.compute(plan))
+    assert a.view == b.view and a.priced_tick == b.priced_tick
+    assert b.plan(t0 + 300, PRICE + 700, t0 + 250, 0.7, "closed") is None  # nothing due

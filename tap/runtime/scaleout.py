@@ -374,8 +374,11 @@ async def serve_edge(
                     await services.start(_pump, fanout, committed_hub_tx, the_hub)
                     await services.start(hub.run, the_hub, committed_hub_rx, brk_hub_rx)
                     mkt = await services.start(
-                        market.run_mirror, cfg, clock, market_rx, the_hub.publish
-                    )
+                        partial(
+                            market.run_mirror, cfg, clock, market_rx, the_hub.publish,
+                            offload=True,  # grids priced in a worker thread
+                        )
+                    )  # fmt: skip
                     await services.start(
                         partial(
                             bus.run_follower, cfg.redis, keys, fanout, market_tx.clone(), link,

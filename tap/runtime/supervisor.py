@@ -545,7 +545,16 @@ async def start_pricing(
         )
     )  # fmt: skip
     mkt = await services.start(
-        partial(market.run, cfg, clock, tick_market_rx, brk_market_rx, publish, states=states)
+        partial(
+            market.run,
+            cfg,
+            clock,
+            tick_market_rx,
+            brk_market_rx,
+            publish,
+            states=states,
+            offload=True,  # grids priced in a worker thread, off the event loop
+        )
     )
     await services.start(_confirmed_bets, fanout, bets_tx, reload_open)
     resolving = Stage("resolver")
