@@ -27,6 +27,7 @@ from loadgen.generator.market import CellView, MarketSpec, MarketView
 from loadgen.generator.recorder import ConfirmationTracker, Recorder
 from loadgen.generator.scenario import (
     SCENARIO_DIR,
+    ClientSpec,
     ScenarioError,
     Stage,
     Thresholds,
@@ -36,6 +37,7 @@ from loadgen.generator.scenario import (
 )
 from loadgen.generator.schedule import Schedule
 from loadgen.generator.thresholds import evaluate, passed
+from loadgen.generator.vu import Target
 from loadgen.peers.targets import start_bench_server, start_naive_server, tap_environment
 
 # ── histogram ────────────────────────────────────────────────────────────────────────────────
@@ -603,6 +605,34 @@ async def test_the_http_client_reconnects_when_the_server_closed_the_idle_connec
         assert conn.connects == 2
         conn.close()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("idle_limit", "connects"), [(25.0, 1), (4.0, 2)])
+async def test_the_http_client_reuses_an_idle_connection_only_within_its_keep_alive(
+    idle_limit: float, connects: int
+) -> None:
+    """`[client] keep_alive` (issue 12): a user who taps every 10 s keeps its connection against
+    tap (30 s keep-alive, the bench reuses for 25 s) and reconnects against Hypercorn's 5 s."""
+    answers = [b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok"] * 2
+    async with trio.open_nursery() as nursery:
+        port = await scripted_server(nursery, answers)
+        conn = Target(f"http://127.0.0.1:{port}").connection(idle_limit)
+        assert (await conn.request("POST", "/a", b"1")).status == 202
+        conn._last_used = trio.current_time() - 10.0  # idle for 10 s
+        assert (await conn.request("POST", "/a", b"2")).status == 202
+        assert conn.connects == connects
+        conn.close()
+        nursery.cancel_scope.cancel()
+
+
+def test_the_bench_reuses_taps_connections_for_less_than_taps_keep_alive() -> None:
+    from loadgen.benches import bench
+
+    assert bench.TAP_CLIENT_KEEP_ALIVE_S < bench.TAP_KEEP_ALIVE_S
+    assert bench.TAP_BENCH_OVERRIDES["server"]["keep_alive_timeout_s"] == bench.TAP_KEEP_ALIVE_S
+    spec = bench.bench_spec(bench.QUICK, 10, "http", bench.TAP_CLIENT_KEEP_ALIVE_S)
+    assert parse_duration(spec.keep_alive) == bench.TAP_CLIENT_KEEP_ALIVE_S
+    assert parse_duration(ClientSpec().keep_alive) == 4.0  # under Hypercorn's default 5 s
 
 
 # ── the bench servers and the naive peer, as real processes ─────────────────────────────────

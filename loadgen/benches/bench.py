@@ -71,11 +71,15 @@ ECHO_ROUTE = "WS echo"
 # not the limiter's refusals; the limiter still runs on every bet), mock deposits on, and the
 # breaker's startup hysteresis cut to 1 s (it opens at startup and would otherwise keep /readyz
 # at 503 for its default 30 s before every bench).
+# tap's keep-alive timeout as the benches run it (its default), and how long the generator
+# reuses an idle connection against it (Hypercorn's own default is 5 s: the baselines get 4 s).
+TAP_KEEP_ALIVE_S = 30.0
+TAP_CLIENT_KEEP_ALIVE_S = 25.0
 TAP_BENCH_OVERRIDES: dict[str, Any] = {
     "limits": {"rate_per_s": 100_000.0, "burst": 100_000},
     "breaker": {"hysteresis_ms": 1000},
     "payments": {"mock_deposits": True},
-    "server": {"log_level": "warning"},
+    "server": {"log_level": "warning", "keep_alive_timeout_s": TAP_KEEP_ALIVE_S},
 }
 
 
@@ -726,13 +730,17 @@ async def bench_shape(plan: Plan, data_dir: Path) -> dict[str, Any]:
     return result
 
 
-def bench_spec(plan: Plan, vus: int, transport: str) -> ClientSpec:
+def bench_spec(plan: Plan, vus: int, transport: str, keep_alive_s: float = 4.0) -> ClientSpec:
+    """`keep_alive_s`: under the target's keep-alive timeout (tap's is 30 s, Hypercorn's 5 s):
+    at the low rates of a capacity search a user taps every few seconds, and a new connection
+    per tap would be measured as the bet path's cost."""
     return ClientSpec(
         vus=vus,
         market_data_vus=1,
         transport=transport,  # type: ignore[arg-type]
         timeout=plan.timeout_s,
         drain="10s",
+        keep_alive=keep_alive_s,
         setup_concurrency=32,
     )
 
@@ -748,7 +756,8 @@ async def bench_bets(
 ) -> dict[str, Any]:
     """Capacity of a server's bet path over HTTP (and WebSocket), then p99 at 70 % of it."""
     out: dict[str, Any] = {}
-    crowd = Crowd(Target(server.base_url), bench_spec(plan, vus, "http"), Recorder())
+    keep_alive = TAP_CLIENT_KEEP_ALIVE_S if name == "tap" else 4.0
+    crowd = Crowd(Target(server.base_url), bench_spec(plan, vus, "http", keep_alive), Recorder())
     async with Signer(vus, crowd.signer_seed) as signer:
         async with trio.open_nursery() as nursery:
             _say(f"{name}: logging in {vus} users")

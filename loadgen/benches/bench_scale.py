@@ -38,6 +38,7 @@ from loadgen.benches.bench import (
     FULL,
     QUICK,
     TAP_BENCH_OVERRIDES,
+    TAP_CLIENT_KEEP_ALIVE_S,
     BetWorkload,
     Plan,
     Prober,
@@ -192,7 +193,8 @@ async def measure_topology(
     pids = server.processes()
     out: dict[str, Any] = {"processes": sorted(pids)}
     pids["redis"] = redis_pid  # the shared one: its CPU per bet is part of the bill
-    crowd = Crowd(Target(server.base_url), bench_spec(plan, vus, "http"), Recorder(), seed=11)
+    spec = bench_spec(plan, vus, "http", TAP_CLIENT_KEEP_ALIVE_S)
+    crowd = Crowd(Target(server.base_url), spec, Recorder(), seed=11)
     async with Signer(vus, crowd.signer_seed) as signer, trio.open_nursery() as nursery:
         _say(f"{name}: logging in {vus} users")
         await crowd.setup(nursery, signer)

@@ -87,6 +87,11 @@ class ClientSpec(_Strict):
     seed: int = 0  # Poisson arrivals and cell choice; 0 = random per run
     timeout: str | float = "10s"  # per request
     drain: str | float = "10s"  # after the last stage: wait for outstanding confirmations
+    # How long an idle HTTP connection is reused before the next request opens a new one: keep
+    # it under the server's keep-alive timeout (Hypercorn's default 5 s; tap's
+    # `server.keep_alive_timeout_s`, 30 s), or every request of a user who taps more slowly
+    # than this pays a TCP and HTTP setup.
+    keep_alive: str | float = "4s"
     setup_concurrency: int = 32  # logins in flight at once (the server's backlog is finite)
 
 
@@ -144,6 +149,7 @@ def _check(s: Scenario) -> None:
         raise ScenarioError("client.setup_concurrency: must be >= 1")
     parse_duration(c.timeout)
     parse_duration(c.drain)
+    parse_duration(c.keep_alive)
     for route, t in s.thresholds.routes.items():
         for name in ("error_rate", "server_error_rate"):
             v = getattr(t, name)

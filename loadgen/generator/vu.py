@@ -102,8 +102,8 @@ class Target:
         self.port = parts.port or 80
         self.ws_url = f"ws://{self.host}:{self.port}/ws"
 
-    def connection(self) -> HttpConnection:
-        return HttpConnection(self.host, self.port)
+    def connection(self, idle_limit: float = 4.0) -> HttpConnection:
+        return HttpConnection(self.host, self.port, idle_limit=idle_limit)
 
 
 class PreparedBet:
@@ -123,11 +123,11 @@ class PreparedBet:
 
 
 class VirtualUser:
-    def __init__(self, identity: Identity, target: Target) -> None:
+    def __init__(self, identity: Identity, target: Target, idle_limit: float = 4.0) -> None:
         self.index = identity.index
         self.identity = identity
         self.address = identity.address.lower()
-        self.http = target.connection()
+        self.http = target.connection(idle_limit)
         self.token = ""
         self.bet_head = b""
         self.ws: trio_websocket.WebSocketConnection | None = None
@@ -248,7 +248,8 @@ class Crowd:
         if self.market is None:
             await self.fetch_market()
         identities = await signer.identities()
-        self.users = [VirtualUser(ident, self.target) for ident in identities]
+        keep_alive = parse_duration(self.spec.keep_alive)
+        self.users = [VirtualUser(ident, self.target, keep_alive) for ident in identities]
         for u in self.users[: self.spec.market_data_vus]:
             u.market_data = True
         limiter = trio.CapacityLimiter(self.spec.setup_concurrency)
