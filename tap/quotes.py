@@ -98,6 +98,22 @@ class _Static(NamedTuple):
     cell: CellId
     bounds: CellBounds
 
+    def quote(self, multiplier_bps: int, as_of: int) -> Quote:
+        """This cell's quote at `multiplier_bps`, priced as of `as_of`."""
+        cell, bounds = self.cell, self.bounds
+        return Quote(
+            cell_id=self.cell_id,
+            symbol=cell.symbol,
+            col=cell.col,
+            row=cell.row,
+            t_start=bounds.t_start,
+            t_end=bounds.t_end,
+            price_lo=bounds.price_lo,
+            price_hi=bounds.price_hi,
+            multiplier_bps=multiplier_bps,
+            as_of=as_of,
+        )
+
 
 class _TickQuotes:
     """The per-cell requotes of one tick, not yet folded into a full grid (`GridBook.quote_tick`).
@@ -306,7 +322,7 @@ class GridBook:
         cells: list[GridCell] = []
         quotes: dict[str, Quote] = {}
         static = self._static
-        symbol, min_m = market.symbol, market.min_multiplier_bps
+        min_m = market.min_multiplier_bps
         # Every cell here has the market's symbol, a published row and a column ahead, so of
         # `unplaceable_reason` only the lockout, the minimum and the breaker can refuse it.
         first_open = column + market.lockout_columns + 1
@@ -328,18 +344,7 @@ class GridBook:
                         placeable=col_open and m >= min_m,
                     )
                 )
-                quotes[cell_id] = Quote(
-                    cell_id=cell_id,
-                    symbol=symbol,
-                    col=col,
-                    row=row,
-                    t_start=bounds.t_start,
-                    t_end=bounds.t_end,
-                    price_lo=bounds.price_lo,
-                    price_hi=bounds.price_hi,
-                    multiplier_bps=m,
-                    as_of=as_of,
-                )
+                quotes[cell_id] = known.quote(m, as_of)
         view = GridView(
             symbol=market.symbol,
             as_of=as_of,
@@ -476,21 +481,8 @@ class GridBook:
             self._absorption,
             only=(j,),
         )
-        bounds = known.bounds
-        found = pending.quotes[cell_id] = Quote(
-            cell_id=cell_id,
-            symbol=market.symbol,
-            col=cell.col,
-            row=cell.row,
-            t_start=bounds.t_start,
-            t_end=bounds.t_end,
-            price_lo=bounds.price_lo,
-            price_hi=bounds.price_hi,
-            multiplier_bps=multiplier_bps(
-                row_chances[j], market.house_edge_bps, market.max_multiplier_bps
-            ),
-            as_of=pending.as_of,
-        )
+        m = multiplier_bps(row_chances[j], market.house_edge_bps, market.max_multiplier_bps)
+        found = pending.quotes[cell_id] = known.quote(m, pending.as_of)
         return self._admit(found, now_ms, pending.rows)
 
     def _start_tick(self, tick: tuple[int, int], now_ms: int) -> _TickQuotes:
