@@ -402,3 +402,16 @@ async def test_x_forwarded_for_is_believed_only_from_trusted_proxies(tmp_path: P
         # IPv6 clients count per /64.
         assert [await status(f"2001:db8:1:2::{i}") for i in range(1, 4)] == [200, 200, 429]
         assert await status("2001:db8:1:3::1") == 200
+
+
+async def test_a_made_up_method_never_mints_a_metric_series(server: Server) -> None:
+    """h11 takes any token as a method; the request counter labels only HTTP's own methods, so
+    a client sending a new one per request cannot grow the metrics without bound."""
+    invented = [f"ZQ{i}X" for i in range(20)]
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        for method in invented:
+            r = await client.request(method, "/livez")
+            assert 400 <= r.status_code < 500, (method, r.status_code)
+        text = (await client.get("/metrics")).text
+    assert not any(m in text for m in invented)
+    assert 'method="other"' in text

@@ -171,6 +171,11 @@ def _with_request_id(scope: Any, send: Any) -> Any:
     return send_with_id
 
 
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+
 def create_app(svc: EdgeServices) -> QuartTrio:
     """The edge's Quart app over `svc`: the app-level concerns, then the routes' blueprints.
 
@@ -241,7 +246,10 @@ def create_app(svc: EdgeServices) -> QuartTrio:
             )
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = response.status_code
-        metrics.child(metrics.HTTP_REQUESTS, rule, request.method, str(status)).inc()
+        # The method is the client's text (h11 takes any token): only the ones HTTP names become
+        # a label, or a client could mint one metric series per request.
+        method = request.method if request.method in _METHODS else "other"
+        metrics.child(metrics.HTTP_REQUESTS, rule, method, str(status)).inc()
         started = getattr(request, "started", None)
         elapsed = time.perf_counter() - started if started is not None else None
         if elapsed is not None:
