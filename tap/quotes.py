@@ -8,7 +8,7 @@ multiplier and the cell's bounds, or the API.md refusal. Admission uses the cach
 rule 10) while it is priced from the newest tick; when a newer tick has come, admission asks
 `quote_tick`, which prices just the asked cell from that tick (exactly the cell a forced full
 requote would give it, memoized for the tick) and falls back to a full forced requote when one
-is due anyway (column roll, breaker change, σ to renew, new interval) or after
+is due anyway (column roll, breaker change, new interval, σ past its grace) or after
 `CELL_REQUOTES_PER_TICK` distinct cells. So no bet is ever quoted on a price a player has already
 seen move (docs/pricing.md, "quote age"). It leaves to its caller the price, its timestamp, σ, the
 tick interval and the breaker state, when to call `refresh` and what to publish; `now_ms` is an
@@ -42,6 +42,11 @@ DEFAULT_INTERVAL_MS = 250
 # at best on the 2-vCPU dev machine; loadgen/benches/bench_pricing.py measures both), so the
 # cells of one tick stay under about half a full requote, and a busy tick costs at most ~1.5.
 CELL_REQUOTES_PER_TICK = 20
+# How many `refresh_ms` a σ may age before admission's requote (`quote_tick`) renews it itself.
+# σ falls due every `refresh_ms`, and the market actor renews it in its worker thread on the next
+# tick; admission keeps the grid's σ meanwhile, so a bet never pays for the costly part of a
+# grid (the rows' recursions for a new σ, ~9 ms against ~2.5 ms with σ kept) on the event loop.
+SIGMA_GRACE_REFRESHES = 2
 # The per-cell static parts (id, CellId, bounds) kept across grids; full, it starts over.
 _STATIC_CELLS_MAX = 4096
 
@@ -249,6 +254,7 @@ class GridBook:
         *,
         interval_ms: int | None = None,
         force: bool = False,
+        keep_sigma: bool = False,
     ) -> GridView:
         """The grid at `now_ms` for the latest tick (`ts`, `price`) and volatility `sigma`.
 
@@ -261,9 +267,13 @@ class GridBook:
         tick's time, not `now_ms` (`as_of = min(ts, now_ms)`): `price` is known exactly at `ts`,
         so anyone can check a quote against the tick log, and the modelled ticks follow it every
         `interval_ms` (default: the book's). How far `ts` trails `now_ms` is bounded elsewhere:
-        the grid refreshes on ticks, and a stale feed opens the breaker.
+        the grid refreshes on ticks, and a stale feed opens the breaker. `keep_sigma`: keep the
+        last grid's σ even when it is due (admission's requote within `SIGMA_GRACE_REFRESHES`).
         """
-        plan = self.plan(now_ms, price, ts, sigma, breaker, interval_ms=interval_ms, force=force)
+        plan = self.plan(
+            now_ms, price, ts, sigma, breaker,
+            interval_ms=interval_ms, force=force, keep_sigma=keep_sigma,
+        )  # fmt: skip
         if plan is not None:
             self.install(self.compute(plan))
         assert self._view is not None
@@ -279,6 +289,7 @@ class GridBook:
         *,
         interval_ms: int | None = None,
         force: bool = False,
+        keep_sigma: bool = False,
     ) -> GridPlan | None:
         """What `refresh` would compute (None: the cached grid stands), with every input fixed
         here — σ included — so `compute` can run in another thread while this book keeps
@@ -293,7 +304,7 @@ class GridBook:
         if (
             self._view is None
             or sigma_at is None
-            or now_ms - sigma_at >= self._pricing.refresh_ms
+            or (now_ms - sigma_at >= self._pricing.refresh_ms and not keep_sigma)
             or interval != self._view.monitoring_interval_ms
         ):
             sigma_at = now_ms
@@ -421,13 +432,18 @@ class GridBook:
 
         Admission's call: the tick (`ts`, `price`) is the newest one, already on every player's
         screen. When the cached grid is priced from it, this is `quote`. When only the tick is
-        new — same column, same breaker, σ not due for renewal (the `refresh_ms` rule of
-        `refresh`), same interval — just the asked cell is priced from the tick, with the
-        grid's σ and its rows' cached recursions (`tick_touch_probabilities(..., only=...)`),
-        and memoized until the tick changes; the book's grid is left as it is. Anything else,
-        or a `CELL_REQUOTES_PER_TICK + 1`-th distinct cell of one tick, requotes the whole
-        grid as `refresh(force=True)`. The answer is the same either way, to the basis point
-        and the refusal (tests/test_quote_tick.py compares them on every cell).
+        new — same column, same breaker, same interval, σ younger than `SIGMA_GRACE_REFRESHES`
+        × `refresh_ms` — just the asked cell is priced from the tick, with the grid's σ and its
+        rows' cached recursions (`tick_touch_probabilities(..., only=...)`), and memoized until
+        the tick changes; the book's grid is left as it is. Anything else, or a
+        `CELL_REQUOTES_PER_TICK + 1`-th distinct cell of one tick, requotes the whole grid as
+        `refresh(force=True)` — keeping the grid's σ while it is within its grace. The answer is
+        the same either way, to the basis point and the refusal (tests/test_quote_tick.py
+        compares them on every cell).
+
+        Why σ has a grace here: σ falls due every `refresh_ms`, and the market actor renews it on
+        the next tick in its worker thread (`actors.market`). Renewing it here would price the
+        rows' recursions for the new σ on the event loop, inside a bet (~9 ms), twice a second.
         """
         tick = (ts, price)
         if tick == self._priced_tick:
@@ -435,15 +451,21 @@ class GridBook:
         view = self._view
         now = max(now_ms, self._computed_at)
         interval = interval_ms or self._interval_ms
+        grace = (
+            self._sigma_at is not None
+            and now - self._sigma_at < SIGMA_GRACE_REFRESHES * self._pricing.refresh_ms
+        )
         if (
             view is None
-            or self._sigma_at is None
-            or now - self._sigma_at >= self._pricing.refresh_ms
+            or not grace
             or interval != view.monitoring_interval_ms
             or current_column(now, self._market.column_ms) != self._column
             or breaker != self._breaker
         ):
-            self.refresh(now_ms, price, ts, sigma, breaker, interval_ms=interval, force=True)
+            self.refresh(
+                now_ms, price, ts, sigma, breaker,
+                interval_ms=interval, force=True, keep_sigma=grace,
+            )  # fmt: skip
             return self.quote(cell_id, now_ms)
         pending = self._tick_quotes
         if pending is None or pending.tick != tick:
@@ -469,7 +491,10 @@ class GridBook:
         if known is None:
             known = self._static.get((cell.col, cell.row)) or self._static_cell(cell.col, cell.row)
         if len(pending.quotes) >= CELL_REQUOTES_PER_TICK:
-            self.refresh(now_ms, price, ts, sigma, breaker, interval_ms=interval, force=True)
+            self.refresh(
+                now_ms, price, ts, sigma, breaker,
+                interval_ms=interval, force=True, keep_sigma=True,
+            )  # fmt: skip
             return self.quote(cell_id, now_ms)
         market = self._market
         [row_chances] = tick_touch_probabilities(

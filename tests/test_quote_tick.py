@@ -17,7 +17,7 @@ import tap.quotes
 from tap.config import MarketConfig, PricingConfig
 from tap.messages import BreakerStateName
 from tap.pricing import AbsorptionCache, tick_touch_probabilities
-from tap.quotes import CELL_REQUOTES_PER_TICK, GridBook, Quote, QuoteRefusal
+from tap.quotes import CELL_REQUOTES_PER_TICK, SIGMA_GRACE_REFRESHES, GridBook, Quote, QuoteRefusal
 
 C = 346_458_010
 COLUMN_START = C * 5_000
@@ -142,7 +142,7 @@ def _fell_back(book: GridBook, price: int, ts: int) -> bool:
     [
         ("column roll", COLUMN_START + 5_000 + 20, "closed", 0.9, None),
         ("breaker opened", COLUMN_START + 1_200, "open", 0.9, None),
-        ("sigma due", COLUMN_START + 1_000 + REFRESH_MS, "closed", 0.9, None),
+        ("sigma past its grace", COLUMN_START + 1_000 + 2 * REFRESH_MS, "closed", 0.9, None),
         ("new interval", COLUMN_START + 1_200, "closed", 0.9, 200),
     ],
 )
@@ -158,8 +158,33 @@ def test_a_due_full_requote_is_done_as_before(
         _same(got, ref.quote(cell_id, now))
         assert _fell_back(book, price, ts), case  # the first ask requoted the whole grid
     assert book.view == ref.view
-    if case in ("sigma due", "new interval"):
+    if case in ("sigma past its grace", "new interval"):
         assert book.view is not None and book.view.volatility == sigma
+
+
+@pytest.mark.parametrize("late_ms", [0, 1, REFRESH_MS // 2, REFRESH_MS - 1])
+def test_a_due_sigma_within_its_grace_is_kept_and_the_cell_priced_alone(late_ms: int) -> None:
+    """σ fell due (`refresh_ms` since it was taken) but is within `SIGMA_GRACE_REFRESHES`: the
+    cell alone is priced with the grid's σ — the market actor's thread renews σ on the next
+    tick — and is exactly the cell of a full requote that keeps σ."""
+    assert SIGMA_GRACE_REFRESHES == 2
+    book = _book(250, COLUMN_START + 1_000)
+    view = book.view
+    now = COLUMN_START + 1_000 + REFRESH_MS + late_ms
+    price, ts = PRICE + 2_100, now - 10
+    ref = copy.deepcopy(book)
+    ref.refresh(now, price, ts, 0.9, "closed", force=True, keep_sigma=True)
+    assert ref.view is not None and ref.view.volatility == SIGMA
+    for cell_id in _asked(book, ref)[:CELL_REQUOTES_PER_TICK]:
+        _same(book.quote_tick(cell_id, now, price, ts, 0.9, "closed"), ref.quote(cell_id, now))
+    assert book.view is view  # no full requote on the way
+    # The cell past the limit requotes the whole grid, and still keeps σ.
+    for cell_id in _asked(book, ref):
+        _same(book.quote_tick(cell_id, now, price, ts, 0.9, "closed"), ref.quote(cell_id, now))
+    assert book.view == ref.view
+    # A full requote from the next tick that does not keep σ (the market actor's) renews it.
+    plan = book.plan(now + 250, price, ts + 250, 0.9, "closed", force=True)
+    assert plan is not None and plan.sigma == 0.9
 
 
 def test_after_k_distinct_cells_of_one_tick_the_whole_grid_is_requoted() -> None:
