@@ -159,7 +159,7 @@ async def run(
     cfg: Config,
     clock: Clock,
     ticks: trio.abc.ReceiveChannel[Tick],
-    new_bets: trio.abc.ReceiveChannel[Bet | PlaceBet],
+    new_bets: trio.MemoryReceiveChannel[Bet | PlaceBet],
     settle: trio.abc.SendChannel[Settle | StoreTicks],
     initial_open_bets: Iterable[Bet | PlaceBet],
     initial_last_tick_ts: int | Mapping[str, int] | None,
@@ -217,20 +217,30 @@ async def run(
         len(to_writer.outcomes),
     )
 
+    def add(bet: Bet | PlaceBet) -> None:
+        if isinstance(bet, Bet) and bet.status != "confirmed":
+            return
+        symbol = symbol_of(bet)
+        market = indexes.get(symbol)
+        if market is None:
+            log.error("confirmed bet %s is on unknown market %r; left open", bet.bet_id, symbol)
+            return
+        try:
+            to_writer.put(None, market.add(open_bet(bet, markets[symbol])))
+        except BetOutsideHistory as e:
+            # Never guess: the stake stays locked and the next startup's reload decides it.
+            log.error("%s; left open until the next reload", e)
+
     async def follow_bets() -> None:
         async for bet in new_bets:
-            if isinstance(bet, Bet) and bet.status != "confirmed":
-                continue
-            symbol = symbol_of(bet)
-            market = indexes.get(symbol)
-            if market is None:
-                log.error("confirmed bet %s is on unknown market %r; left open", bet.bet_id, symbol)
-                continue
-            try:
-                to_writer.put(None, market.add(open_bet(bet, markets[symbol])))
-            except BetOutsideHistory as e:
-                # Never guess: the stake stays locked and the next startup's reload decides it.
-                log.error("%s; left open until the next reload", e)
+            add(bet)
+            # The rest of what is queued in this round: a committed batch's bets arrive
+            # together, and a yield per bet was one task step per bet (issue 12).
+            while True:
+                try:
+                    add(new_bets.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
 
     task_status.started(ResolverHandle(indexes, to_writer))
     async with trio.open_nursery() as nursery:

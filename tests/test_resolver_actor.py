@@ -253,3 +253,31 @@ async def test_feed_end_hands_over_everything_decided_then_returns() -> None:
             ("c2.60", "lost"),
         }
         assert ticks_in(got) == [10_000, 12_000, 14_000, 15_000]
+
+
+class _StepCounter(trio.abc.Instrument):
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+async def test_a_committed_batch_of_bets_is_taken_in_one_task_step() -> None:
+    """The bets of one committed batch arrive together; the follower takes them all in the round
+    it wakes in, instead of yielding once per bet (a task step per bet under load, issue 12)."""
+    counter = _StepCounter("follow_bets")
+    async with running_resolver(last_tick_ts=9_500) as rig:
+        await rig.ticks.send(tick(10_000, 40_000))
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            for row in range(90):
+                rig.bets.send_nowait(confirmed(4, row))
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert rig.handle.open_bets() == 90
+        assert counter.steps == 1
