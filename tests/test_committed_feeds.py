@@ -30,18 +30,40 @@ class CountingHub(hub_actor.Hub):
         self.published.append(event)
 
 
-async def test_the_hub_publishes_a_queued_burst_of_committed_events_in_one_round() -> None:
+class _HubSteps(trio.abc.Instrument):
+    """How many events the hub had published after each of its task steps."""
+
+    def __init__(self, hub: CountingHub) -> None:
+        self.hub = hub
+        self.after: list[int] = []
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("_forward_committed"):
+            self.after.append(len(self.hub.published))
+
+
+async def test_the_hub_publishes_a_queued_burst_in_rounds_of_a_bounded_size() -> None:
+    """A burst (a column's settlements) goes out `EVENTS_PER_ROUND` per task step, in order: not
+    a step per event (the hub lagged), not all in one step (every client's writer woke at once
+    and the loop read no request for 40–100 ms)."""
     hub = CountingHub()
+    per_round = hub_actor.EVENTS_PER_ROUND
     send, receive = trio.open_memory_channel[Committed](1000)
-    burst = [balance(n) for n in range(300)]
+    burst = [balance(n) for n in range(4 * per_round + 5)]
     for event in burst:
         send.send_nowait(event)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hub_actor._forward_committed, hub, receive)
-        for _ in range(3):  # a few scheduling rounds, not 300
-            await trio.lowlevel.checkpoint()
-        assert hub.published == burst
-        send.close()
+    steps = _HubSteps(hub)
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub_actor._forward_committed, hub, receive)
+            await trio.testing.wait_all_tasks_blocked()
+            assert hub.published == burst
+            send.close()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    per_step = [b - a for a, b in zip([0, *steps.after], steps.after, strict=False)]
+    assert [n for n in per_step if n] == [per_round] * 4 + [5]
 
 
 async def test_a_feed_hop_passes_events_on_without_yielding_while_there_is_room() -> None:
