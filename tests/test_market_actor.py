@@ -7,15 +7,18 @@ and column rolls run in milliseconds, and every publish is stamped with the acto
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import msgspec
+import pytest
 import trio
 
 from actors import market
 from actors.market import MarketHandle
-from tap.config import Config, PricingConfig
+from tap.config import Config, MarketConfig, PricingConfig
 from tap.messages import BreakerChanged, GridView, Tick, WsGrid, WsOut, WsPrice
 from tap.quotes import GridBook, Quote, QuoteRefusal
 from tap.runtime.clock import Clock
@@ -268,8 +271,15 @@ async def test_once_admission_quotes_the_grid_is_priced_from_each_new_tick_in_a_
     priced in a worker thread and installed, so the bets after it quote from the grid instead of
     pricing on the event loop — and the grid is exactly the one a synchronous requote gives.
     Real time and a real thread (an autojump clock would jump while the thread works)."""
-    cfg = Config(pricing=PricingConfig(refresh_ms=60_000))  # σ never due: only `asked` requotes
+    # σ never due: only `asked` requotes; and a column roll (which makes a grid due too) is
+    # kept out of the test's few hundred milliseconds.
+    cfg = Config(
+        pricing=PricingConfig(refresh_ms=60_000), markets=[MarketConfig(column_ms=60_000)]
+    )
     clock = Clock()
+    into_column = clock.now_ms() % 60_000
+    if into_column > 50_000:
+        await trio.sleep((60_000 - into_column) / 1000 + 0.05)
     tick_send, tick_recv = trio.open_memory_channel[Tick](8)
     breaker_send, breaker_recv = trio.open_memory_channel[BreakerChanged](2)
     grids: list[WsGrid] = []
@@ -319,3 +329,48 @@ async def test_once_admission_quotes_the_grid_is_priced_from_each_new_tick_in_a_
         if isinstance(quote, Quote):
             assert quote.as_of == moved.ts  # from the installed grid, not the older tick
         nursery.cancel_scope.cancel()
+
+
+async def test_with_offload_a_column_roll_s_grid_is_priced_in_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`offload`: the grid a column roll makes due is priced off the event loop before it is
+    published, and it is the grid of the new column. Real time and a real thread."""
+    cfg = Config(markets=[MarketConfig(column_ms=400)])
+    clock = Clock()
+    tick_send, tick_recv = trio.open_memory_channel[Tick](8)
+    breaker_send, breaker_recv = trio.open_memory_channel[BreakerChanged](2)
+    grids: list[WsGrid] = []
+    computed_in: dict[int, str] = {}  # the column a grid was planned in → the pricing thread
+    compute = GridBook.compute
+
+    def recording_compute(self: GridBook, plan: Any) -> Any:
+        computed_in[plan.now_ms // 400] = threading.current_thread().name
+        return compute(self, plan)
+
+    monkeypatch.setattr(GridBook, "compute", recording_compute)
+
+    new_column = trio.Event()
+
+    def publish(channel: str, message: WsOut) -> None:
+        if isinstance(message, WsGrid):
+            if grids and message.cells[0].t_start != grids[0].cells[0].t_start:
+                new_column.set()
+            grids.append(message)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(market.run, cfg, clock, tick_recv, breaker_recv, publish, offload=True)
+        )
+        await breaker_send.send(BreakerChanged(state="closed", reason="ok", at=clock.now_ms()))
+        await tick_send.send(Tick(symbol="BTC-USD", ts=clock.now_ms(), price=PRICE))
+        await trio.sleep(0.05)  # the first grid (priced on the tick)
+        assert grids
+        first_column = grids[0].cells[0].t_start
+        with trio.fail_after(10):  # no tick: only the roll makes a new grid due
+            await new_column.wait()
+        nursery.cancel_scope.cancel()
+    rolled = grids[-1].cells[0].t_start
+    assert rolled > first_column
+    # The rolled grid's first column is the one after the column it was priced in.
+    assert computed_in[rolled // 400 - 1] != threading.main_thread().name
