@@ -273,9 +273,7 @@ async def test_once_admission_quotes_the_grid_is_priced_from_each_new_tick_in_a_
     Real time and a real thread (an autojump clock would jump while the thread works)."""
     # σ never due: only `asked` requotes; and a column roll (which makes a grid due too) is
     # kept out of the test's few hundred milliseconds.
-    cfg = Config(
-        pricing=PricingConfig(refresh_ms=60_000), markets=[MarketConfig(column_ms=60_000)]
-    )
+    cfg = Config(pricing=PricingConfig(refresh_ms=60_000), markets=[MarketConfig(column_ms=60_000)])
     clock = Clock()
     into_column = clock.now_ms() % 60_000
     if into_column > 50_000:
