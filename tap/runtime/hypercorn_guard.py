@@ -22,13 +22,29 @@ pyproject) with a copy that fixes two things a hostile client reaches:
   `CloseConnection` with the RFC 6455 code (1007, 1002) while the connection is still OPEN;
   Hypercorn then drops the socket without sending it, so the client sees 1006. Here the close
   frame with that code is sent first.
+
+And two costs per request on the bet path (issue 12: a bet over HTTP was ≈ 32 task steps, most of
+them Hypercorn's), changed without changing what goes on the wire or when:
+
+- `protocol_send` writes nothing for an empty chunk (Hypercorn sends the `b""` that h11 makes of
+  a Content-Length response's end, and Quart ends every body with an empty chunk), and takes the
+  connection's send lock without a checkpoint when nobody holds it — two task steps per write
+  became one, and two writes per response are gone.
+- The keep-alive timer (`TCPServer.idle_task`) is restarted after every response and stopped at
+  every request. Hypercorn's `TrioSingleTask` takes a lock and waits for the new timer task to
+  start, three more task steps per request. `_SingleTask` does the same synchronously: cancel the
+  old timer, start the new one in a scope made here (no await, so no lock is needed).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import hypercorn.trio.run as hypercorn_run
+import trio
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
 from hypercorn.trio.tcp_server import TCPServer
@@ -39,7 +55,60 @@ from wsproto.frame_protocol import CloseReason
 log = logging.getLogger(__name__)
 
 
+class _SingleTask:
+    """Hypercorn's `TrioSingleTask` contract — at most one instance of an action runs; `restart`
+    cancels the running one and starts it anew, `stop` cancels it — with no await: the new
+    task's cancel scope is made here, so `stop` right after `restart` cancels a task that has not
+    started yet (its action ends at its first checkpoint)."""
+
+    def __init__(self) -> None:
+        self._scope: trio.CancelScope | None = None
+
+    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        scope = self._scope = trio.CancelScope()
+        task_group._nursery.start_soon(_run_in_scope, scope, action)
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+
+
+async def _run_in_scope(scope: trio.CancelScope, action: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await action()
+
+
 class GuardedTCPServer(TCPServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_task = _SingleTask()  # type: ignore[assignment]
+
+    async def protocol_send(self, event: Event) -> None:
+        """`TCPServer.protocol_send` with the two savings the module names; other events as
+        Hypercorn handles them."""
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        if not event.data:
+            return  # nothing to write (and never a write that alone closes anything)
+        await trio.lowlevel.checkpoint_if_cancelled()  # as `Lock.acquire` would, minus a yield
+        lock = self.send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+        finally:
+            lock.release()
+
     async def run(self) -> None:
         try:
             await super().run()
