@@ -25,6 +25,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tap import web
+from tap.edge.fastlane import BetFastLane
 from tap.edge.health import Health
 from tap.edge.http import EXTENSION, Edge, error_response, json_response
 from tap.edge.routes import BLUEPRINTS
@@ -176,7 +177,7 @@ _METHODS = frozenset(
 )
 
 
-def create_app(svc: EdgeServices) -> QuartTrio:
+def create_app(svc: EdgeServices, *, fast_lane: bool = True) -> QuartTrio:
     """The edge's Quart app over `svc`: the app-level concerns, then the routes' blueprints.
 
     Here: the body limit and `Connection: close` wrapper, the request id and the access log, the
@@ -184,15 +185,28 @@ def create_app(svc: EdgeServices) -> QuartTrio:
     for every refusal a handler raises (`ApiError`), Quart raises (`HTTPException`) or nobody
     meant (`500` with the request id). The routes are `tap.edge.routes`' blueprints; they reach
     `svc` through the one `Edge` this puts in `app.extensions` (`tap.edge.http.edge()`).
+    `POST /api/bets` is answered by `tap.edge.fastlane` with the same parts (`fast_lane=False`:
+    by its Quart route, which tests compare it with).
     """
     cfg = svc.cfg
     app = QuartTrio("tap")
+    cors_origins = set(cfg.server.cors_origins)
+    # `POST /api/bets` is answered by the fast lane (the hot route, without Quart's per-request
+    # machinery, `tap.edge.fastlane`); inside `CloseUnreadBody`, like every route.
+    lane = BetFastLane(
+        app.asgi_app,
+        svc,
+        request_id_ok=lambda rid: _REQUEST_ID.match(rid) is not None,
+        security_headers=_SECURITY_HEADER_LIST,
+        cors_origins=cors_origins,
+    )
     app.asgi_app = CloseUnreadBody(  # type: ignore[method-assign]
-        app.asgi_app, linger_bytes=16 * cfg.limits.max_body_bytes, linger_s=2.0
+        lane if fast_lane else app.asgi_app,
+        linger_bytes=16 * cfg.limits.max_body_bytes,
+        linger_s=2.0,
     )
     app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
-    cors_origins = set(cfg.server.cors_origins)
     app.extensions[EXTENSION] = Edge(
         svc=svc,
         health=Health(svc),

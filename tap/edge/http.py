@@ -73,6 +73,11 @@ def json_response(
 
 
 def error_response(err: ApiError) -> Response:
+    return json_response(err.body(), err.status, error_headers(err))
+
+
+def error_headers(err: ApiError) -> dict[str, str]:
+    """The headers a refusal carries: `Retry-After`, and `RateLimit-*` on a 429."""
     headers: dict[str, str] = {}
     if err.code == "rate_limited" and err.limit is not None:
         headers["RateLimit-Limit"] = str(err.limit)
@@ -80,7 +85,7 @@ def error_response(err: ApiError) -> Response:
         headers["RateLimit-Reset"] = str(err.retry_after_s or 1)
     if err.retry_after_s is not None or err.status in (429, 503):
         headers["Retry-After"] = str(err.retry_after_s if err.retry_after_s is not None else 1)
-    return json_response(err.body(), err.status, headers)
+    return headers
 
 
 def shown(value: str, limit: int = 64) -> str:
@@ -110,7 +115,12 @@ def decode_body(kind: type[T], data: bytes, max_bytes: int) -> T:
 
 def session_or_401(svc: EdgeServices) -> Session:
     """The session the request's `Authorization: Bearer <token>` names, or `401 unauthorized`."""
-    header = request.headers.get("Authorization", "")
+    return session_for(svc, request.headers.get("Authorization", ""))
+
+
+def session_for(svc: EdgeServices, header: str) -> Session:
+    """`session_or_401` for an `Authorization` header's value (`tap.edge.fastlane` reads it from
+    the ASGI scope)."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError("unauthorized", "Authorization: Bearer <token> required")

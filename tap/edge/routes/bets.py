@@ -4,13 +4,15 @@ It decides what a bet's answer says and when: a `202` only for a bet that is dur
 the committed bet under `Prefer: wait`, the writer's refusals as API.md's errors. Admission is
 the desk's (`tap.edge.desk`), the wait for the commit and the reads are `EdgeServices`'.
 
-`POST /api/bets` is the hot route (issue 12 measures CPU per bet on it): one `edge()` lookup, no
-hook of its own.
+`POST /api/bets` is the hot route (issue 12 measures CPU per bet on it): its answer is
+`bet_answer`, which the live server runs from `tap.edge.fastlane` without Quart's per-request
+machinery; the Quart route below answers the same through it.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -28,6 +30,10 @@ from tap.edge.http import (
 )
 from tap.errors import STATUS, ApiError
 from tap.messages import BetRequest
+from tap.sessions import Session
+
+if TYPE_CHECKING:
+    from tap.edge.services import EdgeServices
 
 bp = Blueprint("bets", __name__)
 
@@ -46,16 +52,31 @@ _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}", re.ASCII)  # API.md: nonce
 async def place_bet() -> Response:
     """Admit a bet, wait for its commit, answer `202` (or `201` under `Prefer: wait`).
 
+    Served by `tap.edge.fastlane` on the live server (the same `bet_answer`, without Quart's
+    per-request machinery); this route is what a plain Quart app of the blueprints answers.
+    """
+    svc = edge().svc
+    session = session_or_401(svc)
+    payload, status, headers = await bet_answer(
+        svc, session, await body(), request.headers.get("Prefer")
+    )
+    return json_response(payload, status, headers)
+
+
+async def bet_answer(
+    svc: EdgeServices, session: Session, data: bytes, prefer: str | None
+) -> tuple[Any, int, dict[str, str]]:
+    """`POST /api/bets` once its session is known: (JSON payload, status, headers), or the
+    refusal raised as `ApiError`.
+
     A 202 is only ever sent for a bet that is durable (committed, fsync'd): a crash right after
     the answer must not lose it. So every bet waits for its batch's commit (the writer flushes
     `batcher.max_wait_ms` after the first item); `Prefer: wait` only changes what the answer
     says. A commit that does not come in `DURABLE_WAIT_S` answers `503 overloaded` with the
     bet's id: it may still land, and the client looks it up by nonce before placing it again.
     """
-    svc = edge().svc
     cfg = svc.cfg
-    session = session_or_401(svc)
-    req = decode_body(BetRequest, await body(), cfg.limits.max_body_bytes)
+    req = decode_body(BetRequest, data, cfg.limits.max_body_bytes)
     bet, admit = await svc.desk.place_with_admission(session, req)
     headers: dict[str, str] = {}
     if admit.tokens_left is not None:
@@ -63,7 +84,7 @@ async def place_bet() -> Response:
         headers["RateLimit-Limit"] = str(cfg.limits.burst)
         headers["RateLimit-Remaining"] = str(admit.tokens_left)
         headers["RateLimit-Reset"] = str(-(-admit.full_in_ms // 1000))
-    wait_s = _prefer_wait(request.headers.get("Prefer"))
+    wait_s = _prefer_wait(prefer)
     # No checkpoint since the desk queued the bet, so the commit cannot slip past the waiter.
     started = trio.current_time()
     final = await svc.wait_for_bet(bet.bet_id, max(wait_s, DURABLE_WAIT_S))
@@ -88,20 +109,17 @@ async def place_bet() -> Response:
         raise refusal
     if wait_s and trio.current_time() - started <= wait_s:
         headers["Preference-Applied"] = f"wait={wait_s}"
-        return json_response(msgspec.to_builtins(final), 201, headers)
-    return json_response(
-        {
-            "bet_id": bet.bet_id,
-            "status": "pending",
-            "cell_id": bet.cell_id,
-            "amount": bet.amount,
-            "multiplier_bps": bet.multiplier_bps,
-            "nonce": bet.nonce,
-            "accepted_at": bet.accepted_at,
-        },
-        202,
-        headers,
-    )
+        return msgspec.to_builtins(final), 201, headers
+    pending = {
+        "bet_id": bet.bet_id,
+        "status": "pending",
+        "cell_id": bet.cell_id,
+        "amount": bet.amount,
+        "multiplier_bps": bet.multiplier_bps,
+        "nonce": bet.nonce,
+        "accepted_at": bet.accepted_at,
+    }
+    return pending, 202, headers
 
 
 @bp.get("/api/bets/<bet_id>")
