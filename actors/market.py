@@ -41,7 +41,7 @@ from tap.messages import (
     WsPrice,
 )
 from tap.pricing import EwmaVolatility, TickInterval
-from tap.quotes import GridBook, Quote, QuoteRefusal, fixed_monitoring_interval
+from tap.quotes import GridBook, GridPlan, Quote, QuoteRefusal, fixed_monitoring_interval
 from tap.runtime.clock import Clock
 
 # A grid goes out at least this often with no tick at all (API.md: "at least 1 Hz").
@@ -101,10 +101,21 @@ class _Market:
         return self.fixed_interval or self.interval.interval_ms
 
     def refresh(self, now_ms: int, *, force: bool = False) -> GridView | None:
+        """`GridBook.refresh` from this market's newest tick (None before the first)."""
+        if self.last_tick is None:
+            return None
+        plan = self.plan(now_ms, force=force)
+        if plan is not None:
+            self.book.install(self.book.compute(plan))
+        return self.book.view
+
+    def plan(self, now_ms: int, *, force: bool = False) -> GridPlan | None:
+        """`refresh`'s inputs fixed for a computation elsewhere (`GridBook.plan`): None when no
+        tick has come or the cached grid stands."""
         tick = self.last_tick
         if tick is None:
             return None
-        return self.book.refresh(
+        return self.book.plan(
             now_ms,
             tick.price,
             tick.ts,
@@ -337,15 +348,7 @@ async def _requote_on_ticks(market: _Market, clock: Clock, publish: Publish, off
         if tick is None or (tick.ts, tick.price) == book.priced_tick:
             continue
         now = clock.now_ms()
-        plan = book.plan(
-            now,
-            tick.price,
-            tick.ts,
-            market.volatility.sigma,
-            market.breaker,
-            interval_ms=market.interval_ms,
-            force=market.asked,
-        )
+        plan = market.plan(now, force=market.asked)
         if plan is None:
             # Nobody is quoting and no grid is due; a grid admission priced may still be new.
             market.publish_grid(now, publish)
@@ -399,17 +402,7 @@ async def _keep_grid_fresh(
 async def _price_due_grid_in_thread(market: _Market, now_ms: int) -> None:
     """If the book's grid is due at `now_ms`, price it in a worker thread and install it (unless
     a newer one was installed meanwhile); `publish_grid` then finds it in place."""
-    tick = market.last_tick
-    if tick is None:
-        return
-    book = market.book
-    plan = book.plan(
-        now_ms,
-        tick.price,
-        tick.ts,
-        market.volatility.sigma,
-        market.breaker,
-        interval_ms=market.interval_ms,
-    )
+    plan = market.plan(now_ms)
     if plan is not None:
+        book = market.book
         book.install(await trio.to_thread.run_sync(book.compute, plan))
