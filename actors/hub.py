@@ -394,11 +394,14 @@ async def run(
 
 # Committed events the hub publishes per scheduling round. A column's end settles every bet on
 # it in one commit: thousands of `bet_resolved` frames at once. Published in one go, every client
-# writer woke in the same round, and the round (each writer sending its frames, ~0.3 ms apiece)
-# held the event loop for 40–100 ms at 200–250 bets/s — every bet arriving then waited it out.
-# In rounds of this many the loop reads new requests in between (rounds of ~20 ms); a yield per
-# event instead would cap the hub at one event per round (it lagged seconds behind, issue 12).
-EVENTS_PER_ROUND = 64
+# writer woke in the same round, and the round (each writer sending its frames) held the event
+# loop for 40–100 ms at 200–250 bets/s: every bet arriving then waited it out, once per task step
+# it takes (≈ 23). In rounds of this many the loop reads and serves requests in between; a yield
+# per event instead would cap the hub at one event per round (it lagged seconds behind, issue 12).
+# 16 rather than 64: the rounds of ≥ 15 ms in the 0.6 s after a column end at 200 bets/s fell
+# from 15 and 5 to 8 and 3 (two interleaved pairs, docs/benchmarks.md third pass); the frames
+# still go out within the same ≈ 0.7 s.
+EVENTS_PER_ROUND = 16
 
 
 async def _forward_committed(hub: Hub, committed: trio.MemoryReceiveChannel[Committed]) -> None:
