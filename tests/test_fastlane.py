@@ -10,6 +10,7 @@ state, a 413 by Content-Length, 202 and `Prefer: wait` 201, a replay, a request 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -230,6 +231,7 @@ async def _lane_answer(
         server.running.services,
         request_id_ok=lambda rid: edge_app._REQUEST_ID.match(rid) is not None,
         security_headers=edge_app._SECURITY_HEADER_LIST,
+        cors_headers=edge_app.CORS_HEADERS,
         cors_origins=set(),
     )
     pending = list(events)
@@ -291,3 +293,37 @@ async def test_the_lane_s_own_edges_oversize_timeout_disconnect_and_errors(
             "error": {"code": "internal_error", "message": "internal error", "request_id": "rid-42"}
         }
         assert (b"x-request-id", b"rid-42") in sent[0]["headers"]
+
+
+async def test_clients_hanging_up_mid_body_or_mid_commit_cost_nobody_else(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over real sockets: 40 bets sent whole and the socket closed at once (the lane answers into
+    a closed connection), 20 bodies cut short. Nothing is logged as an error, the first bet is
+    stored as it would be, and the next player's bet is answered as usual."""
+    async with serving(tmp_path, within=60) as server:
+        player = Player(server)
+        await player.login()
+        await player.deposit(50_000_000)
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        cell = await pick_cell(server, min_lead_ms=2_000)
+        head = f"POST /api/bets HTTP/1.1\r\nHost: tap\r\nAuthorization: Bearer {player.token}\r\n"
+        for _ in range(40):
+            body = msgspec.json.encode(player.signed_bet(cell["cell_id"], server.market.min_stake))
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await stream.aclose()
+        for _ in range(20):
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(f"{head}Content-Length: 100\r\n\r\n{{".encode())
+            await stream.aclose()
+        await trio.sleep(0.5)
+        other = Player(server)
+        await other.login()
+        await other.deposit(50_000_000)
+        r = await other.place(cell_id=cell["cell_id"], amount=server.market.min_stake)
+        assert r.status_code == 202, r.text
+        mine = (await player.get("/api/bets")).json()["items"]
+        # The 40 share one cell: the first is the player's bet, the rest duplicates of it.
+        assert [b["status"] for b in mine] == ["confirmed"]
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]

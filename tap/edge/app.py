@@ -55,6 +55,16 @@ _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
 _SECURITY_HEADER_LIST = list(_SECURITY_HEADERS.items())
+# What an answer to a configured CORS origin carries besides `Access-Control-Allow-Origin`.
+CORS_HEADERS = [
+    ("Vary", "Origin"),
+    ("Access-Control-Allow-Headers", "Authorization, Content-Type, Prefer, X-Request-ID"),
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+    (
+        "Access-Control-Expose-Headers",
+        "X-Request-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset",
+    ),
+]
 
 
 class CloseUnreadBody:
@@ -198,6 +208,7 @@ def create_app(svc: EdgeServices, *, fast_lane: bool = True) -> QuartTrio:
         svc,
         request_id_ok=lambda rid: _REQUEST_ID.match(rid) is not None,
         security_headers=_SECURITY_HEADER_LIST,
+        cors_headers=CORS_HEADERS,
         cors_origins=cors_origins,
     )
     app.asgi_app = CloseUnreadBody(  # type: ignore[method-assign]
@@ -250,14 +261,7 @@ def create_app(svc: EdgeServices, *, fast_lane: bool = True) -> QuartTrio:
         origin = request.headers.get("Origin") if cors_origins else None
         if origin and origin in cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Allow-Headers"] = (
-                "Authorization, Content-Type, Prefer, X-Request-ID"
-            )
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Expose-Headers"] = (
-                "X-Request-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
-            )
+            response.headers.extend(CORS_HEADERS)
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = response.status_code
         # The method is the client's text (h11 takes any token): only the ones HTTP names become

@@ -41,15 +41,6 @@ access_log = logging.getLogger("tap.access")
 ROUTE = "/api/bets"
 BODY_TIMEOUT_S = 60.0  # Quart's BODY_TIMEOUT default, which the other routes keep
 _encoder = msgspec.json.Encoder()
-_CORS_EXTRA = [
-    (b"vary", b"Origin"),
-    (b"access-control-allow-headers", b"Authorization, Content-Type, Prefer, X-Request-ID"),
-    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-    (
-        b"access-control-expose-headers",
-        b"X-Request-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset",
-    ),
-]
 _TIMEOUT_MESSAGE = (
     "The server closed the network connection because the browser didn't finish the request "
     "within the specified time."
@@ -63,7 +54,8 @@ class _Gone(Exception):
 class BetFastLane:
     """ASGI: `POST /api/bets` here, everything else to `app` (the Quart app's `asgi_app`).
 
-    `request_id_ok` and `security_headers` are `tap.edge.app`'s (one definition of each)."""
+    `request_id_ok`, `security_headers` and `cors_headers` are `tap.edge.app`'s (one definition
+    of each)."""
 
     def __init__(
         self,
@@ -72,13 +64,15 @@ class BetFastLane:
         *,
         request_id_ok: Callable[[str], bool],
         security_headers: list[tuple[str, str]],
+        cors_headers: list[tuple[str, str]],
         cors_origins: set[str],
     ) -> None:
         self.app = app
         self.svc = svc
         self.max_body = svc.cfg.limits.max_body_bytes
         self.request_id_ok = request_id_ok
-        self.security = [(k.lower().encode(), v.encode()) for k, v in security_headers]
+        self.security = _raw(security_headers)
+        self.cors = _raw(cors_headers)
         self.cors_origins = cors_origins
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -112,7 +106,7 @@ class BetFastLane:
         try:
             # h11 vetted the digits; their count bounds int() (thousands of digits raise)
             if length is not None and (len(length) > 18 or int(length) > self.max_body):
-                raise ApiError("payload_too_large", f"body larger than {self.max_body} bytes")
+                raise ApiError("payload_too_large", self.too_large)
             session = session_for(self.svc, auth)
             data = await self._body(receive)
             payload, status, headers = await bet_answer(self.svc, session, data, prefer or None)
@@ -172,7 +166,7 @@ class BetFastLane:
         raw.append((b"x-request-id", rid.encode()))
         if origin and origin in self.cors_origins:
             raw.append((b"access-control-allow-origin", origin.encode("latin-1")))
-            raw.extend(_CORS_EXTRA)
+            raw.extend(self.cors)
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         metrics.child(metrics.HTTP_REQUESTS, ROUTE, "POST", str(status)).inc()
@@ -199,6 +193,10 @@ class _TooLarge(Exception):
 
 class _TimedOut(Exception):
     """The body did not complete within `BODY_TIMEOUT_S`."""
+
+
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
 def _http_error(code: str, message: str, status: int) -> tuple[Any, int, dict[str, str]]:
