@@ -11,6 +11,7 @@ import itertools
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -141,6 +142,7 @@ target = 5
         ('[[stages]]\nkind = "ramp"\nduration = "1s"\n', "needs a target"),
         ('[[stages]]\nkind = "hover"\nduration = "1s"\ntarget = 1\n', "hover"),
         ('[thresholds.routes."*"]\nerror_rate = 2.0\n', "error_rate"),
+        ("[client]\ncolumns = -1\n", "client.columns"),
     ],
 )
 def test_a_bad_scenario_is_refused_naming_the_key(extra: str, needle: str) -> None:
@@ -509,6 +511,89 @@ def test_only_cells_that_will_still_be_placeable_are_offered() -> None:
     assert "BTC-USD:1010:107" not in {c.cell_id for c in offered}
     assert view.still_placeable("BTC-USD:1003:104", 1003 * 5000, now)
     assert not view.still_placeable("BTC-USD:1003:104", 1003 * 5000, 1002 * 5000)
+
+
+@given(now=st.integers(min_value=1000 * 5000, max_value=1000 * 5000 + 5 * 5000))
+def test_near_columns_bound_how_long_a_bet_waits_for_its_settlement(now: int) -> None:
+    view = MarketView(MarketSpec(symbol="BTC-USD"), margin_ms=2000, columns=2)
+    grid = [cell(col, row) for col in range(1001, 1020) for row in range(100, 116)]
+    view.update(now, grid)
+    offered = view.candidates(now)
+    cols = sorted({c.t_start // 5000 for c in offered})
+    assert len(cols) == 2 and cols[1] == cols[0] + 1  # the nearest two placeable columns
+    assert cols[0] * 5000 == view.earliest_start_ms(now)
+    # signed now and sent up to margin_ms later, every offered bet settles within the horizon
+    assert max(c.t_end for c in offered) - now <= view.settle_horizon_ms() == 22_000
+    everything = MarketView(MarketSpec(symbol="BTC-USD"), margin_ms=2000)
+    everything.update(now, grid)
+    assert len(everything.candidates(now)) > len(offered)
+    assert everything.settle_horizon_ms() == 2000 + (1 + 1 + 12) * 5000
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.restarts: list[float] = []
+
+    def restart(self) -> None:
+        self.restarts.append(trio.current_time())
+
+    def overall(self) -> dict[str, Any]:
+        return dict.fromkeys(
+            (
+                "cpu_pct",
+                "signer_cpu_pct",
+                "server_cpu_pct",
+                "cpu_wait_pct",
+                "server_cpu_wait_pct",
+            ),
+            None,
+        ) | {"server_cpu_s": 1.0}
+
+
+class _SettlingWorkload:
+    route = "POST /api/bets"
+    tracker = None
+    steady_s = 7.0  # a bet settles up to 7 s after it is placed
+    window_s = 5.0  # one column
+
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+        self.due: list[float] = []
+
+    @property
+    def slots(self) -> list[Any]:
+        return list(range(10))
+
+    async def before_probe(self, rate: float) -> None:
+        return None
+
+    async def settle(self, within: float) -> None:
+        return None
+
+    async def fire(self, slot: Any, due: float) -> None:
+        self.due.append(due)
+        self.recorder.record(self.route, due, trio.current_time() + 0.001, 202)
+
+
+async def test_a_probe_of_settling_bets_warms_up_past_their_settlement_and_measures_a_column(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from loadgen.benches import bench
+
+    meter = _Meter()
+    work = _SettlingWorkload()
+    async with trio.open_nursery() as nursery:
+        prober = bench.Prober(nursery, bench.QUICK, meter, lambda _: None)  # type: ignore[arg-type]
+        started = trio.current_time()
+        result = await prober.probe(work, 100.0)
+    # QUICK's own warm-up (0.5 s) and window (2 s) are shorter than the workload needs
+    assert (result["warmup_s"], result["measure_s"]) == (7.0, 5.0)
+    assert len(work.due) == 1200  # 12 s at 100/s
+    assert result["latency"]["count"] == 500  # only the measured window's 5 s
+    # CPU is read over the measured window: the meter restarted when it began, and the
+    # server's CPU second is divided by that window's 500 requests
+    assert meter.restarts[-1] - started == pytest.approx(7.02, abs=0.01)
+    assert result["server_cpu_ms_per_req"] == pytest.approx(2.0, rel=0.01)
 
 
 # ── the seam to tap ──────────────────────────────────────────────────────────────────────────

@@ -74,6 +74,7 @@ ECHO_ROUTE = "WS echo"
 # tap's keep-alive timeout as the benches run it (its default), and how long the generator
 # reuses an idle connection against it (Hypercorn's own default is 5 s: the baselines get 4 s).
 TAP_KEEP_ALIVE_S = 30.0
+BENCH_COLUMNS = 2  # the bench's users tap the nearest two placeable columns (see `bench_spec`)
 TAP_CLIENT_KEEP_ALIVE_S = 25.0
 TAP_BENCH_OVERRIDES: dict[str, Any] = {
     "limits": {"rate_per_s": 100_000.0, "burst": 100_000},
@@ -141,6 +142,12 @@ class Workload(Protocol):
 
     route: str
     recorder: Recorder
+    # A probe of this workload warms up at least `steady_s` and measures at least `window_s`
+    # (0: the plan's): a tap bet brings its settlement one column's end later, so a probe is
+    # in its steady state (as many bets settled per second as placed) only after the longest
+    # such wait, and a measured window of one column holds exactly one column's end.
+    steady_s: float
+    window_s: float
 
     @property
     def tracker(self) -> ConfirmationTracker | None:
@@ -192,6 +199,8 @@ class HttpBaseline:
 
     route = BET_HTTP
     tracker: ConfirmationTracker | None = None
+    steady_s = 0.0
+    window_s = 0.0
 
     def __init__(self, target: Target, connections: int, timeout: float) -> None:
         self.recorder = Recorder()
@@ -241,6 +250,8 @@ class ShapeBaseline:
     on the slot's own WebSocket, followed like tap's (`loadgen.peers.servers.shape_app`)."""
 
     route = BET_HTTP
+    steady_s = 0.0
+    window_s = 0.0
 
     def __init__(self, target: Target, connections: int, timeout: float) -> None:
         self.target = target
@@ -336,6 +347,8 @@ class WsEcho:
 
     route = ECHO_ROUTE
     tracker: ConfirmationTracker | None = None
+    steady_s = 0.0
+    window_s = 0.0
 
     def __init__(self, target: Target, connections: int, timeout: float) -> None:
         self.target = target
@@ -418,6 +431,11 @@ class BetWorkload:
         self.signer = signer
         self.transport = transport
         self.route = BET_WS if transport == "ws" else BET_HTTP
+        market = crowd.market
+        assert market is not None, "log the crowd in first"
+        # + 1 s: the deciding tick after a column's end, and the settlement's commit.
+        self.steady_s = market.settle_horizon_ms() / 1000.0 + 1.0
+        self.window_s = market.spec.column_ms / 1000.0
 
     @property
     def recorder(self) -> Recorder:
@@ -555,24 +573,38 @@ class Prober:
         self, workload: Workload, rate: float, measure_s: float | None = None
     ) -> dict[str, Any]:
         plan = self.plan
-        measure = plan.measure_s if measure_s is None else measure_s
+        measure = max(plan.measure_s if measure_s is None else measure_s, workload.window_s)
+        warmup = max(plan.warmup_s, workload.steady_s)
         await workload.before_probe(rate)
         recorder = Recorder()
         workload.recorder = recorder
         pool = SlotPool(workload.slots, workload.fire, recorder)
         pool.bind(self.nursery)
         dispatcher = Dispatcher()
-        schedule = Schedule([Stage(kind="steady", duration=plan.warmup_s + measure, target=rate)])
+        schedule = Schedule([Stage(kind="steady", duration=warmup + measure, target=rate)])
         t0 = trio.current_time() + 0.02
-        recorder.measure_from = t0 + plan.warmup_s
+        recorder.measure_from = t0 + warmup
         tracker = workload.tracker
         if tracker is not None:
             tracker.start_window(recorder.measure_from)
+        # CPU and core waits over the measured window only: the warm-up of a tap probe is
+        # not yet in its steady state (fewer settlements than bets).
+        sent_before = 0
+
+        async def restart_at_window() -> None:
+            nonlocal sent_before
+            await trio.sleep_until(recorder.measure_from)
+            sent_before = dispatcher.dispatched
+            self.monitor.restart()
+
         self.monitor.restart()
-        await dispatcher.drive(schedule.uniform(), t0, pool.submit)
+        async with trio.open_nursery() as timing:
+            timing.start_soon(restart_at_window)
+            await dispatcher.drive(schedule.uniform(), t0, pool.submit)
         with trio.move_on_after(plan.timeout_s + 1.0):
             await pool.wait_idle()
         usage = self.monitor.overall()
+        sent_measured = dispatcher.dispatched - sent_before
         confirmations = None
         if tracker is not None:
             # A confirmation later than 1 s counts as missing (far past the p99 limit anyway).
@@ -587,11 +619,13 @@ class Prober:
         result.update(
             measure_s=measure,
             sent=dispatcher.dispatched,
-            # Server CPU per request over the whole probe (warm-up included, as its requests
-            # are): user + system time of the server's process tree, from /proc.
+            # Server CPU per request sent in the measured window, over that window (and what
+            # its requests left to finish after it): user + system time of the server's process
+            # tree, from /proc.
+            warmup_s=warmup,
             server_cpu_ms_per_req=(
-                round(1000.0 * server_s / dispatcher.dispatched, 3)
-                if server_s is not None and dispatcher.dispatched
+                round(1000.0 * server_s / sent_measured, 3)
+                if server_s is not None and sent_measured
                 else None
             ),
             generator_cpu_pct=usage["cpu_pct"],
@@ -742,6 +776,12 @@ def bench_spec(plan: Plan, vus: int, transport: str, keep_alive_s: float = 4.0) 
         drain="10s",
         keep_alive=keep_alive_s,
         setup_concurrency=32,
+        # The nearest two placeable columns: a bet settles within ≈ 22 s of being placed, so a
+        # probe reaches its steady state after that long (`BetWorkload.steady_s`); with any of
+        # the twelve it would take a minute, and shorter probes would carry the settlement of
+        # the probes before them instead of their own. Two, not one: at ≈ 1,000 bets/s from
+        # 500 users one column's good cells run out (a user taps a cell once).
+        columns=BENCH_COLUMNS,
     )
 
 

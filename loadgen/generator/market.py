@@ -120,8 +120,12 @@ def _row_of(cell_id: str) -> int:
 class MarketView:
     """The newest grid seen (over the WebSocket or HTTP) and the cells worth betting on."""
 
-    def __init__(self, spec: MarketSpec, *, margin_ms: int = 2000) -> None:
+    def __init__(self, spec: MarketSpec, *, margin_ms: int = 2000, columns: int = 0) -> None:
         self.spec = spec
+        # Tap only the first `columns` placeable columns (0: any). A bet settles at its
+        # column's end, so this bounds how long after placing it a bet brings its settlement
+        # (`settle_horizon_ms`): what a steady-state measurement must wait out.
+        self.columns = columns
         # A signed bet may wait this long before it is sent; past it the cell may have rolled
         # into the lockout and the bet would be refused as not placeable.
         self.margin_ms = margin_ms
@@ -166,7 +170,18 @@ class MarketView:
     def candidates(self, now_ms: int) -> list[CellView]:
         """Placeable cells of the newest grid that stay placeable for `margin_ms`."""
         earliest = self.earliest_start_ms(now_ms)
+        if self.columns > 0:
+            latest = earliest + self.columns * self.spec.column_ms
+            return [c for c in self._cells if earliest <= c.t_start < latest]
         return [c for c in self._cells if c.t_start >= earliest]
+
+    def settle_horizon_ms(self) -> int:
+        """The longest a bet from `candidates` can wait for its column's end: the bet is signed
+        at most `margin_ms` before its cell's column must still be ahead of the lockout, and
+        its cell ends at most `1 + lockout_columns + columns` columns after that."""
+        s = self.spec
+        ahead = self.columns if self.columns > 0 else s.columns_ahead
+        return self.margin_ms + (1 + s.lockout_columns + ahead) * s.column_ms
 
     def still_placeable(self, cell_id: str, t_start: int, now_ms: int) -> bool:
         """Still worth sending: in the newest grid's good cells, and not yet in the lockout."""

@@ -228,7 +228,7 @@ class Crowd:
             spec = next((m for m in markets if m.symbol == self.spec.symbol), None)
             if spec is None:
                 raise SetupError(f"no market {self.spec.symbol!r} in GET /api/markets")
-            self.market = MarketView(spec)
+            self.market = MarketView(spec, columns=self.spec.columns)
             await self.poll_grid(conn)
         finally:
             conn.close()
